@@ -1,0 +1,25 @@
+# lorafleet developer commands. `make demo` and `make test` are the two that matter.
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+PYTEST_ARGS ?=
+
+.PHONY: test chaos lint format demo venv bench
+
+venv:
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q torch==2.13.0
+	.venv/bin/pip install -q -e '.[test,bench]'
+
+test:
+	$(PYTHON) -m pytest -q -m "not chaos" $(PYTEST_ARGS)
+
+chaos:
+	$(PYTHON) -m pytest -q -m chaos tests/chaos $(PYTEST_ARGS)
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .

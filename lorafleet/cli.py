@@ -1,0 +1,51 @@
+"""The ``lorafleet`` command. Each package contributes its own typer sub-app."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from lorafleet.logging import configure_logging
+
+app = typer.Typer(
+    name="lorafleet",
+    help="Ship LoRA fine-tunes into production: registry, event pipeline and multi-LoRA engine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _main(
+    log_level: str = typer.Option("INFO", "--log-level", envvar="LORAFLEET_LOG_LEVEL", help="Log level."),
+) -> None:
+    configure_logging(log_level)
+
+
+# (module, attribute, name, help). A sub-app whose module is missing is skipped, so the CLI
+# keeps working while a package is being built.
+_SUBAPPS: list[tuple[str, str, str | None]] = [
+    ("store.cli", "app", None),  # db, api, namespaces, base-models, adapters
+    ("events.cli", "app", "events"),
+    ("workers.cli", "app", None),  # worker, bridge, beat
+    ("engine.cli", "app", "engine"),
+    ("lorafleet.demo", "app", None),  # demo, up, pull
+]
+
+for module_name, attr, name in _SUBAPPS:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:  # only tolerate the module itself being absent
+        if exc.name != module_name:
+            raise
+        continue
+    sub = getattr(module, attr)
+    if name is None:
+        # A typer app whose commands/groups are added at the top level.
+        for command in sub.registered_commands:
+            app.registered_commands.append(command)
+        for group in sub.registered_groups:
+            app.registered_groups.append(group)
+    else:
+        app.add_typer(sub, name=name)
