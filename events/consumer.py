@@ -1,0 +1,97 @@
+"""The one reconnecting loop for Redis stream consumers (ingest bridge, engine refresh).
+
+Reconnect and back-off are declared here once; a consumer only supplies ``step``: read a
+batch (XREADGROUP / XREAD with a block timeout) and handle it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+
+import redis
+import structlog
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    ConnectionResetError,
+)
+
+
+class ReconnectingLoop:
+    """Call ``step(client)`` until ``stop`` is set, surviving Redis outages.
+
+    On a transient Redis error the client is dropped, the loop sleeps with exponential
+    back-off and full jitter (``initial_backoff`` .. ``max_backoff`` seconds), reconnects and
+    calls ``on_connect(client)`` (e.g. to recreate a consumer group) before stepping again.
+    Any other exception propagates: a bug must not be retried forever.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        step: Callable[[redis.Redis], None],
+        *,
+        stop: threading.Event | None = None,
+        on_connect: Callable[[redis.Redis], None] | None = None,
+        name: str = "stream-consumer",
+        initial_backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        socket_timeout: float = 30.0,
+    ) -> None:
+        self.redis_url = redis_url
+        self.step = step
+        self.stop = stop or threading.Event()
+        self.on_connect = on_connect
+        self.name = name
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.socket_timeout = socket_timeout
+        self.reconnects = 0
+
+    def _connect(self) -> redis.Redis:
+        client = redis.Redis.from_url(
+            self.redis_url, socket_timeout=self.socket_timeout, socket_connect_timeout=5
+        )
+        client.ping()
+        if self.on_connect is not None:
+            self.on_connect(client)
+        return client
+
+    def run(self) -> None:
+        """Run until ``stop`` is set. Blocking reads inside ``step`` should use a block
+        timeout well under ``socket_timeout`` so a stop request is noticed promptly."""
+        backoff = self.initial_backoff
+        client: redis.Redis | None = None
+        while not self.stop.is_set():
+            try:
+                if client is None:
+                    client = self._connect()
+                    log.info("stream_consumer_connected", consumer=self.name, url=_redact(self.redis_url))
+                self.step(client)
+                backoff = self.initial_backoff
+            except TRANSIENT_REDIS_ERRORS as exc:
+                self.reconnects += 1
+                log.warning(
+                    "stream_consumer_disconnected", consumer=self.name, error=str(exc), retry_in=round(backoff, 2)
+                )
+                if client is not None:
+                    client.close()
+                client = None
+                self.stop.wait(random.uniform(0, backoff))
+                backoff = min(self.max_backoff, backoff * 2)
+        if client is not None:
+            client.close()
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a Redis URL for logs."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
