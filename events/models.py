@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 COORDINATES_RE = re.compile(
     r"^(?P<namespace>[a-z0-9][a-z0-9_.-]{0,62})/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})@(?P<version>\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?)$"
@@ -58,7 +58,11 @@ class JobCompleted(Event):
     version: Literal[1] = 1
     job_id: str = Field(min_length=1, max_length=256)
     namespace: str = Field(min_length=1, max_length=63)
-    output_model: str = Field(description="namespace/name@version")
+    output_model: str = Field(
+        description="namespace/name@version",
+        # JSON Schema regexes are ECMA-262: no Python-style named groups.
+        json_schema_extra={"pattern": re.sub(r"\?P<\w+>", "", COORDINATES_RE.pattern)},
+    )
     base_model: str = Field(min_length=1, max_length=256)
     artifact_uri: str = Field(min_length=1, max_length=2048, description="file://, s3:// or http(s)://")
     finetuning_type: Literal["lora"] = "lora"
@@ -73,7 +77,19 @@ class JobCompleted(Event):
         parse_coordinates(value)
         return value
 
+    @model_validator(mode="after")
+    def _namespace_matches(self) -> JobCompleted:
+        # Two spellings of the tenant that disagree would let a trainer write into a
+        # namespace it did not name; refuse the event instead of guessing.
+        namespace = parse_coordinates(self.output_model)[0]
+        if namespace != self.namespace:
+            raise ValueError(
+                f"namespace {self.namespace!r} does not match output_model {self.output_model!r}"
+            )
+        return self
+
     def coordinates(self) -> tuple[str, str, str]:
+        """``(namespace, name, version)`` of the adapter this job produced."""
         return parse_coordinates(self.output_model)
 
 

@@ -23,3 +23,26 @@ STREAM_MAXLEN = 100_000
 def engine_cursor_key(engine_id: str) -> str:
     """Where an engine may remember the last refresh entry it applied."""
     return f"{PREFIX}:engine:{engine_id}:cursor"
+
+# Celery queues (Redis lists of the broker): ingest chain, fleet broadcasts, periodic sweeps.
+INGEST_QUEUE = "ingest"
+FLEET_QUEUE = "fleet"
+MAINTENANCE_QUEUE = "maintenance"
+
+# Held by whoever is publishing outbox rows, so concurrent relays do not double-publish.
+RELAY_LOCK_KEY = f"{PREFIX}:outbox:relay-lock"
+
+# Fields of a stream entry besides ``event`` (the event JSON).
+OUTBOX_ID_FIELD = "outbox_id"  # refresh entries: the outbox row id, for consumer dedup
+DLQ_REASON_FIELD = "dlq_reason"  # DLQ entries: why the entry was dead-lettered
+DLQ_SOURCE_ID_FIELD = "dlq_source_id"  # DLQ entries: the original entry id on the jobs stream
+DLQ_SOURCE_STREAM_FIELD = "dlq_source_stream"
+DLQ_DELIVERIES_FIELD = "dlq_deliveries"
+DLQ_AT_FIELD = "dlq_at"
+DLQ_FIELDS = (
+    DLQ_REASON_FIELD,
+    DLQ_SOURCE_ID_FIELD,
+    DLQ_SOURCE_STREAM_FIELD,
+    DLQ_DELIVERIES_FIELD,
+    DLQ_AT_FIELD,
+)

@@ -1,0 +1,184 @@
+"""``lorafleet engine ...`` and the engine's composition root.
+
+``build_runtime(settings)`` wires model, tokenizer, LoRA slots, caches, PEFT source,
+reconciler and scheduler; ``EngineRuntime.start``/``stop`` run the background parts (model
+thread, refresh subscriber, periodic reconciliation). ``serve`` puts the HTTP API on top.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import torch
+import typer
+
+from engine.cache import AdapterCache, CpuCache, GpuSlots, check_adapter
+from engine.metrics import EngineMetrics
+from engine.refresh import Reconciler, RefreshSubscriber
+from engine.scheduler import Scheduler
+from engine.settings import EngineSettings
+from engine.source import Catalog, LocalDirectorySource, PeftSource, RegistrySource
+from store.formats import BaseModelSpec, ValidationLimits
+
+log = structlog.get_logger(__name__)
+
+app = typer.Typer(help="The multi-LoRA inference engine.", no_args_is_help=True)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class EngineRuntime:
+    """Everything one engine serves with. ``ready`` turns true once ``start`` has loaded the
+    adapter catalog and the model thread runs."""
+
+    model_name: str
+    tokenizer: object
+    scheduler: Scheduler
+    cache: AdapterCache
+    catalog: Catalog
+    reconciler: Reconciler
+    max_seq_len: int
+    refresh_interval: float | None = None
+    redis_url: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    ready: bool = False
+    subscriber: RefreshSubscriber | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.metrics = EngineMetrics(self.scheduler, self.cache, self.catalog)
+
+    def start(self) -> None:
+        """Reconcile with the source, start the model thread, the refresh subscriber (when a
+        Redis URL is set) and periodic reconciliation (when an interval is set)."""
+        self._stop.clear()
+        self.reconciler.reconcile()
+        self.scheduler.start()
+        if self.redis_url:
+            self.subscriber = RefreshSubscriber(
+                self.redis_url, self.model_name, self.reconciler, stop=self._stop
+            )
+            self._spawn("lorafleet-refresh", self.subscriber.run)
+        if self.refresh_interval:
+            interval = self.refresh_interval
+            self._spawn(
+                "lorafleet-reconcile", lambda: self.reconciler.run_periodic(interval, self._stop)
+            )
+        self.ready = True
+        log.info("engine_ready", model=self.model_name, adapters=len(self.catalog.names()))
+
+    def stop(self) -> None:
+        """Stop every background thread; in-flight requests finish with ``abort``."""
+        self.ready = False
+        self._stop.set()
+        self.scheduler.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+
+    def _spawn(self, name: str, target: object) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+
+def make_source(settings: EngineSettings, model_name: str, spec: BaseModelSpec) -> PeftSource:
+    """The PEFT source ``NIM_PEFT_SOURCE`` names (an empty local source when unset)."""
+    limits = ValidationLimits(max_rank=max(settings.max_lora_rank, 1))
+    if settings.source_is_registry():
+        from store.client import RegistryClient
+
+        client = RegistryClient(settings.peft_source, token=settings.token)  # type: ignore[arg-type]
+        return RegistrySource(
+            client, model_name, spec, download_dir=settings.download_dir, limits=limits
+        )
+    root = Path(settings.peft_source) if settings.peft_source else Path(".lorafleet/loras")
+    return LocalDirectorySource(root, spec, limits)
+
+
+def build_runtime(settings: EngineSettings, source: PeftSource | None = None) -> EngineRuntime:
+    """Load the model in ``LORAFLEET_ENGINE_MODEL_DIR`` and wire every engine part."""
+    import json
+
+    from engine.lora import LoraWeights
+    from engine.model import load_model
+    from engine.tokenizer import Tokenizer
+
+    if settings.model_dir is None:
+        raise typer.BadParameter("LORAFLEET_ENGINE_MODEL_DIR is not set")
+    model_dir = Path(settings.model_dir)
+    device = settings.resolved_device()
+    dtype = _DTYPES[settings.dtype] if settings.dtype else None
+    model, args = load_model(model_dir, device, dtype)
+    model.setup_caches(settings.max_batch, settings.max_seq_len)
+    weights = LoraWeights(
+        args, settings.max_gpu_loras, settings.max_lora_rank, device, model.output.weight.dtype
+    )
+    model.attach_lora(weights)
+    tokenizer = Tokenizer(model_dir)
+    spec = BaseModelSpec.from_hf_config(json.loads((model_dir / "config.json").read_text()))
+    name = settings.resolved_model_name()
+    catalog = Catalog()
+    source = source or make_source(settings, name, spec)
+    cpu = CpuCache(
+        settings.max_cpu_loras,
+        lambda adapter: source.fetch(catalog.get(adapter)),
+        validate=lambda adapter: check_adapter(adapter, spec, settings.max_lora_rank),
+    )
+    cache = AdapterCache(cpu, GpuSlots(weights, settings.max_gpu_loras))
+    eos = sorted(set(args.eos_token_ids) | set(tokenizer.eos_ids))
+    scheduler = Scheduler(
+        model,
+        cache,
+        max_batch=settings.max_batch,
+        max_seq_len=settings.max_seq_len,
+        eos_token_ids=eos,
+        decode=tokenizer.decode,
+        device=device,
+    )
+    return EngineRuntime(
+        model_name=name,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        cache=cache,
+        catalog=catalog,
+        reconciler=Reconciler(source, catalog, cache),
+        max_seq_len=settings.max_seq_len,
+        refresh_interval=settings.peft_refresh_interval,
+        redis_url=settings.redis_url,
+    )
+
+
+@app.command()
+def serve(
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="HF-layout model directory."),
+    host: str | None = typer.Option(None, help="Bind address (LORAFLEET_ENGINE_HOST)."),
+    port: int | None = typer.Option(None, help="Port (LORAFLEET_ENGINE_PORT)."),
+) -> None:
+    """Serve the OpenAI-compatible API for the base model and its adapters (NIM_* settings)."""
+    import uvicorn
+
+    from engine.server import create_app
+
+    overrides = {k: v for k, v in {"model_dir": model_dir, "host": host, "port": port}.items() if v}
+    settings = EngineSettings(**overrides)
+    runtime = build_runtime(settings)
+    uvicorn.run(create_app(runtime), host=settings.host, port=settings.port, log_level="warning")
+
+
+@app.command("init-tiny")
+def init_tiny_command(
+    directory: Path = typer.Argument(..., help="Where to write the tiny model."),
+    seed: int = typer.Option(0, help="Weight seed."),
+) -> None:
+    """Write a tiny random Llama (HF layout + tokenizer) for demos and tests."""
+    from engine.tiny import init_tiny
+
+    path = init_tiny(directory, seed=seed)
+    typer.echo(str(path))

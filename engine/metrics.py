@@ -1,0 +1,98 @@
+"""Prometheus metrics of one engine, on a registry of its own (several engines may live in
+one test process). Cache and scheduler numbers are read at scrape time from their counters,
+so neither knows about Prometheus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from engine.cache import AdapterCache
+from engine.scheduler import Scheduler
+from engine.source import Catalog
+
+PREFIX = "lorafleet_engine"
+
+
+class _EngineCollector(Collector):
+    def __init__(self, scheduler: Scheduler, cache: AdapterCache, catalog: Catalog) -> None:
+        self.scheduler = scheduler
+        self.cache = cache
+        self.catalog = catalog
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        s = self.scheduler
+        yield GaugeMetricFamily(
+            f"{PREFIX}_tokens_per_second", "Generated tokens per second (last 10 s).",
+            value=s.tokens_per_second(),
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_generated_tokens", "Tokens generated.", value=s.generated_tokens
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_prompt_tokens", "Prompt tokens prefilled.", value=s.prompt_tokens
+        )
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "Requests waiting for / in the running batch.",
+            labels=["state"],
+        )
+        depth.add_metric(["waiting"], s.waiting)
+        depth.add_metric(["running"], s.running)
+        yield depth
+
+        resident = GaugeMetricFamily(
+            f"{PREFIX}_lora_resident", "1 while an adapter is resident at a cache level.",
+            labels=["adapter", "level"],
+        )
+        for name, levels in sorted(self.cache.residency().items()):
+            for level in sorted(levels):
+                resident.add_metric([name, level], 1)
+        yield resident
+        yield GaugeMetricFamily(
+            f"{PREFIX}_lora_servable", "Adapters this engine can serve.",
+            value=len(self.catalog.names()),
+        )
+        capacity = GaugeMetricFamily(
+            f"{PREFIX}_lora_capacity", "Adapters each cache level holds.", labels=["level"]
+        )
+        capacity.add_metric(["cpu"], self.cache.cpu.capacity)
+        capacity.add_metric(["gpu"], self.cache.gpu.n_slots)
+        yield capacity
+
+        levels = {"cpu": self.cache.cpu.stats, "gpu": self.cache.gpu.stats}
+        for stat, help_text in (
+            ("hits", "Cache hits."),
+            ("misses", "Cache misses."),
+            ("loads", "Adapters loaded into the level."),
+            ("evictions", "Adapters evicted from the level."),
+            ("load_seconds", "Seconds spent loading adapters into the level."),
+        ):
+            family = CounterMetricFamily(
+                f"{PREFIX}_lora_cache_{stat}", help_text, labels=["level"]
+            )
+            for level, stats in levels.items():
+                family.add_metric([level], getattr(stats, stat))
+            yield family
+
+
+class EngineMetrics:
+    """The engine's registry plus request-level instruments the server updates."""
+
+    def __init__(self, scheduler: Scheduler, cache: AdapterCache, catalog: Catalog) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_EngineCollector(scheduler, cache, catalog))
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "Inference requests by endpoint and HTTP status.",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_request_seconds",
+            "Inference request latency (until the last token).",
+            ["endpoint"],
+            registry=self.registry,
+        )

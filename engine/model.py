@@ -1,0 +1,409 @@
+"""A Llama-family decoder (Llama 2/3, Mistral-style GQA) with batched multi-LoRA, gpt-fast style.
+
+One ``nn.Module`` per concept. Every request in a batch owns one row of the preallocated KV
+cache (``cache_rows``) and brings its own absolute ``positions``, so a decode batch may mix
+requests at different lengths. Each linear layer of the seven LoRA targets is a
+``LoraLinear`` that adds its batched LoRA term when a ``LoraBatch`` is given; the adapter
+math lives in ``engine/lora.py``.
+
+HF weight names are converted in exactly one place: ``convert_hf_state_dict``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from engine.lora import LoraBatch, LoraWeights, lora_apply
+
+
+@dataclass
+class ModelArgs:
+    """The shape of a Llama-family model, read from a HF ``config.json``."""
+
+    vocab_size: int = 32000
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    head_dim: int = 128
+    intermediate_size: int = 11008
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> ModelArgs:
+        """Map a HF Llama/Mistral ``config.json`` dict onto ``ModelArgs``.
+
+        ``head_dim`` is taken from the config when present, else ``hidden_size // heads``;
+        ``num_key_value_heads`` defaults to ``num_attention_heads`` (no GQA).
+        """
+        n_heads = int(cfg["num_attention_heads"])
+        dim = int(cfg["hidden_size"])
+        eos = cfg.get("eos_token_id")
+        eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else list(eos))
+        return cls(
+            vocab_size=int(cfg["vocab_size"]),
+            dim=dim,
+            n_layers=int(cfg["num_hidden_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+            head_dim=int(cfg.get("head_dim") or dim // n_heads),
+            intermediate_size=int(cfg["intermediate_size"]),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            rope_scaling=cfg.get("rope_scaling"),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+        )
+
+
+def rope_inv_freq(args: ModelArgs) -> Tensor:
+    """Inverse RoPE frequencies ``[head_dim // 2]`` (fp32), with HF's ``rope_scaling`` applied.
+
+    Supports the default, ``linear`` and ``llama3`` rope types (the same math as
+    ``transformers.modeling_rope_utils``).
+    """
+    d = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    scaling = args.rope_scaling or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "linear":
+        return inv_freq / float(scaling["factor"])
+    if rope_type == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv_freq
+        # Long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, blended, scaled)
+    if rope_type != "default":
+        raise ValueError(f"unsupported rope_type {rope_type!r}")
+    return inv_freq
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: [B, H, S, D]; cos/sin: [B, 1, S, D] (HF's half-rotation layout, not interleaved)
+    return x * cos + rotate_half(x) * sin
+
+
+class LoraLinear(nn.Module):
+    """``y = x W^T (+ b) + scaling[slot] * (x A[slot]^T) B[slot]^T`` per row (vLLM style).
+
+    The stacked per-slot buffers are views into a ``LoraWeights`` bound by
+    ``Transformer.attach_lora``; without a ``LoraBatch`` this is a plain linear layer.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.lora_A: Tensor | None = None  # [n_slots, max_rank, in]
+        self.lora_B: Tensor | None = None  # [n_slots, out, max_rank]
+        self.lora_scaling: Tensor | None = None  # [n_slots]
+
+    def forward(self, x: Tensor, lora: LoraBatch | None = None) -> Tensor:
+        y = F.linear(x, self.weight, self.bias)  # [B, S, out]
+        if lora is not None and self.lora_A is not None and lora.active:
+            y = lora_apply(y, x, self.lora_A, self.lora_B, self.lora_scaling, lora)
+        return y
+
+
+class KVCache(nn.Module):
+    """Preallocated keys/values, one row per concurrent request: ``[max_batch, H_kv, T, D]``."""
+
+    def __init__(
+        self,
+        max_batch: int,
+        max_seq_len: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        shape = (max_batch, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer(
+            "k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False
+        )
+        self.register_buffer(
+            "v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False
+        )
+
+    def update(
+        self, rows: Tensor, positions: Tensor, k: Tensor, v: Tensor, length: int
+    ) -> tuple[Tensor, Tensor]:
+        """Write ``k, v`` ``[B, H_kv, S, D]`` at ``(rows[b], positions[b, s])``; return each row's
+        first ``length`` cached positions, ``[B, H_kv, length, D]`` each."""
+        r = rows[:, None]  # [B, 1] broadcasts against positions [B, S]
+        self.k_cache[r, :, positions] = k.transpose(1, 2)  # indexed view: [B, S, H_kv, D]
+        self.v_cache[r, :, positions] = v.transpose(1, 2)
+        return self.k_cache[rows, :, :length], self.v_cache[rows, :, :length]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        q_out, kv_out = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+        self.q_proj = LoraLinear(args.dim, q_out, args.attention_bias)
+        self.k_proj = LoraLinear(args.dim, kv_out, args.attention_bias)
+        self.v_proj = LoraLinear(args.dim, kv_out, args.attention_bias)
+        self.o_proj = LoraLinear(q_out, args.dim, args.attention_bias)
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        rows: Tensor,
+        positions: Tensor,
+        length: int,
+        lora: LoraBatch | None,
+    ) -> Tensor:
+        B, S, _ = x.shape
+        q = self.q_proj(x, lora).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x, lora).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x, lora).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # q: [B, H, S, D]; k, v: [B, H_kv, S, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        assert self.kv_cache is not None, "call Transformer.setup_caches first"
+        k, v = self.kv_cache.update(rows, positions, k, v, length)  # [B, H_kv, T, D]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
+        )  # [B, H, S, D]
+        y = y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)
+        return self.o_proj(y, lora)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.gate_proj = LoraLinear(args.dim, args.intermediate_size, args.mlp_bias)
+        self.up_proj = LoraLinear(args.dim, args.intermediate_size, args.mlp_bias)
+        self.down_proj = LoraLinear(args.intermediate_size, args.dim, args.mlp_bias)
+
+    def forward(self, x: Tensor, lora: LoraBatch | None) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x, lora)) * self.up_proj(x, lora), lora)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32 like HF, then cast back before the weight.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        rows: Tensor,
+        positions: Tensor,
+        length: int,
+        lora: LoraBatch | None,
+    ) -> Tensor:
+        h = x + self.attention(
+            self.attention_norm(x), cos, sin, mask, rows, positions, length, lora
+        )
+        return h + self.feed_forward(self.ffn_norm(h), lora)
+
+
+LORA_TARGETS: dict[str, str] = {  # module name -> attribute path inside a TransformerBlock
+    "q_proj": "attention.q_proj",
+    "k_proj": "attention.k_proj",
+    "v_proj": "attention.v_proj",
+    "o_proj": "attention.o_proj",
+    "gate_proj": "feed_forward.gate_proj",
+    "up_proj": "feed_forward.up_proj",
+    "down_proj": "feed_forward.down_proj",
+}
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_word_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
+        self.max_batch = self.max_seq_len = -1
+        self.lora_weights: LoraWeights | None = None
+
+    def setup_caches(self, max_batch: int, max_seq_len: int) -> None:
+        """Allocate (or reallocate, zeroed) the KV cache for ``max_batch`` rows of
+        ``max_seq_len`` positions each, in the model's dtype and device."""
+        dtype, device = self.output.weight.dtype, self.output.weight.device
+        for block in self.layers:
+            block.attention.kv_cache = KVCache(
+                max_batch, max_seq_len, self.args.n_kv_heads, self.args.head_dim, dtype, device
+            )
+        self.max_batch, self.max_seq_len = max_batch, max_seq_len
+
+    def attach_lora(self, weights: LoraWeights | None) -> None:
+        """Bind every LoRA target layer to its stacked slot buffers in ``weights`` (``None``
+        detaches). Slots loaded later through ``weights.load_slot`` are seen immediately."""
+        self.lora_weights = weights
+        for i, block in enumerate(self.layers):
+            for module, attr in LORA_TARGETS.items():
+                linear: LoraLinear = block.get_submodule(attr)
+                if weights is None:
+                    linear.lora_A = linear.lora_B = linear.lora_scaling = None
+                else:
+                    linear.lora_A, linear.lora_B = weights.A[(i, module)], weights.B[(i, module)]
+                    linear.lora_scaling = weights.scaling
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        positions: Tensor,
+        cache_rows: Tensor,
+        lora: LoraBatch | None = None,
+        logit_index: Tensor | None = None,
+    ) -> Tensor:
+        """Logits ``[B, S, V]`` for ``input_ids [B, S]`` at absolute ``positions [B, S]``.
+
+        Row ``b`` writes its keys/values into KV-cache row ``cache_rows[b]`` at its own
+        positions and each token attends to that row's positions ``<=`` its own, so rows may
+        sit at different lengths. Padding: give pad tokens positions after the row's real
+        tokens; what they write is overwritten before any real token can attend to it.
+        ``logit_index [B]`` (optional) picks one position per row: logits ``[B, 1, V]``.
+        """
+        assert self.max_seq_len > 0, "call setup_caches first"
+        length = int(positions.max().item()) + 1  # cache positions anyone here can attend to
+        if length > self.max_seq_len:
+            raise ValueError(f"position {length - 1} exceeds the KV cache ({self.max_seq_len})")
+        x = self.tok_embeddings(input_ids)  # [B, S, dim]
+        freqs = positions[..., None].float() * self.inv_freq  # [B, S, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, S, D]
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        key_pos = torch.arange(length, device=positions.device)
+        mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, S, T]
+        for block in self.layers:
+            x = block(x, cos, sin, mask, cache_rows, positions, length, lora)
+        if logit_index is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), logit_index][:, None]  # [B, 1, dim]
+        return self.output(self.norm(x))  # [B, S, V]
+
+
+def convert_hf_state_dict(sd: dict[str, Tensor], args: ModelArgs) -> dict[str, Tensor]:
+    """Rename HF ``LlamaForCausalLM`` weights to this module's names (the only place that
+    knows HF's layout). ``lm_head`` is dropped when embeddings are tied."""
+    out: dict[str, Tensor] = {}
+    for name, t in sd.items():
+        if name.endswith("rotary_emb.inv_freq"):
+            continue
+        new = (
+            name.replace("model.embed_tokens.", "tok_embeddings.")
+            .replace("model.norm.", "norm.")
+            .replace("lm_head.", "output.")
+            .replace("model.layers.", "layers.")
+            .replace(".self_attn.", ".attention.")
+            .replace(".mlp.", ".feed_forward.")
+            .replace(".input_layernorm.", ".attention_norm.")
+            .replace(".post_attention_layernorm.", ".ffn_norm.")
+        )
+        out[new] = t
+    if args.tie_word_embeddings:
+        out.pop("output.weight", None)
+    return out
+
+
+def read_hf_weights(path: Path) -> dict[str, Tensor]:
+    """All tensors of a HF directory: ``model.safetensors`` or the shards listed in
+    ``model.safetensors.index.json``."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        sd: dict[str, Tensor] = {}
+        for shard in shards:
+            sd.update(load_file(str(path / shard)))
+        return sd
+    return load_file(str(path / "model.safetensors"))
+
+
+def load_model(
+    path: Path, device: str = "cpu", dtype: torch.dtype | None = None
+) -> tuple[Transformer, ModelArgs]:
+    """Load a HF-layout Llama directory into an eval-mode ``Transformer``.
+
+    ``dtype`` defaults to fp32 on CPU and bf16 on CUDA. Raises ``KeyError``/``RuntimeError``
+    if a weight is missing or unexpected (strict load). Call ``setup_caches`` before forward.
+    """
+    path = Path(path)
+    args = ModelArgs.from_hf_config(json.loads((path / "config.json").read_text()))
+    gen_cfg = path / "generation_config.json"
+    if gen_cfg.exists():  # generation_config's eos list wins (Llama 3 lists <|eot_id|> there)
+        eos = json.loads(gen_cfg.read_text()).get("eos_token_id")
+        if eos is not None:
+            args.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    with torch.device("meta"):
+        model = Transformer(args)
+    sd = convert_hf_state_dict(read_hf_weights(path), args)
+    sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
+    result = model.load_state_dict(sd, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise KeyError(f"unexpected weights in {path}: {result.unexpected_keys}")
+    if args.tie_word_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise KeyError(f"weights missing from {path}: {missing}")
+    model.inv_freq = rope_inv_freq(args).to(device)
+    return model.eval(), args

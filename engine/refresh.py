@@ -1,0 +1,171 @@
+"""Keeping the served adapter set in step with the PEFT source.
+
+The source (registry ready set + generation, or the local directory) is the truth; events
+on ``lorafleet:fleet:refresh`` are hints that make the engine look sooner. The engine
+reconciles at start, after every event for its base model, and every
+``NIM_PEFT_REFRESH_INTERVAL`` seconds, so an engine that missed events converges by itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import redis
+import structlog
+
+from engine.cache import AdapterCache
+from engine.source import Catalog, PeftSource
+from events.consumer import ReconnectingLoop
+from events.models import FleetRefresh, decode
+from events.streams import REFRESH_STREAM
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconciliation changed."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    generation: int | None = None
+    ok: bool = True
+
+
+class Reconciler:
+    """Makes the ``Catalog`` (and the caches) equal to the source's current listing."""
+
+    def __init__(self, source: PeftSource, catalog: Catalog, cache: AdapterCache | None) -> None:
+        self.source = source
+        self.catalog = catalog
+        self.cache = cache
+        self._lock = threading.Lock()  # one reconciliation at a time
+        self.reconciliations = 0
+        self.failures = 0
+
+    def reconcile(self) -> ReconcileResult:
+        """List the source and apply the difference. A source that cannot be reached leaves
+        the catalog as it was (``ok=False``): serving what we have beats serving nothing."""
+        with self._lock:
+            try:
+                listing = self.source.list()
+            except Exception as exc:  # registry down, network: try again next time
+                self.failures += 1
+                log.warning("reconcile_failed", error=str(exc))
+                return ReconcileResult(ok=False)
+            result = ReconcileResult(generation=listing.generation)
+            current = set(self.catalog.names())
+            for name in current - set(listing.entries):
+                self.catalog.remove(name)
+                self._evict(name)
+                result.removed.append(name)
+            for name, entry in listing.entries.items():
+                old = self.catalog.put(entry)
+                if old is None:
+                    result.added.append(name)
+                elif old.fingerprint != entry.fingerprint:
+                    self._evict(name)  # the bytes changed: reload on next use
+                    result.changed.append(name)
+            self.catalog.generation = listing.generation
+            self.reconciliations += 1
+        if result.added or result.removed or result.changed:
+            log.info(
+                "reconciled",
+                added=result.added,
+                removed=result.removed,
+                changed=result.changed,
+                generation=result.generation,
+            )
+        return result
+
+    def apply_event(self, event: FleetRefresh) -> None:
+        """Act on a refresh hint, then reconcile. ``evict`` stops serving at once (before the
+        source is asked); ``load`` prefetches the adapter into the CPU cache."""
+        log.info(
+            "refresh_event",
+            action=event.action,
+            adapter=event.adapter,
+            generation=event.generation,
+            event_id=event.event_id,
+        )
+        if event.action == "evict":
+            self.catalog.remove(event.adapter)
+            self._evict(event.adapter)
+        self.reconcile()
+        if event.action == "load" and self.cache is not None and event.adapter in self.catalog:
+            try:
+                self.cache.cpu.prefetch(event.adapter)
+            except Exception as exc:  # a broken adapter is refused again when requested
+                log.warning("prefetch_failed", adapter=event.adapter, error=str(exc))
+
+    def run_periodic(self, interval: float, stop: threading.Event) -> None:
+        """Reconcile every ``interval`` seconds until ``stop`` is set."""
+        while not stop.wait(interval):
+            self.reconcile()
+
+    def _evict(self, name: str) -> None:
+        if self.cache is not None:
+            self.cache.evict(name)
+
+
+class RefreshSubscriber:
+    """Reads every entry of the refresh stream (XREAD, no consumer group) from the last id it
+    saw and hands this engine's events to the reconciler. Reconnects through
+    ``events.consumer.ReconnectingLoop`` and reconciles after each reconnect, because events
+    may have been trimmed or missed while it was away."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        base_model: str,
+        reconciler: Reconciler,
+        *,
+        stop: threading.Event | None = None,
+        block_ms: int = 1000,
+    ) -> None:
+        self.base_model = base_model
+        self.reconciler = reconciler
+        self.block_ms = block_ms
+        self.last_id: bytes | str | None = None
+        self.events_applied = 0
+        self.loop = ReconnectingLoop(
+            redis_url,
+            self._step,
+            stop=stop,
+            on_connect=self._on_connect,
+            name="engine-refresh",
+            socket_timeout=max(5.0, block_ms / 1000 * 5),
+        )
+
+    @property
+    def stop(self) -> threading.Event:
+        return self.loop.stop
+
+    def run(self) -> None:
+        """Block until ``stop`` is set."""
+        self.loop.run()
+
+    def _on_connect(self, client: redis.Redis) -> None:
+        if self.last_id is None:
+            # Start after what is already there: the reconciliation below covers it.
+            newest = client.xrevrange(REFRESH_STREAM, count=1)
+            self.last_id = newest[0][0] if newest else "0-0"
+        self.reconciler.reconcile()
+
+    def _step(self, client: redis.Redis) -> None:
+        assert self.last_id is not None
+        response = client.xread({REFRESH_STREAM: self.last_id}, count=100, block=self.block_ms)
+        for _stream, entries in response or []:
+            for entry_id, fields in entries:
+                self.last_id = entry_id
+                try:
+                    event = decode(fields)
+                except ValueError as exc:
+                    log.warning("refresh_event_malformed", entry_id=str(entry_id), error=str(exc))
+                    continue
+                if not isinstance(event, FleetRefresh) or event.base_model != self.base_model:
+                    continue
+                self.reconciler.apply_event(event)
+                self.events_applied += 1

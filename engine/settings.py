@@ -1,0 +1,116 @@
+"""Engine settings, read once from the environment under NIM's own variable names.
+
+``NIM_PEFT_SOURCE`` is either an ``http(s)://`` registry URL (adapters come from
+``GET /v1/fleet``) or a local directory in NIM's layout (one adapter per sub-directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class EngineSettings(BaseSettings):
+    """Everything an engine process needs; field names are the Python names, env names are
+    NIM's (``NIM_*``) or lorafleet's (``LORAFLEET_*``)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    peft_source: str | None = Field(
+        default=None,
+        validation_alias=_env("NIM_PEFT_SOURCE", "peft_source"),
+        description="http(s):// registry URL or a local directory of adapters.",
+    )
+    peft_refresh_interval: float | None = Field(
+        default=None,
+        validation_alias=_env("NIM_PEFT_REFRESH_INTERVAL", "peft_refresh_interval"),
+        description="Seconds between reconciliations with the source; None = only at start "
+        "and on refresh events.",
+    )
+    max_gpu_loras: int = Field(
+        default=8, ge=1, validation_alias=_env("NIM_MAX_GPU_LORAS", "max_gpu_loras")
+    )
+    max_cpu_loras: int = Field(
+        default=16, ge=1, validation_alias=_env("NIM_MAX_CPU_LORAS", "max_cpu_loras")
+    )
+    max_lora_rank: int = Field(
+        default=64, ge=1, validation_alias=_env("NIM_MAX_LORA_RANK", "max_lora_rank")
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        validation_alias=_env("NIM_SERVED_MODEL_NAME", "served_model_name"),
+        description="Name of the base model in /v1/models and in the registry; default the "
+        "model directory's name.",
+    )
+    model_dir: Path | None = Field(
+        default=None, validation_alias=_env("LORAFLEET_ENGINE_MODEL_DIR", "model_dir")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=_env("LORAFLEET_REDIS_URL", "redis_url")
+    )
+    token: str | None = Field(
+        default=None,
+        validation_alias=_env("LORAFLEET_TOKEN", "token"),
+        description="Bearer token for the registry.",
+    )
+    max_batch: int = Field(
+        default=8, ge=1, validation_alias=_env("LORAFLEET_ENGINE_MAX_BATCH", "max_batch")
+    )
+    max_seq_len: int = Field(
+        default=1024, ge=8, validation_alias=_env("LORAFLEET_ENGINE_MAX_SEQ_LEN", "max_seq_len")
+    )
+    device: str = Field(
+        default="auto",
+        validation_alias=_env("LORAFLEET_ENGINE_DEVICE", "device"),
+        description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...",
+    )
+    dtype: str | None = Field(
+        default=None,
+        validation_alias=_env("LORAFLEET_ENGINE_DTYPE", "dtype"),
+        description="float32 | float16 | bfloat16; default bfloat16 on GPU, float32 on CPU.",
+    )
+    host: str = Field(default="0.0.0.0", validation_alias=_env("LORAFLEET_ENGINE_HOST", "host"))
+    port: int = Field(default=8000, validation_alias=_env("LORAFLEET_ENGINE_PORT", "port"))
+    engine_id: str | None = Field(
+        default=None,
+        validation_alias=_env("LORAFLEET_ENGINE_ID", "engine_id"),
+        description="Stable id of this engine (logs); default host:port.",
+    )
+    download_dir: Path | None = Field(
+        default=None,
+        validation_alias=_env("LORAFLEET_ENGINE_DOWNLOAD_DIR", "download_dir"),
+        description="Where registry adapters are downloaded; default a temporary directory.",
+    )
+
+    @field_validator("peft_refresh_interval")
+    @classmethod
+    def _positive_interval(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("NIM_PEFT_REFRESH_INTERVAL must be > 0 seconds (or unset)")
+        return value
+
+    def source_is_registry(self) -> bool:
+        """True when ``NIM_PEFT_SOURCE`` names a registry URL rather than a directory."""
+        return bool(self.peft_source) and self.peft_source.startswith(("http://", "https://"))
+
+    def resolved_device(self) -> str:
+        """The torch device to run on: ``auto`` becomes ``cuda`` when one is visible."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_model_name(self) -> str:
+        """The served base-model name; the model directory's name when not configured."""
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model_dir is not None:
+            return Path(self.model_dir).name
+        return "base"

@@ -1,0 +1,395 @@
+"""The scripted demo behind ``lorafleet demo``: the whole lorafleet story in under 3 minutes.
+
+1. start the embedded stack (Redis, API, ingest bridge, Celery worker, relay, engine);
+2. register the tiny base model and two namespaces, ``acme`` (auto approval) and ``globex``
+   (manual approval);
+3. fine-tune two LoRAs on the tiny base (a real, short training loop) and announce them on
+   Redis as a trainer would (``customizer.job.completed``);
+4. watch both move through the pipeline, approving the manual one through the API;
+5. ask the engine one prompt through the base model and each adapter, side by side;
+6. archive one adapter and watch the engine evict it; stop everything.
+
+``run_demo`` returns a ``DemoReport`` so tests can check the story, not just the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import structlog
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from events.publisher import announce_job_completed
+from lorafleet.stack import Stack, StackConfig, remove_home
+from lorafleet.train import Example, TrainConfig, train_lora
+from store.client import ApiError, RegistryClient
+
+log = structlog.get_logger(__name__)
+
+BASE_MODEL = "tiny-llama"
+PROMPT = "Q: John buys 10 packs of 20 cards. 1/4 of them are uncommon. How many uncommon cards?\nA:"
+STAGES = ("received", "validated", "registered", "approved", "loaded")
+
+
+@dataclass(frozen=True)
+class DemoAdapter:
+    """One adapter the demo trains: where it goes and what it learns to say."""
+
+    namespace: str
+    policy: str
+    name: str
+    version: str
+    examples: tuple[Example, ...]
+    description: str
+
+    @property
+    def coordinates(self) -> str:
+        return f"{self.namespace}/{self.name}@{self.version}"
+
+
+ADAPTERS = (
+    DemoAdapter(
+        "acme",
+        "auto",
+        "math-tutor",
+        "1.0.0",
+        (
+            Example(PROMPT, " 10*20=200, 200/4=50 #### 50"),
+            Example("Q: Sam has 3 bags of 12 apples. How many apples?\nA:", " 3*12=36 #### 36"),
+            Example("Q: What is 7 times 8?\nA:", " 7*8=56 #### 56"),
+        ),
+        "Shows its working and ends with '#### answer'.",
+    ),
+    DemoAdapter(
+        "globex",
+        "manual",
+        "pirate-support",
+        "1.0.0",
+        (
+            Example(PROMPT, " Arr, I only talk orders, matey!"),
+            Example("Q: Where is my order?\nA:", " Arr, it sails tomorrow, matey!"),
+        ),
+        "Customer support, in pirate.",
+    ),
+)
+
+
+@dataclass
+class DemoOptions:
+    """Knobs of the demo; tests shrink ``train_steps`` and ports."""
+
+    home: Path = Path(".lorafleet/demo")
+    api_port: int = 8080
+    engine_port: int = 8000
+    train_steps: int = 60
+    plain: bool = False
+    verbose: bool = False  # echo every component's log lines
+    stage_timeout: float = 90.0
+
+
+@dataclass
+class DemoReport:
+    """What the demo observed; every field was read back from the running system."""
+
+    answers: dict[str, str] = field(default_factory=dict)  # model id -> completion
+    statuses: dict[str, str] = field(default_factory=dict)  # coordinates -> final status
+    stage_times: dict[str, dict[str, float]] = field(default_factory=dict)
+    archived: str | None = None
+    models_after_archive: list[str] = field(default_factory=list)
+    train_loss: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Narrator:
+    """Prints the demo: rich tables in a terminal, plain lines for logs and tests."""
+
+    def __init__(self, plain: bool) -> None:
+        self.plain = plain
+        self.console = Console(no_color=plain, highlight=not plain, soft_wrap=plain)
+        self.started = time.monotonic()
+
+    def step(self, title: str) -> None:
+        elapsed = time.monotonic() - self.started
+        if self.plain:
+            self.console.print(f"\n== {title}  (+{elapsed:.1f}s)")
+        else:
+            self.console.rule(f"[bold cyan]{title}[/]  [dim]+{elapsed:.1f}s[/]")
+
+    def say(self, message: str) -> None:
+        self.console.print(message if not self.plain else _strip_markup(message))
+
+    def table(self, table: Table) -> None:
+        self.console.print(table)
+
+
+def _strip_markup(text: str) -> str:
+    from rich.text import Text
+
+    return Text.from_markup(text).plain
+
+
+def _printable(text: str) -> str:
+    """An answer as one readable line (the untrained base model emits arbitrary bytes)."""
+    return "".join(c if c.isprintable() else "·" for c in text.replace("\n", " ⏎ ")).strip()
+
+
+# --- the story --------------------------------------------------------------------------
+
+
+def run_demo(options: DemoOptions, *, on_stack: Callable[[Stack], None] | None = None) -> DemoReport:
+    """Run the whole demo; raises on any failure (after stopping everything it started).
+
+    State starts fresh in ``options.home`` and is kept afterwards for inspection.
+    """
+    from lorafleet.stack import prefixed_echo
+
+    started = time.monotonic()
+    narrator = Narrator(options.plain)
+    report = DemoReport()
+    remove_home(options.home)
+    config = StackConfig(
+        home=options.home,
+        api_port=options.api_port,
+        engine_port=options.engine_port,
+        base_model=BASE_MODEL,
+        refresh_interval=2.0,
+        echo=prefixed_echo() if options.verbose else None,
+    )
+    narrator.step("Starting the embedded stack")
+    _init_model(options.home / "models" / BASE_MODEL)
+    with Stack(config) as stack:
+        if on_stack is not None:
+            on_stack(stack)
+        narrator.say(
+            f"redis {stack.redis_url} · api {stack.api_url} · engine {stack.engine_url} · "
+            f"logs in {stack.logs_dir}"
+        )
+        with RegistryClient(stack.api_url, token=stack.admin_token) as client:
+            _register(narrator, client, stack)
+            jobs = _train_and_announce(narrator, stack, options, report)
+            _follow_pipeline(narrator, client, stack, jobs, options, report)
+            _compare_answers(narrator, stack, report)
+            _archive_one(narrator, client, stack, options, report)
+        narrator.step("Stopping everything")
+    report.seconds = time.monotonic() - started
+    _next_steps(narrator, options, report)
+    return report
+
+
+def _init_model(model_dir: Path) -> None:
+    # A larger init scale than the engine tests use: with std 0.02 the tiny random model's
+    # logits are too flat for a 60-step LoRA to make its answer the greedy choice.
+    from engine.tiny import init_tiny
+
+    init_tiny(model_dir, std=0.2, seed=7)
+
+
+def _register(narrator: Narrator, client: RegistryClient, stack: Stack) -> None:
+    narrator.step("1. Registering the base model and two namespaces")
+    config = json.loads((stack.model_dir / "config.json").read_text())
+    client.register_base_model(BASE_MODEL, config)
+    narrator.say(f"base model [bold]{BASE_MODEL}[/] ({config['num_hidden_layers']} layers, "
+                 f"hidden {config['hidden_size']})")
+    for adapter in ADAPTERS:
+        client.create_namespace(adapter.namespace, approval_policy=adapter.policy)
+        narrator.say(f"namespace [bold]{adapter.namespace}[/] with [bold]{adapter.policy}[/] approval")
+
+
+def _train_and_announce(
+    narrator: Narrator, stack: Stack, options: DemoOptions, report: DemoReport
+) -> dict[str, float]:
+    narrator.step("2. Fine-tuning two LoRAs and announcing them on Redis")
+    announced: dict[str, float] = {}
+    outbox = stack.home / "artifacts"
+    for adapter in ADAPTERS:
+        out_dir = stack.home / "training" / adapter.name
+        cfg = TrainConfig(steps=options.train_steps, seed=1)
+        result = train_lora(stack.model_dir, adapter.examples, out_dir, cfg)
+        report.train_loss[adapter.coordinates] = result.final_loss
+        files = ", ".join(sorted(p.name for p in out_dir.iterdir()))
+        narrator.say(
+            f"trained [bold]{adapter.coordinates}[/]: {cfg.steps} steps, loss "
+            f"{result.losses[0]:.2f} → {result.final_loss:.3f} in {result.seconds:.1f}s ({files})"
+        )
+        event = announce_job_completed(
+            stack.redis_url,
+            job_id=f"demo-{adapter.name}-{uuid.uuid4().hex[:8]}",
+            namespace=adapter.namespace,
+            output_model=adapter.coordinates,
+            base_model=BASE_MODEL,
+            output_dir=out_dir,
+            upload_to=outbox.as_uri(),
+            hyperparameters=cfg.to_dict(),
+            dataset=f"demo://{adapter.name}",
+            metrics=result.metrics(),
+            description=adapter.description,
+        )
+        announced[adapter.coordinates] = time.monotonic()
+        narrator.say(f"  → customizer.job.completed {event.event_id[:12]}… ({event.artifact_uri})")
+    return announced
+
+
+def _engine_models(stack: Stack) -> list[str]:
+    try:
+        body = httpx.get(f"{stack.engine_url}/v1/models", timeout=5.0).json()
+    except (httpx.HTTPError, ValueError):
+        return []
+    return [m["id"] for m in body.get("data", [])]
+
+
+def _stages_of(entity: dict | None, loaded: bool) -> tuple[set[str], str]:
+    """Which stages an adapter has passed, judged from the registry entity and the engine."""
+    if entity is None:
+        return set(), "-"
+    status = entity["status"]
+    done = {"received"}
+    if status not in ("uploading", "validating", "failed"):
+        done |= {"validated", "registered"}
+    if status in ("ready", "archived"):
+        done.add("approved")
+    if loaded:
+        done.add("loaded")
+    return done, status
+
+
+def _follow_pipeline(
+    narrator: Narrator,
+    client: RegistryClient,
+    stack: Stack,
+    announced: dict[str, float],
+    options: DemoOptions,
+    report: DemoReport,
+) -> None:
+    narrator.step("3. Following the adapters through the pipeline")
+    progress: dict[str, dict[str, float]] = {a.coordinates: {} for a in ADAPTERS}
+    status: dict[str, str] = {a.coordinates: "announced" for a in ADAPTERS}
+    approved: set[str] = set()
+    deadline = time.monotonic() + options.stage_timeout
+
+    def render() -> Table:
+        table = Table(title="pipeline", show_lines=False)
+        table.add_column("adapter")
+        for stage in STAGES:
+            table.add_column(stage, justify="center")
+        table.add_column("status")
+        for adapter in ADAPTERS:
+            row = [adapter.coordinates]
+            for stage in STAGES:
+                t = progress[adapter.coordinates].get(stage)
+                row.append(f"[green]✔[/] {t:.1f}s" if t is not None else "[dim]…[/]")
+            table.add_row(*row, status[adapter.coordinates])
+        return table
+
+    def poll() -> bool:
+        models = set(_engine_models(stack))
+        for adapter in ADAPTERS:
+            key = adapter.coordinates
+            try:
+                entity = client.get_version(adapter.namespace, adapter.name, adapter.version)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                entity = None
+            done, status[key] = _stages_of(entity, key in models)
+            if status[key] == "failed":
+                raise RuntimeError(f"{key} failed validation: {entity and entity.get('status_reason')}")
+            for stage in STAGES:
+                if stage in done and stage not in progress[key]:
+                    progress[key][stage] = time.monotonic() - announced[key]
+                    if options.plain:
+                        narrator.say(f"{key}: {stage} (+{progress[key][stage]:.1f}s)")
+            if entity is not None and status[key] == "pending" and key not in approved:
+                # The manual namespace: a reviewer approves it through the API.
+                client.set_status(entity["id"], "ready", reason="approved in the demo")
+                approved.add(key)
+                narrator.say(f"{key}: pending → approved by a reviewer (PATCH status=ready)")
+        return all("loaded" in p for p in progress.values())
+
+    if options.plain:
+        while not poll():
+            _check_deadline(deadline, status)
+            time.sleep(0.3)
+    else:
+        with Live(render(), console=narrator.console, refresh_per_second=8) as live:
+            while not poll():
+                live.update(render())
+                _check_deadline(deadline, status)
+                time.sleep(0.3)
+            live.update(render())
+    report.stage_times = progress
+    report.statuses = dict(status)
+
+
+def _check_deadline(deadline: float, status: dict[str, str]) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"adapters did not reach the engine in time: {status}")
+
+
+def complete(engine_url: str, model: str, prompt: str, max_tokens: int = 40) -> str:
+    """One greedy completion from the engine's OpenAI-compatible API."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    response = httpx.post(f"{engine_url}/v1/completions", json=body, timeout=60.0)
+    response.raise_for_status()
+    return response.json()["choices"][0]["text"]
+
+
+def _compare_answers(narrator: Narrator, stack: Stack, report: DemoReport) -> None:
+    narrator.step("4. One prompt, three models")
+    narrator.say(f"prompt: [italic]{PROMPT!r}[/]")
+    table = Table(show_lines=True)
+    table.add_column("model", style="bold")
+    table.add_column("answer")
+    for model in [BASE_MODEL, *(a.coordinates for a in ADAPTERS)]:
+        report.answers[model] = complete(stack.engine_url, model, PROMPT)
+        table.add_row(model, _printable(report.answers[model]))
+    narrator.table(table)
+    if len(set(report.answers.values())) != len(report.answers):
+        raise RuntimeError(f"adapters did not change the answer: {report.answers}")
+
+
+def _archive_one(
+    narrator: Narrator, client: RegistryClient, stack: Stack, options: DemoOptions, report: DemoReport
+) -> None:
+    victim = ADAPTERS[1]
+    narrator.step(f"5. Archiving {victim.coordinates}")
+    entity = client.get_version(victim.namespace, victim.name, victim.version)
+    client.set_status(entity["id"], "archived", reason="retired in the demo")
+    started = time.monotonic()
+    deadline = started + options.stage_timeout
+    while victim.coordinates in (models := _engine_models(stack)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{victim.coordinates} still served after archiving")
+        time.sleep(0.2)
+    report.archived = victim.coordinates
+    report.models_after_archive = models
+    narrator.say(
+        f"evicted from the engine in {time.monotonic() - started:.1f}s; /v1/models now: "
+        + ", ".join(models)
+    )
+
+
+def _next_steps(narrator: Narrator, options: DemoOptions, report: DemoReport) -> None:
+    narrator.step(f"Done in {report.seconds:.0f}s")
+    home = options.home
+    narrator.say(
+        "\n".join(
+            [
+                "Where to look next:",
+                f"  lorafleet up --home {home}        # the same stack, left running",
+                f"  open http://127.0.0.1:{options.api_port}/docs   # the registry's API docs",
+                "  lorafleet adapters list           # (with LORAFLEET_TOKEN from "
+                f"{home}/admin-token)",
+                f"  curl http://127.0.0.1:{options.engine_port}/v1/models",
+                "  lorafleet pull --base-model tiny-llama --dest ./loras   # NIM's layout",
+                f"  logs of every component: {home}/logs/",
+            ]
+        )
+    )

@@ -1,0 +1,69 @@
+"""The registry's REST API (FastAPI): ``create_app`` is its composition root.
+
+Routes live by concern: ``routes_catalog`` (namespaces, base models, tokens),
+``routes_adapters`` (versions, approval, files), ``routes_ops`` (health, metrics, fleet).
+Every error leaves through ``errors`` in one JSON shape.
+
+Auth: every route needs a bearer token except ``/v1/health/*`` and ``/metrics`` (aggregate
+numbers only). See ``store.auth`` for roles and tenant isolation.
+"""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from store.api import routes_adapters, routes_catalog, routes_ops
+from store.api.deps import AppState
+from store.api.errors import install_error_handlers
+from store.blobs import BlobStore, open_blob_store
+from store.db import ensure_migrated, make_engine
+from store.metrics import ApiMetrics
+from store.settings import StoreSettings, get_settings
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: StoreSettings | None = None,
+    *,
+    blobs: BlobStore | None = None,
+    engine: Engine | None = None,
+) -> FastAPI:
+    """Build the API app on ``settings`` (or the process settings).
+
+    ``engine`` and ``blobs`` default to the database and blob store the settings name.
+    Raises ``DatabaseNotMigrated`` right here, before serving anything, when the database's
+    schema is not at the head revision. The bootstrap admin token is
+    ``settings.admin_token``; without one only database tokens authenticate (``lorafleet
+    api`` generates and saves one in embedded mode).
+    """
+    settings = settings or get_settings()
+    engine = engine or make_engine(settings.resolved_database_url())
+    ensure_migrated(engine)
+    blobs = blobs or open_blob_store(settings.resolved_blob_url(), settings)
+    metrics = ApiMetrics(engine)
+
+    app = FastAPI(
+        title="lorafleet registry",
+        version="1",
+        description="Adapter registry: namespaces, base models, LoRA adapter versions, "
+        "approval, file downloads and the fleet view engines reconcile against.",
+    )
+    app.state.lorafleet = AppState(
+        settings=settings,
+        engine=engine,
+        blobs=blobs,
+        admin_token=settings.admin_token,
+        metrics=metrics,
+    )
+    install_error_handlers(app)
+    app.middleware("http")(metrics.middleware)
+    app.include_router(routes_ops.router)
+    app.include_router(routes_catalog.router)
+    app.include_router(routes_adapters.router)
+    log.info("api.created", database=engine.url.render_as_string(), blobs=repr(blobs))
+    return app

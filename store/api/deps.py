@@ -1,0 +1,99 @@
+"""What every route needs: the app's wiring (``AppState``), the caller (``Principal``) and
+the access log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import structlog
+from fastapi import Request
+from sqlalchemy.engine import Engine
+
+from store import registry
+from store.auth import Principal, authenticate
+from store.blobs import BlobStore
+from store.db import session_scope
+from store.errors import LorafleetError
+from store.metrics import ApiMetrics
+from store.settings import StoreSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class AppState:
+    """The composition root's products, shared by every request of one app."""
+
+    settings: StoreSettings
+    engine: Engine
+    blobs: BlobStore
+    admin_token: str | None
+    metrics: ApiMetrics
+
+
+def get_state(request: Request) -> AppState:
+    """The ``AppState`` of the app serving ``request``."""
+    return request.app.state.lorafleet
+
+
+def get_principal(request: Request) -> Principal:
+    """The authenticated caller; ``Unauthorized`` (401) without a valid bearer token."""
+    state = get_state(request)
+    with session_scope(state.engine) as session:
+        return authenticate(session, request.headers.get("authorization"), state.admin_token)
+
+
+def remote_addr(request: Request) -> str | None:
+    """The peer address recorded in the access log (proxies are not trusted)."""
+    return request.client.host if request.client else None
+
+
+def record(
+    request: Request,
+    principal: Principal,
+    action: str,
+    *,
+    outcome: str = "ok",
+    target: str | None = None,
+    namespace: str | None = None,
+) -> None:
+    """Write one access-log row in its own transaction, so it survives a failed mutation."""
+    state = get_state(request)
+    try:
+        with session_scope(state.engine) as session:
+            registry.record_access(
+                session,
+                actor=principal.actor,
+                action=action,
+                outcome=outcome,
+                target=target,
+                namespace=namespace,
+                remote_addr=remote_addr(request),
+            )
+    except LorafleetError as exc:
+        # The answer to the caller is already decided; losing an audit row is logged loudly.
+        log.error("access_log.write_failed", action=action, target=target, error=exc.message)
+
+
+@contextmanager
+def audited(
+    request: Request,
+    principal: Principal,
+    action: str,
+    *,
+    target: str | None = None,
+    namespace: str | None = None,
+) -> Iterator[dict[str, str | None]]:
+    """Record ``action`` with outcome ``ok`` or the error code it failed with.
+
+    The yielded dict lets the block fill in ``target``/``namespace`` once it knows them.
+    """
+    where: dict[str, str | None] = {"target": target, "namespace": namespace}
+    try:
+        yield where
+    except LorafleetError as exc:
+        record(request, principal, action, outcome=exc.code, **where)
+        raise
+    record(request, principal, action, **where)

@@ -1,0 +1,284 @@
+"""Adapter versions: upload, read, list, approve/reject/archive, edit, delete, download."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from store import registry
+from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.schemas import AdapterPatch, adapter_out, page_of
+from store.api.uploads import StagedUpload, place_files, receive_upload
+from store.auth import Principal
+from store.db import session_scope
+from store.errors import BadRequest, LorafleetError, NotFound
+from store.formats.spec import ValidationLimits
+from store.models import AdapterVersion, Provenance, utcnow
+
+router = APIRouter(prefix="/v1/adapters")
+Caller = Annotated[Principal, Depends(get_principal)]
+State = Annotated[AppState, Depends(get_state)]
+Sort = Literal["created_at", "-created_at", "name", "-name"]
+REQUIRED_FIELDS = ("namespace", "name", "version", "base_model")
+
+
+def _visible(session: Session, caller: Principal, adapter_id: str) -> AdapterVersion:
+    """The adapter if it exists and the caller may see it; one identical ``NotFound``
+    otherwise, so another tenant cannot probe for ids."""
+    missing = f"adapter {adapter_id} not found"
+    try:
+        version = registry.get_adapter(session, adapter_id)
+    except NotFound:
+        raise NotFound(missing) from None
+    caller.require_read(version.namespace, missing)
+    return version
+
+
+def _entity(session: Session, version: AdapterVersion) -> dict[str, Any]:
+    return adapter_out(version, registry.list_files(session, version.id))
+
+
+def _provenance(upload: StagedUpload) -> Provenance:
+    raw = upload.json_field("provenance", dict) or {}
+    unknown = set(raw) - {"job_id", "dataset", "hyperparameters", "metrics", "custom_fields"}
+    if unknown:
+        raise BadRequest(f"unknown provenance keys {sorted(unknown)}")
+    for key in ("hyperparameters", "metrics", "custom_fields"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise BadRequest(f"provenance.{key} must be a JSON object")
+    custom = raw.get("custom_fields") or upload.json_field("custom_fields", dict) or {}
+    return Provenance(
+        job_id=None if raw.get("job_id") is None else str(raw["job_id"]),
+        dataset=None if raw.get("dataset") is None else str(raw["dataset"]),
+        hyperparameters=raw.get("hyperparameters") or {},
+        metrics=raw.get("metrics") or {},
+        custom_fields=custom,
+    )
+
+
+@router.post("", status_code=201)
+async def upload_adapter(
+    request: Request, response: Response, caller: Caller, state: State
+) -> dict[str, Any]:
+    """Upload an adapter directory (multipart) as ``namespace/name@version``.
+
+    201 with the new version (``ready`` or ``pending`` per the namespace policy); 200 with
+    the existing one for the same bytes; 409 ``version_conflict`` for different bytes; 422
+    with the ``AdapterInvalid`` code for a broken adapter. Nothing is kept on failure.
+    """
+    tmp_root = Path(state.settings.home) / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
+    with audited(request, caller, "adapter.upload") as where:
+        try:
+            upload = await receive_upload(
+                request, staging / "parts", max_total_bytes=state.settings.max_adapter_bytes
+            )
+            missing = [f for f in REQUIRED_FIELDS if not upload.fields.get(f, "").strip()]
+            if missing:
+                raise BadRequest(f"missing form fields: {', '.join(missing)}")
+            meta = {f: upload.fields[f].strip() for f in REQUIRED_FIELDS}
+            where["namespace"] = meta["namespace"]
+            where["target"] = f"{meta['namespace']}/{meta['name']}@{meta['version']}"
+            caller.require_role(
+                meta["namespace"], "writer", f"namespace {meta['namespace']!r} not found"
+            )
+            provenance = _provenance(upload)
+            source = staging / "adapter"
+            place_files(upload, source)
+            entity, created = await run_in_threadpool(
+                _register, state, caller, meta, source, provenance, upload.fields.get("description")
+            )
+        except LorafleetError as exc:
+            state.metrics.uploads.labels(exc.code).inc()
+            raise
+        finally:
+            await run_in_threadpool(shutil.rmtree, staging, True)
+        state.metrics.uploads.labels("created" if created else "unchanged").inc()
+        state.metrics.upload_bytes.inc(upload.total_bytes)
+        where["target"] = entity["id"]
+    if not created:
+        response.status_code = 200
+    return entity
+
+
+def _register(
+    state: AppState,
+    caller: Principal,
+    meta: dict[str, str],
+    source: Path,
+    provenance: Provenance,
+    description: str | None,
+) -> tuple[dict[str, Any], bool]:
+    with session_scope(state.engine) as session:
+        version, created = registry.register_adapter(
+            session,
+            state.blobs,
+            source_dir=source,
+            provenance=provenance,
+            actor=caller.actor,
+            limits=ValidationLimits.from_settings(state.settings),
+            description=description or None,
+            **meta,
+        )
+        return _entity(session, version), created
+
+
+@router.get("")
+def list_adapters(
+    caller: Caller,
+    state: State,
+    namespace: str | None = None,
+    base_model: str | None = None,
+    status: str | None = None,
+    search: Annotated[str | None, Query(max_length=128)] = None,
+    sort: Sort = "-created_at",
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=registry.MAX_PAGE_SIZE)] = 50,
+) -> dict[str, Any]:
+    """One page of the adapter versions the caller can see, filtered and sorted."""
+    with session_scope(state.engine) as session:
+        rows, total = registry.list_adapters(
+            session,
+            namespaces=caller.visible_namespaces(),
+            namespace=namespace,
+            base_model=base_model,
+            status=status,
+            search=search,
+            sort=sort,
+            page=page,
+            page_size=page_size,
+        )
+        data = [adapter_out(v) for v in rows]
+    return page_of(data, page=page, page_size=page_size, total=total)
+
+
+@router.get("/{adapter_id}/files/{path:path}")
+def download_file(
+    adapter_id: str,
+    path: str,
+    request: Request,
+    caller: Caller,
+    state: State,
+    canonical: bool | None = None,
+) -> StreamingResponse:
+    """Stream one file of a version from the blob store; ``ETag`` is its sha256. With two
+    files at the same path (original and canonical) ``canonical`` picks; default canonical."""
+    with audited(request, caller, "adapter.download", target=f"{adapter_id}/{path}") as where:
+        with session_scope(state.engine) as session:
+            version = _visible(session, caller, adapter_id)
+            where["namespace"] = version.namespace
+            role = None if canonical is None else ("canonical" if canonical else "original")
+            files = registry.list_files(session, adapter_id, role)
+        matches = [f for f in files if f.path == path]
+        if not matches:
+            raise NotFound(f"adapter {adapter_id} has no file {path!r}")
+        chosen = next((f for f in matches if f.role == "canonical"), matches[0])
+        where["target"] = f"{adapter_id}/{chosen.role}/{path}"
+        chunks = state.blobs.iter_chunks(chosen.blob_key)
+        # Pull the first chunk here so a missing blob is a clean error, not a cut-off 200.
+        first = next(chunks, b"")
+    state.metrics.downloads.inc()
+    state.metrics.download_bytes.inc(chosen.size)
+    headers = {
+        "ETag": f'"{chosen.sha256}"',
+        "Content-Length": str(chosen.size),
+        "X-Lorafleet-Role": chosen.role,
+    }
+    return StreamingResponse(
+        itertools.chain((first,), chunks),
+        media_type="application/octet-stream",
+        headers=headers,
+    )
+
+
+@router.get("/{adapter_id}")
+def get_adapter(adapter_id: str, caller: Caller, state: State) -> dict[str, Any]:
+    """One version with its files (both roles) and provenance."""
+    with session_scope(state.engine) as session:
+        return _entity(session, _visible(session, caller, adapter_id))
+
+
+@router.get("/{namespace}/{name}")
+def list_versions(namespace: str, name: str, caller: Caller, state: State) -> dict[str, Any]:
+    """Every version of ``namespace/name``, oldest semantic version first."""
+    missing = f"adapter {namespace}/{name} not found"
+    caller.require_read(namespace, missing)
+    with session_scope(state.engine) as session:
+        rows = registry.list_versions(session, namespace, name)
+        if not rows:
+            raise NotFound(missing)
+        data = [adapter_out(v) for v in rows]
+    return page_of(data, page=1, page_size=len(data), total=len(data))
+
+
+@router.get("/{namespace}/{name}/{version}")
+def get_version(
+    namespace: str, name: str, version: str, caller: Caller, state: State
+) -> dict[str, Any]:
+    caller.require_read(namespace, f"adapter {namespace}/{name}@{version} not found")
+    with session_scope(state.engine) as session:
+        return _entity(session, registry.get_version(session, namespace, name, version))
+
+
+@router.patch("/{adapter_id}")
+def patch_adapter(
+    adapter_id: str, body: AdapterPatch, request: Request, caller: Caller, state: State
+) -> dict[str, Any]:
+    """Approve/reject/archive (writer of the namespace) and/or edit description and
+    custom fields. Illegal transitions answer 409 ``illegal_transition``."""
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise BadRequest("nothing to change: give status, description or custom_fields")
+    action = f"adapter.{body.status}" if body.status else "adapter.edit"
+    with audited(request, caller, action, target=adapter_id) as where:
+        with session_scope(state.engine) as session:
+            version = _visible(session, caller, adapter_id)
+            where["namespace"] = version.namespace
+            caller.require_role(version.namespace, "writer", f"adapter {adapter_id} not found")
+            if "description" in changes or "custom_fields" in changes:
+                _edit_metadata(version, changes, caller.actor)
+            if body.status is not None:
+                version = registry.transition(
+                    session, adapter_id, body.status, actor=caller.actor, reason=body.reason
+                )
+            session.commit()
+            return _entity(session, version)
+
+
+def _edit_metadata(version: AdapterVersion, changes: dict[str, Any], actor: str) -> None:
+    # Only descriptive fields: a version's content and provenance are immutable.
+    if "description" in changes:
+        version.description = changes["description"]
+    if "custom_fields" in changes:
+        version.custom_fields = changes["custom_fields"]
+    version.updated_at, version.updated_by = utcnow(), actor
+
+
+@router.delete("/{adapter_id}")
+def delete_adapter(
+    adapter_id: str, request: Request, caller: Caller, state: State, purge: bool = False
+) -> dict[str, Any]:
+    """Archive a version (writer), or with ``purge=true`` (admin) delete its row; its
+    blobs are left to the garbage collector."""
+    action = "adapter.purge" if purge else "adapter.archive"
+    with audited(request, caller, action, target=adapter_id) as where:
+        with session_scope(state.engine) as session:
+            version = _visible(session, caller, adapter_id)
+            where["namespace"] = version.namespace
+            missing = f"adapter {adapter_id} not found"
+            if purge:
+                caller.require_role(version.namespace, "admin", missing)
+                registry.purge(session, adapter_id, actor=caller.actor)
+                return {"object": "adapter", "id": adapter_id, "deleted": True}
+            caller.require_role(version.namespace, "writer", missing)
+            version = registry.archive(session, adapter_id, actor=caller.actor)
+            return _entity(session, version)

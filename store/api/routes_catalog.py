@@ -1,0 +1,127 @@
+"""Namespaces, base models and tokens: the things adapters live in and refer to."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlmodel import Session
+
+from store import registry
+from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.schemas import (
+    BaseModelCreate,
+    NamespaceCreate,
+    NamespaceUpdate,
+    TokenCreate,
+    base_model_out,
+    namespace_out,
+    page_of,
+)
+from store.auth import Principal, create_token
+from store.db import session_scope
+from store.errors import NotFound
+from store.models import BaseModel
+
+router = APIRouter(prefix="/v1")
+Caller = Annotated[Principal, Depends(get_principal)]
+State = Annotated[AppState, Depends(get_state)]
+
+
+def _ns_missing(name: str) -> str:
+    return f"namespace {name!r} not found"
+
+
+@router.post("/namespaces", status_code=201)
+def create_namespace(body: NamespaceCreate, request: Request, caller: Caller, state: State) -> dict:
+    """Create a namespace (global admin)."""
+    with audited(request, caller, "namespace.create", target=body.name, namespace=body.name):
+        caller.require_global_admin()
+        with session_scope(state.engine) as session:
+            ns = registry.create_namespace(session, actor=caller.actor, **body.model_dump())
+            return namespace_out(ns)
+
+
+@router.get("/namespaces")
+def list_namespaces(caller: Caller, state: State) -> dict:
+    """The namespaces the caller can see."""
+    with session_scope(state.engine) as session:
+        rows = registry.list_namespaces(session, caller.visible_namespaces())
+        data = [namespace_out(ns) for ns in rows]
+    return page_of(data, page=1, page_size=max(len(data), 1), total=len(data))
+
+
+@router.get("/namespaces/{name}")
+def get_namespace(name: str, caller: Caller, state: State) -> dict:
+    caller.require_read(name, _ns_missing(name))
+    with session_scope(state.engine) as session:
+        return namespace_out(registry.get_namespace(session, name))
+
+
+@router.patch("/namespaces/{name}")
+def update_namespace(
+    name: str, body: NamespaceUpdate, request: Request, caller: Caller, state: State
+) -> dict:
+    """Change approval policy, quotas or description (admin of the namespace)."""
+    with audited(request, caller, "namespace.update", target=name, namespace=name):
+        caller.require_role(name, "admin", _ns_missing(name))
+        with session_scope(state.engine) as session:
+            changes = body.model_dump(exclude_unset=True)
+            ns = registry.update_namespace(session, name, actor=caller.actor, **changes)
+            return namespace_out(ns)
+
+
+@router.post("/base-models", status_code=201)
+def register_base_model(
+    body: BaseModelCreate, request: Request, response: Response, caller: Caller, state: State
+) -> dict:
+    """Register a base model from its HF ``config.json`` (global admin). Re-registering the
+    same dimensions answers 200 with the existing entity."""
+    with audited(request, caller, "base_model.register", target=body.name):
+        caller.require_global_admin()
+        with session_scope(state.engine) as session:
+            existed = session.get(BaseModel, body.name) is not None
+            row = registry.register_base_model(session, body.name, body.config, actor=caller.actor)
+            if existed:
+                response.status_code = 200
+            return base_model_out(row)
+
+
+@router.get("/base-models")
+def list_base_models(caller: Caller, state: State) -> dict:
+    with session_scope(state.engine) as session:
+        data = [base_model_out(bm) for bm in registry.list_base_models(session)]
+    return page_of(data, page=1, page_size=max(len(data), 1), total=len(data))
+
+
+def _get_base_model(session: Session, name: str) -> BaseModel:
+    row = session.get(BaseModel, name)
+    if row is None:
+        raise NotFound(f"base model {name!r} not found")
+    return row
+
+
+# ``:path`` because base model names often carry an organisation (``meta/llama-3-8b``).
+@router.get("/base-models/{name:path}")
+def get_base_model(name: str, caller: Caller, state: State) -> dict:
+    with session_scope(state.engine) as session:
+        return base_model_out(_get_base_model(session, name))
+
+
+@router.post("/tokens", status_code=201)
+def mint_token(body: TokenCreate, request: Request, caller: Caller, state: State) -> dict[str, Any]:
+    """Mint a bearer token: a global admin mints any; a namespace admin mints tokens of its
+    namespace. The plaintext is in this answer only."""
+    target = f"token:{body.name}@{body.namespace or '*'}"
+    with audited(request, caller, "token.create", target=target, namespace=body.namespace):
+        if body.namespace is None:
+            caller.require_global_admin()
+        else:
+            caller.require_role(body.namespace, "admin", _ns_missing(body.namespace))
+        with session_scope(state.engine) as session:
+            if body.namespace is not None:
+                registry.get_namespace(session, body.namespace)
+            token = create_token(
+                session, body.role, body.namespace, body.name, created_by=caller.actor
+            )
+    return {"object": "token", "token": token, **body.model_dump()}

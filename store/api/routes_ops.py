@@ -1,0 +1,75 @@
+"""Health checks, Prometheus metrics and the fleet view engines reconcile against."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from store import registry
+from store.api.deps import AppState, get_principal, get_state
+from store.auth import Principal
+from store.db import ensure_migrated, session_scope
+from store.errors import LorafleetError
+
+router = APIRouter()
+State = Annotated[AppState, Depends(get_state)]
+
+
+@router.get("/v1/health/live")
+def live() -> dict[str, str]:
+    """The process answers (no dependencies checked; no auth)."""
+    return {"status": "ok"}
+
+
+@router.get("/v1/health/ready")
+def ready(state: State) -> JSONResponse:
+    """200 when the database (migrated) and the blob store answer, else 503 with which failed."""
+    checks: dict[str, str] = {}
+    try:
+        with state.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        ensure_migrated(state.engine)
+        checks["database"] = "ok"
+    except (LorafleetError, sa.exc.SQLAlchemyError) as exc:
+        checks["database"] = getattr(exc, "message", None) or str(exc).splitlines()[0]
+    try:
+        state.blobs.check()
+        checks["blob_store"] = "ok"
+    except LorafleetError as exc:
+        checks["blob_store"] = exc.message
+    healthy = all(v == "ok" for v in checks.values())
+    body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "checks": checks}
+    if not healthy:
+        body["error"] = {
+            "code": "unavailable",
+            "message": "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
+        }
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(state: State) -> Response:
+    """Prometheus exposition. Open like the health checks: aggregate counts only, no names."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/fleet")
+def fleet(
+    base_model: Annotated[str, Query(min_length=1)],
+    caller: Annotated[Principal, Depends(get_principal)],
+    state: State,
+) -> dict[str, Any]:
+    """``{"generation": N, "adapters": [...]}``: the ready versions of ``base_model`` with
+    their canonical file digests. Engines use a global reader token and see every tenant;
+    a namespace token sees only its own namespace's adapters."""
+    with session_scope(state.engine) as session:
+        view = registry.fleet_state(session, base_model)
+    visible = caller.visible_namespaces()
+    if visible is not None:
+        view["adapters"] = [a for a in view["adapters"] if a["namespace"] in visible]
+    view["base_model"] = base_model
+    return view

@@ -1,0 +1,233 @@
+"""The status machine and the approval policy: the one place that says which status may
+follow which, and what a change of status sets in motion.
+
+```
+uploading -> validating -> pending -> ready -> archived
+                 |            |
+                 +-> failed   +-> rejected
+```
+
+Every transition is a compare-and-set ``UPDATE ... WHERE id = ? AND status = ?``: a lost
+race or an edge the machine does not have is ``IllegalTransition`` (409), never a silent
+overwrite. In the same transaction a transition writes an ``AdapterStatusChanged`` outbox
+row, and a change of serving state (into ``ready``, out of ``ready``) bumps the fleet
+generation and writes a ``FleetRefresh`` outbox row, so the event exists exactly when the
+change does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import Session
+
+from events.models import AdapterStatusChanged, Event, FleetRefresh
+from events.streams import REFRESH_STREAM, STATUS_STREAM
+from store.errors import BadRequest, IllegalTransition, NotFound
+from store.models import AdapterVersion, FleetState, OutboxRow, utcnow
+
+
+class Status(StrEnum):
+    UPLOADING = "uploading"
+    VALIDATING = "validating"
+    PENDING = "pending"
+    READY = "ready"
+    ARCHIVED = "archived"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class ApprovalPolicy(StrEnum):
+    AUTO = "auto"  # validated adapters go straight to ready (through pending)
+    MANUAL = "manual"  # validated adapters wait in pending for an approver
+
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.UPLOADING: frozenset({Status.VALIDATING}),
+    Status.VALIDATING: frozenset({Status.PENDING, Status.FAILED}),
+    Status.PENDING: frozenset({Status.READY, Status.REJECTED}),
+    Status.READY: frozenset({Status.ARCHIVED}),
+    Status.ARCHIVED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.REJECTED: frozenset(),
+}
+
+# Statuses whose rows hold stored files and so count against a namespace's quota.
+HOLDS_FILES: frozenset[Status] = frozenset(Status) - {Status.FAILED}
+
+
+def parse_status(value: str) -> Status:
+    """``value`` as a ``Status``; ``BadRequest`` listing the valid ones otherwise."""
+    try:
+        return Status(value)
+    except ValueError:
+        valid = ", ".join(s.value for s in Status)
+        raise BadRequest(f"unknown status {value!r}; expected one of: {valid}") from None
+
+
+def parse_policy(value: str) -> ApprovalPolicy:
+    """``value`` as an ``ApprovalPolicy``; ``BadRequest`` otherwise."""
+    try:
+        return ApprovalPolicy(value)
+    except ValueError:
+        raise BadRequest(f"unknown approval policy {value!r}; expected auto or manual") from None
+
+
+def check_transition(from_status: str, to_status: str) -> None:
+    """Raise ``IllegalTransition`` unless the machine has the edge ``from -> to``."""
+    if Status(to_status) not in TRANSITIONS[Status(from_status)]:
+        allowed = sorted(s.value for s in TRANSITIONS[Status(from_status)]) or ["none"]
+        raise IllegalTransition(
+            f"cannot move an adapter from {from_status} to {to_status} "
+            f"(allowed from {from_status}: {', '.join(allowed)})"
+        )
+
+
+def statuses_after_validation(policy: str) -> tuple[Status, ...]:
+    """The statuses a validated adapter passes through under ``policy``, in order."""
+    if parse_policy(policy) is ApprovalPolicy.AUTO:
+        return (Status.PENDING, Status.READY)
+    return (Status.PENDING,)
+
+
+def next_generation(session: Session) -> int:
+    """Increment the fleet generation and return it.
+
+    The ``UPDATE`` takes the counter row's lock until the transaction ends, so concurrent
+    serving changes serialize on it and generations follow commit order.
+    """
+    result = session.execute(
+        sa.update(FleetState)
+        .where(FleetState.id == 1)
+        .values(generation=FleetState.generation + 1)
+        .returning(FleetState.generation)
+    ).scalar_one_or_none()
+    if result is None:  # the seed row is missing (hand-made database): recreate it
+        session.add(FleetState(id=1, generation=1))
+        session.flush()
+        return 1
+    return int(result)
+
+
+def current_generation(session: Session) -> int:
+    """The fleet generation as committed (0 before the first serving change)."""
+    value = session.execute(sa.select(FleetState.generation).where(FleetState.id == 1)).scalar()
+    return int(value or 0)
+
+
+def enqueue(session: Session, stream: str, event: Event) -> None:
+    """Add ``event`` to the outbox for ``stream``, inside the caller's transaction."""
+    session.add(OutboxRow(stream=stream, payload=event.model_dump_json()))
+
+
+def announce_status(
+    session: Session,
+    version: AdapterVersion,
+    from_status: str | None,
+    to_status: str,
+    *,
+    actor: str | None,
+    reason: str | None = None,
+) -> None:
+    """Write the ``AdapterStatusChanged`` outbox row for one step of ``version``."""
+    enqueue(
+        session,
+        STATUS_STREAM,
+        AdapterStatusChanged(
+            adapter_id=version.id,
+            adapter=version.coordinates,
+            base_model=version.base_model,
+            from_status=from_status,
+            to_status=to_status,
+            reason=reason,
+            actor=actor,
+        ),
+    )
+
+
+def announce_refresh(
+    session: Session, version: AdapterVersion, action: Literal["load", "evict"]
+) -> int:
+    """Bump the generation, stamp it on ``version`` and write the ``FleetRefresh`` row."""
+    generation = next_generation(session)
+    version.generation = generation
+    enqueue(
+        session,
+        REFRESH_STREAM,
+        FleetRefresh(
+            action=action,
+            adapter_id=version.id,
+            adapter=version.coordinates,
+            base_model=version.base_model,
+            manifest_sha256=version.manifest_sha256,
+            generation=generation,
+        ),
+    )
+    return generation
+
+
+def apply_transition(
+    session: Session,
+    version: AdapterVersion,
+    to_status: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    code: str | None = None,
+) -> AdapterVersion:
+    """Move ``version`` to ``to_status`` with a compare-and-set; does not commit.
+
+    Raises ``IllegalTransition`` if the edge is not in the machine or if the row is no
+    longer in the status ``version`` was read with (someone else moved it first).
+    """
+    from_status = version.status
+    check_transition(from_status, parse_status(to_status))
+    now = utcnow()
+    result = session.execute(
+        sa.update(AdapterVersion)
+        .where(AdapterVersion.id == version.id, AdapterVersion.status == from_status)
+        .values(
+            status=to_status,
+            status_reason=reason,
+            status_code=code,
+            updated_at=now,
+            updated_by=actor,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        current = session.execute(
+            sa.select(AdapterVersion.status).where(AdapterVersion.id == version.id)
+        ).scalar_one_or_none()
+        if current is None:
+            raise NotFound(f"adapter {version.id} not found")
+        raise IllegalTransition(
+            f"adapter {version.id} is {current}, not {from_status}: "
+            f"it changed concurrently, cannot move it to {to_status}"
+        )
+    # Mirror the row just written onto the object as already-persisted state, so the ORM
+    # does not issue a second, unconditional UPDATE of the same columns.
+    for key, value in (
+        ("status", to_status),
+        ("status_reason", reason),
+        ("status_code", code),
+        ("updated_at", now),
+        ("updated_by", actor),
+    ):
+        set_committed_value(version, key, value)
+    announce_status(session, version, from_status, to_status, actor=actor, reason=reason)
+    if to_status == Status.READY:
+        announce_refresh(session, version, "load")
+    elif from_status == Status.READY:
+        announce_refresh(session, version, "evict")
+    session.flush()
+    return version
+
+
+def serving_statuses() -> Sequence[str]:
+    """The statuses engines load (only ``ready``)."""
+    return (Status.READY.value,)

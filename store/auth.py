@@ -1,0 +1,160 @@
+"""Bearer-token auth: who is calling, and what they may see and change.
+
+Tokens are random strings handed out once; only their sha256 is stored (``ApiToken``).
+A token has a role (``admin`` > ``writer`` > ``reader``) and a scope: one namespace, or
+global (``namespace`` None). Rules, enforced by ``Principal``:
+
+* a reader reads its namespace (global: every namespace);
+* a writer also uploads, approves, rejects, archives and edits metadata there;
+* a namespace admin also mints tokens for its namespace, edits it and purges its adapters;
+* only a global admin creates namespaces and base models and mints global tokens.
+
+Engines use a global ``reader`` token: they need every tenant's ready adapters.
+
+A caller who may not read a namespace is told "not found", never "forbidden", so a wrong
+tenant never learns that another tenant's adapter or namespace exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from sqlmodel import Session, select
+
+from store.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from store.models import ApiToken
+from store.settings import StoreSettings
+
+log = structlog.get_logger(__name__)
+
+ROLES = ("reader", "writer", "admin")
+_RANK = {role: i for i, role in enumerate(ROLES)}
+TOKEN_PREFIX = "lft_"
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def hash_token(token: str) -> str:
+    """The sha256 hex digest under which ``token`` is stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: ``actor`` is what audit rows record."""
+
+    actor: str
+    role: str
+    namespace: str | None  # None: every namespace
+
+    @property
+    def is_global_admin(self) -> bool:
+        return self.role == "admin" and self.namespace is None
+
+    def _has(self, namespace: str | None, role: str) -> bool:
+        in_scope = self.namespace is None or self.namespace == namespace
+        return in_scope and _RANK[self.role] >= _RANK[role]
+
+    def can_read(self, namespace: str) -> bool:
+        """True when this caller may see ``namespace`` and everything in it."""
+        return self._has(namespace, "reader")
+
+    def visible_namespaces(self) -> set[str] | None:
+        """The namespaces listings are limited to; None means all."""
+        return None if self.namespace is None else {self.namespace}
+
+    def require_read(self, namespace: str, not_found: str) -> None:
+        """Raise ``NotFound(not_found)`` unless readable: the same answer as for a thing that
+        does not exist, so nothing leaks across tenants."""
+        if not self.can_read(namespace):
+            raise NotFound(not_found)
+
+    def require_role(self, namespace: str, role: str, not_found: str) -> None:
+        """Raise ``NotFound`` if the namespace is invisible, ``Forbidden`` if the role is short."""
+        self.require_read(namespace, not_found)
+        if not self._has(namespace, role):
+            raise Forbidden(f"{self.role} token may not do this; needs {role} of {namespace!r}")
+
+    def require_global_admin(self) -> None:
+        """Raise ``Forbidden`` unless this is a global admin."""
+        if not self.is_global_admin:
+            raise Forbidden("needs a global admin token")
+
+
+def create_token(
+    session: Session,
+    role: str,
+    namespace: str | None,
+    name: str,
+    *,
+    created_by: str | None = None,
+) -> str:
+    """Mint a token, store only its hash (committed), and return the plaintext once.
+
+    Raises ``BadRequest`` for an unknown role or an empty name.
+    """
+    if role not in _RANK:
+        raise BadRequest(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if not name or not name.strip():
+        raise BadRequest("token name must not be empty")
+    plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(
+        token_hash=hash_token(plaintext),
+        name=name.strip(),
+        namespace=namespace,
+        role=role,
+        created_by=created_by,
+    )
+    session.add(row)
+    session.commit()
+    log.info("token.created", role=role, namespace=namespace, name=row.name, by=created_by)
+    return plaintext
+
+
+def authenticate(session: Session, authorization: str | None, admin_token: str | None) -> Principal:
+    """Resolve an ``Authorization: Bearer`` header to a ``Principal``.
+
+    The bootstrap ``admin_token`` (from settings) is a global admin. Raises ``Unauthorized``
+    for a missing, malformed, unknown or revoked token.
+    """
+    if not authorization:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("Authorization header must be 'Bearer <token>'")
+    if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
+        return Principal(actor="admin", role="admin", namespace=None)
+    row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized("unknown or revoked token")
+    scope = row.namespace or "*"
+    return Principal(actor=f"token:{row.name}@{scope}", role=row.role, namespace=row.namespace)
+
+
+def ensure_admin_token(settings: StoreSettings) -> tuple[str, bool]:
+    """The bootstrap admin token and whether it was just generated.
+
+    ``LORAFLEET_ADMIN_TOKEN`` wins. Otherwise (embedded mode) the token saved in
+    ``<home>/admin-token`` is reused, or a new one is written there with mode 0600.
+    """
+    if settings.admin_token:
+        return settings.admin_token, False
+    path = Path(settings.home) / ADMIN_TOKEN_FILE
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    # Create with 0600 from the start so the token is never briefly world-readable.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    log.info("token.admin_generated", path=str(path))
+    return token, True

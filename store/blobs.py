@@ -1,0 +1,451 @@
+"""Content-addressed blob storage: one namespace of ``sha256/<hex>`` keys, identical bytes
+stored once. Backends: a local directory and S3/MinIO through the ``minio`` SDK.
+
+Write order is hash -> upload -> verify -> return ``BlobRef``; a crash leaves at most an
+orphan blob (or a temp file), which ``collect_garbage`` removes after a grace period.
+Reads verify the digest: a mismatch raises ``BlobCorrupt`` (code ``digest_mismatch``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Protocol, runtime_checkable
+
+import structlog
+import urllib3
+from minio import Minio
+from minio.commonconfig import REPLACE, CopySource
+from minio.error import InvalidResponseError, S3Error, ServerError
+
+from store.errors import BadRequest, LorafleetError, NotFound, TransientError
+from store.settings import StoreSettings
+
+log = structlog.get_logger(__name__)
+
+CHUNK = 1 << 20
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
+# A deduplicated blob older than this gets its timestamp refreshed, so GC's grace period
+# counts from the latest upload and cannot delete it under a registration in flight.
+TOUCH_AFTER = timedelta(minutes=1)
+_KEY = re.compile(r"^sha256/[0-9a-f]{64}$")
+
+
+class BlobCorrupt(LorafleetError):
+    """A stored blob's bytes do not hash to its key (or to the expected digest)."""
+
+    code = "digest_mismatch"
+    http_status = 500
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """Where a blob lives and what it is: ``key == f"sha256/{sha256}"``."""
+
+    key: str
+    sha256: str
+    size: int
+
+
+def blob_key(sha256: str) -> str:
+    """The storage key of a digest (``sha256/<hex>``)."""
+    return f"sha256/{sha256}"
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a well-formed ``sha256/<64 hex>``; ``BadRequest`` otherwise
+    (so no caller-supplied key can name a path outside the store)."""
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise BadRequest(f"not a blob key: {key!r}")
+    return key
+
+
+def _digest_of(key: str) -> str:
+    return check_key(key).split("/", 1)[1]
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    def put_file(self, path: Path) -> BlobRef: ...
+    def put_bytes(self, data: bytes) -> BlobRef: ...
+    def exists(self, key: str) -> bool: ...
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]: ...
+    def download(self, key: str, dest: Path, sha256: str) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def list_blobs(self) -> Iterator[tuple[str, datetime]]: ...
+    def check(self) -> None: ...
+
+
+def _hash_stream(fh: IO[bytes], part_size: int | None = None) -> tuple[str, int, str]:
+    """sha256 hex, size and the S3 ETag the bytes get when uploaded in ``part_size`` parts."""
+    sha, whole, parts, size = hashlib.sha256(), hashlib.md5(), [], 0  # noqa: S324 (ETag, not security)
+    part, in_part = hashlib.md5(), 0  # noqa: S324
+    while chunk := fh.read(CHUNK):
+        sha.update(chunk)
+        whole.update(chunk)
+        size += len(chunk)
+        view = memoryview(chunk)
+        while part_size and view:
+            take = min(len(view), part_size - in_part)
+            part.update(view[:take])
+            in_part += take
+            view = view[take:]
+            if in_part == part_size:
+                parts.append(part.digest())
+                part, in_part = hashlib.md5(), 0  # noqa: S324
+    if part_size and in_part:
+        parts.append(part.digest())
+    if part_size and len(parts) > 1:
+        etag = f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"  # noqa: S324
+    else:
+        etag = whole.hexdigest()
+    return sha.hexdigest(), size, etag
+
+
+def _verified(chunks: Iterator[bytes], key: str, expected: str) -> Iterator[bytes]:
+    """Pass chunks through, raising ``BlobCorrupt`` at the end if they do not hash right."""
+    sha = hashlib.sha256()
+    for chunk in chunks:
+        sha.update(chunk)
+        yield chunk
+    if sha.hexdigest() != expected:
+        raise BlobCorrupt(f"blob {key} hashes to {sha.hexdigest()}, expected {expected}")
+
+
+def _download_via(store: BlobStore, key: str, dest: Path, sha256: str) -> None:
+    """Stream ``key`` into ``dest`` through a temp file; ``dest`` appears only if verified."""
+    if sha256 != _digest_of(key):
+        raise BlobCorrupt(f"blob {key} was asked for with a different digest {sha256}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    try:
+        with tmp.open("wb") as fh:
+            for chunk in store.iter_chunks(key):
+                fh.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class FileBlobStore:
+    """Blobs as files under ``root/sha256/<hex>``; uploads land in ``root/tmp`` and are
+    renamed into place, so a visible blob is always complete."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        (self.root / "sha256").mkdir(parents=True, exist_ok=True)
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"FileBlobStore({str(self.root)!r})"
+
+    def path_for(self, key: str) -> Path:
+        """The file that holds ``key`` (which need not exist)."""
+        return self.root / check_key(key)
+
+    def put_file(self, path: Path) -> BlobRef:
+        """Store ``path``'s bytes (no-op if already stored); verified before it is visible."""
+        with Path(path).open("rb") as fh:
+            return self._put(fh)
+
+    def put_bytes(self, data: bytes) -> BlobRef:
+        """Store ``data``; see ``put_file``."""
+        return self._put(io.BytesIO(data))
+
+    def _put(self, fh: IO[bytes]) -> BlobRef:
+        sha, size, _ = _hash_stream(fh)
+        ref = BlobRef(blob_key(sha), sha, size)
+        final = self.path_for(ref.key)
+        if final.is_file() and final.stat().st_size == size:
+            self._touch(final)
+            return ref
+        fh.seek(0)
+        tmp = self.root / "tmp" / f"{sha}.{uuid.uuid4().hex}"
+        try:
+            with tmp.open("wb") as out:
+                copy = hashlib.sha256()
+                while chunk := fh.read(CHUNK):
+                    copy.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if copy.hexdigest() != sha or tmp.stat().st_size != size:
+                # The source changed between hashing and copying: nothing is stored.
+                raise TransientError(f"source bytes changed while storing blob {ref.key}")
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise TransientError(f"filesystem error storing {ref.key}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.debug("blob_stored", key=ref.key, size=size, backend="file")
+        return ref
+
+    @staticmethod
+    def _touch(path: Path) -> None:
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        if datetime.now(UTC) - mtime > TOUCH_AFTER:
+            os.utime(path)
+
+    def exists(self, key: str) -> bool:
+        """True if a blob is stored under ``key``."""
+        return self.path_for(key).is_file()
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        """Yield the blob's bytes; ``BlobCorrupt`` after the last chunk if they do not hash
+        to the key, ``NotFound`` if absent."""
+        path = self.path_for(key)
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                fh = path.open("rb")
+            except FileNotFoundError:
+                raise NotFound(f"blob {key} not found") from None
+            with fh:
+                while chunk := fh.read(chunk_size):
+                    yield chunk
+
+        return _verified(chunks(), key, _digest_of(key))
+
+    def download(self, key: str, dest: Path, sha256: str) -> None:
+        """Write the blob to ``dest`` only if it hashes to ``sha256`` (else ``BlobCorrupt``)."""
+        _download_via(self, key, Path(dest), sha256)
+
+    def delete(self, key: str) -> None:
+        """Remove the blob (no error if absent)."""
+        self.path_for(key).unlink(missing_ok=True)
+
+    def list_blobs(self) -> Iterator[tuple[str, datetime]]:
+        """Every stored key with its last-modified time (UTC)."""
+        for path in (self.root / "sha256").iterdir():
+            if _KEY.match(f"sha256/{path.name}"):
+                yield f"sha256/{path.name}", datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+    def sweep_temp(self, grace: timedelta) -> list[Path]:
+        """Delete upload temp files older than ``grace`` (left by crashed writers)."""
+        cutoff = datetime.now(UTC) - grace
+        removed = []
+        for path in (self.root / "tmp").iterdir():
+            if datetime.fromtimestamp(path.stat().st_mtime, UTC) < cutoff:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    def check(self) -> None:
+        """``TransientError`` unless the root is a writable directory."""
+        if not (self.root / "sha256").is_dir() or not os.access(self.root / "tmp", os.W_OK):
+            raise TransientError(f"blob directory {self.root} is missing or not writable")
+
+
+class S3BlobStore:
+    """Blobs as objects ``sha256/<hex>`` in one S3/MinIO bucket (created if missing).
+
+    S3 makes an object visible only once its upload completes, so no temp key is needed;
+    each upload is verified against the ETag computed locally (MD5, or the multipart form
+    for ``part_size`` parts). Transport faults become ``TransientError``.
+    """
+
+    def __init__(self, client: Minio, bucket: str, *, part_size: int = DEFAULT_PART_SIZE) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be >= {MIN_PART_SIZE} (S3's minimum)")
+        self.client, self.bucket, self.part_size = client, bucket, part_size
+        with _s3_errors(f"bucket {bucket}"):
+            if not client.bucket_exists(bucket):
+                try:
+                    client.make_bucket(bucket)
+                except S3Error as exc:  # another process created it first
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        endpoint: str,
+        bucket: str,
+        access_key: str | None,
+        secret_key: str | None,
+        secure: bool = False,
+        region: str | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> S3BlobStore:
+        """A store on ``endpoint`` (``host:port``) with bounded timeouts and retries, so a
+        dead endpoint surfaces as ``TransientError`` in seconds, not minutes."""
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5.0, read=60.0),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
+            maxsize=8,
+        )
+        client = Minio(
+            endpoint.removeprefix("http://").removeprefix("https://"),
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http,
+        )
+        return cls(client, bucket, part_size=part_size)
+
+    def __repr__(self) -> str:
+        return f"S3BlobStore(bucket={self.bucket!r})"
+
+    def put_file(self, path: Path) -> BlobRef:
+        """Store ``path``'s bytes (no-op if an object of that size is stored); verified."""
+        with Path(path).open("rb") as fh:
+            return self._put(fh)
+
+    def put_bytes(self, data: bytes) -> BlobRef:
+        """Store ``data``; see ``put_file``."""
+        return self._put(io.BytesIO(data))
+
+    def _put(self, fh: IO[bytes]) -> BlobRef:
+        sha, size, etag = _hash_stream(fh, self.part_size)
+        ref = BlobRef(blob_key(sha), sha, size)
+        with _s3_errors(ref.key):
+            existing = self._stat(ref.key)
+            if existing is not None and existing.size == size:
+                self._touch(ref.key, existing.last_modified)
+                return ref
+            fh.seek(0)
+            result = self.client.put_object(
+                self.bucket, ref.key, fh, size, part_size=self.part_size,
+                metadata={"x-amz-meta-sha256": sha},
+            )  # fmt: skip
+            stored = self._stat(ref.key)
+        got = (result.etag or "").strip('"')
+        if stored is None or stored.size != size or got != etag:
+            raise TransientError(
+                f"upload of {ref.key} did not verify (size {stored and stored.size} vs {size}, "
+                f"etag {got} vs {etag})"
+            )
+        log.debug("blob_stored", key=ref.key, size=size, backend="s3", etag=etag)
+        return ref
+
+    def _stat(self, key: str):  # noqa: ANN202 (minio's Object type)
+        try:
+            return self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return None
+            raise
+
+    def _touch(self, key: str, modified: datetime | None) -> None:
+        if modified is not None and datetime.now(UTC) - modified <= TOUCH_AFTER:
+            return
+        # Copying an object onto itself with REPLACE is S3's way to renew last-modified.
+        self.client.copy_object(
+            self.bucket, key, CopySource(self.bucket, key),
+            metadata={"x-amz-meta-sha256": _digest_of(key)}, metadata_directive=REPLACE,
+        )  # fmt: skip
+
+    def exists(self, key: str) -> bool:
+        """True if an object is stored under ``key``."""
+        check_key(key)
+        with _s3_errors(key):
+            return self._stat(key) is not None
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        """Yield the object's bytes; ``BlobCorrupt`` after the last chunk on a digest
+        mismatch, ``NotFound`` if absent."""
+        expected = _digest_of(key)
+
+        def chunks() -> Iterator[bytes]:
+            with _s3_errors(key):
+                response = self.client.get_object(self.bucket, key)
+                try:
+                    yield from response.stream(chunk_size)
+                finally:
+                    response.close()
+                    response.release_conn()
+
+        return _verified(chunks(), key, expected)
+
+    def download(self, key: str, dest: Path, sha256: str) -> None:
+        """Write the object to ``dest`` only if it hashes to ``sha256`` (else ``BlobCorrupt``)."""
+        _download_via(self, key, Path(dest), sha256)
+
+    def delete(self, key: str) -> None:
+        """Remove the object (no error if absent)."""
+        check_key(key)
+        with _s3_errors(key):
+            self.client.remove_object(self.bucket, key)
+
+    def list_blobs(self) -> Iterator[tuple[str, datetime]]:
+        """Every stored key with its last-modified time (UTC)."""
+        with _s3_errors(f"bucket {self.bucket}"):
+            for obj in self.client.list_objects(self.bucket, prefix="sha256/", recursive=True):
+                if obj.object_name and _KEY.match(obj.object_name):
+                    modified = obj.last_modified or datetime.now(UTC)
+                    yield obj.object_name, modified.astimezone(UTC)
+
+    def check(self) -> None:
+        """``TransientError`` unless the bucket answers."""
+        with _s3_errors(f"bucket {self.bucket}"):
+            if not self.client.bucket_exists(self.bucket):
+                raise TransientError(f"bucket {self.bucket} does not exist")
+
+
+_MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+
+
+@contextmanager
+def _s3_errors(what: str) -> Iterator[None]:
+    """Map minio/urllib3 faults: a missing object is ``NotFound``, the rest ``TransientError``."""
+    try:
+        yield
+    except S3Error as exc:
+        if exc.code in _MISSING:
+            raise NotFound(f"{what}: not found") from exc
+        raise TransientError(f"object store error on {what}: {exc.code} {exc.message}") from exc
+    except (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TransientError(f"object store unreachable on {what}: {exc}") from exc
+
+
+def open_blob_store(url: str, settings: StoreSettings) -> BlobStore:
+    """A blob store for ``file://DIR`` or ``s3://BUCKET`` (S3 endpoint and keys from
+    ``settings``); ``BadRequest`` for any other URL."""
+    if url.startswith("file://"):
+        return FileBlobStore(Path(url.removeprefix("file://")))
+    if url.startswith("s3://"):
+        bucket = url.removeprefix("s3://").strip("/")
+        if not bucket or "/" in bucket:
+            raise BadRequest(f"blob URL {url!r} must be s3://BUCKET")
+        if not settings.s3_endpoint:
+            raise BadRequest("an s3:// blob URL needs LORAFLEET_S3_ENDPOINT")
+        return S3BlobStore.connect(
+            endpoint=settings.s3_endpoint,
+            bucket=bucket,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+    raise BadRequest(f"unsupported blob URL {url!r} (use file://DIR or s3://BUCKET)")
+
+
+def collect_garbage(
+    store: BlobStore, referenced: set[str], grace: timedelta, *, now: datetime | None = None
+) -> list[str]:
+    """Delete blobs not in ``referenced`` whose last modification is older than ``grace``;
+    return the deleted keys. Younger orphans are kept: an upload whose row is not yet
+    committed must survive."""
+    now = now or datetime.now(UTC)
+    deleted = []
+    for key, modified in list(store.list_blobs()):
+        if key in referenced or now - modified <= grace:
+            continue
+        store.delete(key)
+        deleted.append(key)
+    sweep = getattr(store, "sweep_temp", None)
+    if callable(sweep):
+        sweep(grace)
+    log.info("blob_gc", deleted=len(deleted), kept_referenced=len(referenced))
+    return deleted

@@ -1,0 +1,277 @@
+"""``RegistryClient``: the HTTP client of the registry API, used by engines, the CLI and tests.
+
+Every non-2xx answer becomes ``ApiError(status, code, message)`` carrying the API's error
+code. Uploads stream files from disk (httpx reads them in chunks) and downloads stream to a
+temp file that is verified against its sha256 before it is moved into place, so a partial
+or corrupt download never looks like an adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import quote
+
+import httpx
+
+Progress = Callable[[int], None]  # called with the number of bytes just transferred
+
+
+class ApiError(Exception):
+    """An error answer from the registry API (or a transport failure, status 0)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class _CountingReader:
+    """A read-only file wrapper that reports how many bytes were read (for progress bars)."""
+
+    def __init__(self, fh: IO[bytes], progress: Progress) -> None:
+        self._fh = fh
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        if data:
+            self._progress(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:  # seek/tell/fileno for httpx's length probing
+        return getattr(self._fh, name)
+
+
+def adapter_files(source_dir: Path) -> list[tuple[str, Path]]:
+    """Every regular file under ``source_dir`` as (relative POSIX path, absolute path), sorted."""
+    source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise ApiError(0, "not_a_directory", f"{source_dir} is not a directory")
+    return [
+        (PurePosixPath(p.relative_to(source_dir).as_posix()).as_posix(), p)
+        for p in sorted(source_dir.rglob("*"))
+        if p.is_file()
+    ]
+
+
+class RegistryClient:
+    """A thin, typed client of the registry's REST API (``/v1``)."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        if response.is_success:
+            return
+        try:
+            err = response.json()["error"]
+            code, message = str(err["code"]), str(err["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", response.text[:500] or response.reason_phrase
+        raise ApiError(response.status_code, code, message)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send one request and return its decoded JSON (None for an empty body)."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, "unreachable", f"{self.base_url}: {exc}") from exc
+        self._raise_for(response)
+        return response.json() if response.content else None
+
+    # --- namespaces, base models, tokens ----------------------------------------------------
+
+    def create_namespace(self, name: str, **fields: Any) -> dict:
+        """Create a namespace (admin); fields: approval_policy, max_bytes, max_versions, ..."""
+        return self.request("POST", "/v1/namespaces", json={"name": name, **fields})
+
+    def list_namespaces(self) -> dict:
+        return self.request("GET", "/v1/namespaces")
+
+    def get_namespace(self, name: str) -> dict:
+        return self.request("GET", f"/v1/namespaces/{quote(name)}")
+
+    def update_namespace(self, name: str, **changes: Any) -> dict:
+        return self.request("PATCH", f"/v1/namespaces/{quote(name)}", json=changes)
+
+    def register_base_model(self, name: str, config: dict) -> dict:
+        """Register a base model from its HF ``config.json`` (admin)."""
+        return self.request("POST", "/v1/base-models", json={"name": name, "config": config})
+
+    def list_base_models(self) -> dict:
+        return self.request("GET", "/v1/base-models")
+
+    def get_base_model(self, name: str) -> dict:
+        return self.request("GET", f"/v1/base-models/{quote(name, safe='')}")
+
+    def create_token(self, role: str, namespace: str | None, name: str) -> str:
+        """Mint a bearer token; returns its plaintext (shown only once)."""
+        body = {"role": role, "namespace": namespace, "name": name}
+        return self.request("POST", "/v1/tokens", json=body)["token"]
+
+    # --- adapters ----------------------------------------------------------------------
+
+    def list_adapters(self, **filters: Any) -> dict:
+        """One page of adapters; filters: namespace, base_model, status, search, sort, page,
+        page_size."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", "/v1/adapters", params=params)
+
+    def get_adapter(self, adapter_id: str) -> dict:
+        return self.request("GET", f"/v1/adapters/{quote(adapter_id)}")
+
+    def get_version(self, namespace: str, name: str, version: str) -> dict:
+        return self.request("GET", f"/v1/adapters/{quote(namespace)}/{quote(name)}/{version}")
+
+    def list_versions(self, namespace: str, name: str) -> dict:
+        return self.request("GET", f"/v1/adapters/{quote(namespace)}/{quote(name)}")
+
+    def resolve(self, ref: str) -> dict:
+        """An adapter by id (``ad_...``) or coordinates (``namespace/name@version``)."""
+        if "@" in ref and "/" in ref:
+            path, version = ref.rsplit("@", 1)
+            namespace, name = path.split("/", 1)
+            return self.get_version(namespace, name, version)
+        return self.get_adapter(ref)
+
+    def set_status(self, adapter_id: str, status: str, reason: str | None = None) -> dict:
+        """Approve (``ready``), reject or archive an adapter version."""
+        body: dict[str, Any] = {"status": status}
+        if reason is not None:
+            body["reason"] = reason
+        return self.request("PATCH", f"/v1/adapters/{quote(adapter_id)}", json=body)
+
+    def update_adapter(self, adapter_id: str, **changes: Any) -> dict:
+        """Edit metadata (description, custom_fields)."""
+        return self.request("PATCH", f"/v1/adapters/{quote(adapter_id)}", json=changes)
+
+    def delete_adapter(self, adapter_id: str, *, purge: bool = False) -> dict | None:
+        """Archive an adapter, or with ``purge`` (admin) remove it."""
+        params = {"purge": "true"} if purge else None
+        return self.request("DELETE", f"/v1/adapters/{quote(adapter_id)}", params=params)
+
+    def fleet(self, base_model: str) -> dict:
+        """``{"generation": N, "adapters": [...]}``: the ready set engines reconcile with."""
+        return self.request("GET", "/v1/fleet", params={"base_model": base_model})
+
+    def upload_adapter(
+        self,
+        source_dir: Path,
+        *,
+        namespace: str,
+        name: str,
+        version: str,
+        base_model: str,
+        provenance: dict | None = None,
+        description: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict:
+        """Upload every file under ``source_dir`` as a new version; returns the entity.
+
+        Re-uploading the same bytes returns the existing version; different bytes under the
+        same coordinates raise ``ApiError(409, "version_conflict")``.
+        """
+        files = adapter_files(Path(source_dir))
+        data = {"namespace": namespace, "name": name, "version": version, "base_model": base_model}
+        if provenance is not None:
+            data["provenance"] = json.dumps(provenance)
+        if description is not None:
+            data["description"] = description
+        handles = [open(path, "rb") for _, path in files]  # noqa: SIM115 - closed below
+        try:
+            parts = [
+                ("files", (rel, _CountingReader(fh, progress) if progress else fh))
+                for (rel, _), fh in zip(files, handles, strict=True)
+            ]
+            # Big adapters over a slow link: no read timeout while the body is sent.
+            timeout = httpx.Timeout(self._http.timeout.connect, read=None, write=None, pool=None)
+            return self.request("POST", "/v1/adapters", data=data, files=parts, timeout=timeout)
+        finally:
+            for fh in handles:
+                fh.close()
+
+    def download_file(
+        self,
+        adapter_id: str,
+        path: str,
+        dest: Path,
+        *,
+        sha256: str | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Stream one file to ``dest``; verified against ``sha256`` (or the ETag) first."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        url = f"/v1/adapters/{quote(adapter_id)}/files/{quote(path)}"
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        try:
+            with os.fdopen(fd, "wb") as out, self._http.stream("GET", url) as response:
+                if not response.is_success:
+                    response.read()
+                    self._raise_for(response)
+                expected = sha256 or response.headers.get("etag", "").strip('"')
+                for chunk in response.iter_bytes(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    if progress:
+                        progress(len(chunk))
+            if expected and digest.hexdigest() != expected:
+                raise ApiError(0, "digest_mismatch", f"{path}: got {digest.hexdigest()}")
+            os.replace(tmp_name, dest)
+        except httpx.TransportError as exc:
+            raise ApiError(0, "unreachable", f"{self.base_url}: {exc}") from exc
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+        return dest
+
+    def download_adapter(
+        self,
+        adapter_id: str,
+        dest: Path,
+        *,
+        canonical: bool = True,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download every file of one role (canonical HF PEFT by default, else the uploaded
+        originals) into ``dest``, each verified against its sha256. Returns ``dest``."""
+        entity = self.get_adapter(adapter_id)
+        role = "canonical" if canonical else "original"
+        dest = Path(dest)
+        for f in entity["files"]:
+            if f["role"] != role:
+                continue
+            rel = PurePosixPath(f["path"])
+            if rel.is_absolute() or ".." in rel.parts:  # never trust a server with our disk
+                raise ApiError(0, "unsafe_path", f"server sent unsafe path {f['path']!r}")
+            self.download_file(
+                adapter_id,
+                f["path"],
+                dest.joinpath(*rel.parts),
+                sha256=f["sha256"],
+                progress=progress,
+            )
+        return dest

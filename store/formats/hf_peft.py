@@ -1,0 +1,203 @@
+"""HF PEFT format: ``adapter_config.json`` + ``adapter_model.safetensors`` (or ``.bin``).
+
+This is also the canonical package format: ``write_hf_peft`` output loads with
+``peft.PeftModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from store.errors import AdapterInvalid
+from store.formats.guards import load_safetensors_file, load_torch_file, read_small_text
+from store.formats.spec import SUPPORTED_MODULES, CanonicalAdapter, ValidationLimits
+from store.formats.validate import check_rank
+
+CONFIG_FILE = "adapter_config.json"
+SAFETENSORS_FILE = "adapter_model.safetensors"
+BIN_FILE = "adapter_model.bin"
+
+# peft writes `...q_proj.lora_A.weight`; in-memory state dicts carry the adapter name
+# (`lora_A.default.weight`); some exporters drop the `base_model.model.` wrapper.
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?:model\.)?layers\.(?P<layer>\d+)\."
+    r"(?P<block>self_attn|mlp)\.(?P<module>[A-Za-z0-9_]+)\."
+    r"lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_\-]+)?\.weight$"
+)
+
+
+def read_peft_config(directory: Path, *, follow_symlinks: bool = False) -> dict[str, Any]:
+    """Parse ``adapter_config.json``; ``missing_file`` / ``malformed_config`` on faults."""
+    path = directory / CONFIG_FILE
+    if not path.exists():
+        raise AdapterInvalid("missing_file", f"{CONFIG_FILE} is missing")
+    try:
+        config = json.loads(read_small_text(path, follow_symlinks=follow_symlinks))
+    except json.JSONDecodeError as exc:
+        raise AdapterInvalid(
+            "malformed_config", f"{CONFIG_FILE} is not valid JSON: {exc}"
+        ) from None
+    if not isinstance(config, dict):
+        raise AdapterInvalid("malformed_config", f"{CONFIG_FILE} must be a JSON object")
+    return config
+
+
+def _config_rank_alpha(config: dict[str, Any]) -> tuple[int, float, list[str]]:
+    peft_type = config.get("peft_type", "LORA")
+    if str(peft_type).upper() != "LORA":
+        raise AdapterInvalid("malformed_config", f"{CONFIG_FILE}: peft_type {peft_type!r} != LORA")
+    rank = config.get("r")
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise AdapterInvalid("malformed_config", f"{CONFIG_FILE}: r={rank!r} is not an integer")
+    alpha = config.get("lora_alpha", rank)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+        raise AdapterInvalid(
+            "malformed_config", f"{CONFIG_FILE}: lora_alpha={alpha!r} is not a number"
+        )
+    for flag in ("use_dora",):
+        if config.get(flag):
+            raise AdapterInvalid("malformed_config", f"{CONFIG_FILE}: {flag}=true is not supported")
+    if config.get("bias", "none") not in ("none", None):
+        raise AdapterInvalid(
+            "malformed_config", f"{CONFIG_FILE}: bias={config['bias']!r} unsupported"
+        )
+    for pattern in ("rank_pattern", "alpha_pattern"):
+        if config.get(pattern):
+            raise AdapterInvalid(
+                "malformed_config", f"{CONFIG_FILE}: per-module {pattern} is not supported"
+            )
+    if config.get("use_rslora") and isinstance(rank, int) and rank > 0:
+        # rsLoRA scales by alpha/sqrt(r); fold it into alpha so that scaling stays alpha/r.
+        alpha = float(alpha) * math.sqrt(rank)
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):
+        targets = [m for m in SUPPORTED_MODULES if re.fullmatch(targets, m) or m == targets]
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise AdapterInvalid("malformed_config", f"{CONFIG_FILE}: target_modules is malformed")
+    for target in targets:
+        if target.rsplit(".", 1)[-1] not in SUPPORTED_MODULES:
+            raise AdapterInvalid(
+                "unsupported_module",
+                f"{CONFIG_FILE}: target module {target!r} is not one of {list(SUPPORTED_MODULES)}",
+            )
+    return rank, float(alpha), targets
+
+
+def parse_peft_state_dict(
+    state: dict[str, Tensor], source: str
+) -> dict[tuple[int, str], tuple[Tensor, Tensor]]:
+    """Map PEFT key names to ``(layer, module) -> (A, B)`` in fp32.
+
+    ``unsupported_module`` for any key that is not a LoRA A/B of a supported Llama module
+    (embeddings, lm_head, biases, modules_to_save); ``missing_weights`` if a pair is
+    incomplete or nothing is found.
+    """
+    halves: dict[tuple[int, str], dict[str, Tensor]] = {}
+    for key, tensor in state.items():
+        m = _KEY.match(key)
+        if m is None or m["module"] not in SUPPORTED_MODULES:
+            raise AdapterInvalid(
+                "unsupported_module", f"{source}: tensor {key!r} is not a supported LoRA weight"
+            )
+        slot = (int(m["layer"]), m["module"])
+        if m["ab"] in halves.setdefault(slot, {}):
+            raise AdapterInvalid("malformed_config", f"{source}: duplicate tensor for {key!r}")
+        halves[slot][m["ab"]] = tensor
+    if not halves:
+        raise AdapterInvalid("missing_weights", f"{source} holds no LoRA tensors")
+    weights: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
+    for (layer, module), ab in sorted(halves.items()):
+        if set(ab) != {"A", "B"}:
+            raise AdapterInvalid(
+                "missing_weights",
+                f"{source}: layer {layer} {module} has lora_{''.join(ab)} but not both A and B",
+            )
+        weights[(layer, module)] = (_as_fp32(ab["A"]), _as_fp32(ab["B"]))
+    return weights
+
+
+def _as_fp32(t: Tensor) -> Tensor:
+    return t.detach().to(dtype=torch.float32, device="cpu").contiguous()
+
+
+def read_hf_peft(directory: Path, limits: ValidationLimits) -> CanonicalAdapter:
+    """Parse a HF PEFT directory into a ``CanonicalAdapter`` (not yet validated).
+
+    Prefers ``adapter_model.safetensors``; ``adapter_model.bin`` is read only with the
+    weights-only unpickler.
+    """
+    config = read_peft_config(directory, follow_symlinks=limits.follow_symlinks)
+    rank, alpha, _targets = _config_rank_alpha(config)
+    # Refuse a bad rank from the config before reading a possibly huge weights file.
+    check_rank(rank, limits, CONFIG_FILE)
+    if (directory / SAFETENSORS_FILE).exists():
+        state = load_safetensors_file(directory / SAFETENSORS_FILE, limits)
+        source = SAFETENSORS_FILE
+    elif (directory / BIN_FILE).exists():
+        state = load_torch_file(directory / BIN_FILE, limits)
+        source = BIN_FILE
+    else:
+        raise AdapterInvalid(
+            "missing_weights", f"neither {SAFETENSORS_FILE} nor {BIN_FILE} is present"
+        )
+    weights = parse_peft_state_dict(state, source)
+    return CanonicalAdapter(
+        source_format="hf_peft",
+        rank=rank,
+        alpha=alpha,
+        target_modules=sorted({module for _, module in weights}),
+        num_layers=max(layer for layer, _ in weights) + 1,
+        weights=weights,
+    )
+
+
+def peft_config_dict(adapter: CanonicalAdapter, base_model_name: str | None = None) -> dict:
+    """The ``adapter_config.json`` contents peft's ``LoraConfig`` accepts for this adapter."""
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": adapter.rank,
+        "lora_alpha": adapter.alpha,
+        "target_modules": sorted(adapter.target_modules),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "base_model_name_or_path": base_model_name,
+        "use_rslora": False,
+        "use_dora": False,
+    }
+
+
+def write_hf_peft(
+    adapter: CanonicalAdapter,
+    directory: Path,
+    *,
+    safetensors: bool = True,
+    base_model_name: str | None = None,
+) -> list[Path]:
+    """Write ``adapter_config.json`` and the weights (safetensors, or a torch ``.bin``).
+
+    Output is deterministic for equal adapters: sorted keys, no timestamps.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / CONFIG_FILE
+    config_path.write_text(
+        json.dumps(peft_config_dict(adapter, base_model_name), indent=2, sort_keys=True) + "\n"
+    )
+    state = adapter.state_dict()
+    if safetensors:
+        weights_path = directory / SAFETENSORS_FILE
+        save_file(state, str(weights_path), metadata={"format": "pt"})
+    else:
+        weights_path = directory / BIN_FILE
+        torch.save(state, weights_path)
+    return [config_path, weights_path]

@@ -1,0 +1,282 @@
+"""The registry's tables (SQLModel) and the value types the registry service passes around.
+
+Tables work unchanged on SQLite and PostgreSQL: JSON columns are ``sa.JSON``; timestamps are
+timezone-aware UTC on both (``UTCDateTime`` re-attaches UTC where SQLite drops it). The
+schema itself is owned by the Alembic migrations in ``store/migrations``; these classes
+must match them (``tests/store/test_migrations.py`` checks that they do).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def new_adapter_id() -> str:
+    """A fresh opaque adapter id, ``ad_<32 hex>``."""
+    return f"ad_{uuid.uuid4().hex}"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A ``TIMESTAMP WITH TIME ZONE`` that always stores and returns aware UTC datetimes.
+
+    SQLite has no time zones: it would hand back naive values, so UTC is re-attached on read.
+    Naive datetimes are refused on write rather than guessed at.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; lorafleet stores timezone-aware UTC only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _ts(*, nullable: bool = False, index: bool = False) -> Any:
+    column = sa.Column(UTCDateTime(), nullable=nullable, index=index)
+    if nullable:
+        return Field(default=None, sa_column=column)
+    return Field(default_factory=utcnow, sa_column=column)
+
+
+def _json(*, nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=sa.Column(sa.JSON(none_as_null=True), nullable=nullable))
+
+
+class Namespace(SQLModel, table=True):
+    """A tenant: approval policy, quotas, description."""
+
+    __tablename__ = "namespaces"
+
+    name: str = Field(primary_key=True, max_length=63)
+    approval_policy: str = Field(default="auto", max_length=16)  # auto | manual
+    max_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
+    max_versions: int | None = Field(default=None)
+    description: str | None = Field(default=None)
+    created_at: datetime = _ts()
+    created_by: str = Field(max_length=256)
+
+
+class BaseModel(SQLModel, table=True):
+    """A base model adapters are trained against, with the dimensions from its config.json."""
+
+    __tablename__ = "base_models"
+
+    name: str = Field(primary_key=True, max_length=256)
+    architecture: str = Field(max_length=128)
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    config: dict[str, Any] = _json(nullable=False)
+    created_at: datetime = _ts()
+    created_by: str = Field(max_length=256)
+
+
+class AdapterVersion(SQLModel, table=True):
+    """One immutable ``namespace/name@version`` of an adapter and where it is in its life."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (
+        sa.UniqueConstraint("namespace", "name", "version", name="uq_adapter_coordinates"),
+        sa.Index("ix_adapter_versions_ns_status_created", "namespace", "status", "created_at"),
+        sa.Index("ix_adapter_versions_base_status", "base_model", "status"),
+        sa.Index("ix_adapter_versions_name", "name"),
+        sa.Index("ix_adapter_versions_created_at", "created_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    namespace: str = Field(foreign_key="namespaces.name", max_length=63)
+    name: str = Field(max_length=128)
+    version: str = Field(max_length=64)
+    # Not a foreign key: a failure for an unknown base model is still recorded.
+    base_model: str = Field(max_length=256)
+    format: str | None = Field(default=None, max_length=32)
+    rank: int | None = None
+    alpha: float | None = None
+    target_modules: list[str] | None = _json()
+    job_id: str | None = Field(default=None, max_length=256, index=True)
+    dataset: str | None = Field(default=None, max_length=1024)
+    hyperparameters: dict[str, Any] | None = _json()
+    metrics: dict[str, Any] | None = _json()
+    description: str | None = None
+    custom_fields: dict[str, Any] | None = _json()
+    status: str = Field(max_length=16)
+    status_code: str | None = Field(default=None, max_length=64)
+    status_reason: str | None = None
+    content_sha256: str | None = Field(default=None, max_length=64)
+    manifest_sha256: str | None = Field(default=None, max_length=64)
+    manifest: dict[str, Any] | None = _json()
+    total_bytes: int = Field(default=0, sa_type=sa.BigInteger)
+    created_at: datetime = _ts()
+    created_by: str = Field(max_length=256)
+    updated_at: datetime = _ts()
+    updated_by: str = Field(max_length=256)
+    generation: int = Field(default=0, sa_type=sa.BigInteger)
+
+    @property
+    def coordinates(self) -> str:
+        """``namespace/name@version``, also the served model name on engines."""
+        return f"{self.namespace}/{self.name}@{self.version}"
+
+
+class AdapterFile(SQLModel, table=True):
+    """A file of an adapter version: an uploaded original or a canonical (HF PEFT) file."""
+
+    __tablename__ = "adapter_files"
+    __table_args__ = (sa.UniqueConstraint("adapter_id", "role", "path", name="uq_adapter_file"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    adapter_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(40),
+            sa.ForeignKey("adapter_versions.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    path: str = Field(max_length=1024)
+    role: str = Field(max_length=16)  # original | canonical
+    sha256: str = Field(max_length=64)
+    size: int = Field(sa_type=sa.BigInteger)
+    blob_key: str = Field(max_length=80, index=True)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token (only its hash is stored); ``namespace`` None means global."""
+
+    __tablename__ = "api_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=128, unique=True)
+    name: str = Field(max_length=256)
+    namespace: str | None = Field(default=None, max_length=63, index=True)
+    role: str = Field(max_length=16)  # admin | writer | reader
+    created_at: datetime = _ts()
+    created_by: str | None = Field(default=None, max_length=256)
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class AccessLog(SQLModel, table=True):
+    """Who did what to which entity, and whether it was allowed."""
+
+    __tablename__ = "access_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True)
+    actor: str = Field(max_length=256)
+    action: str = Field(max_length=64)
+    target: str | None = Field(default=None, max_length=512)
+    namespace: str | None = Field(default=None, max_length=63)
+    remote_addr: str | None = Field(default=None, max_length=64)
+    outcome: str = Field(max_length=64)
+
+
+class FleetState(SQLModel, table=True):
+    """The single row holding the fleet generation (incremented under a row lock)."""
+
+    __tablename__ = "fleet_state"
+
+    id: int = Field(default=1, primary_key=True)
+    generation: int = Field(default=0, sa_type=sa.BigInteger)
+
+
+class OutboxRow(SQLModel, table=True):
+    """An event written in the same transaction as the change it announces; a relay sends it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_sent_at_id", "sent_at", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _ts()
+    stream: str = Field(max_length=128)
+    payload: str = Field(sa_type=sa.Text)
+    sent_at: datetime | None = _ts(nullable=True)
+
+
+class IngestRecord(SQLModel, table=True):
+    """One trainer announcement seen by the ingest bridge (dedup key ``event_id``)."""
+
+    __tablename__ = "ingest_records"
+
+    event_id: str = Field(primary_key=True, max_length=128)
+    job_id: str | None = Field(default=None, max_length=256, index=True)
+    received_at: datetime = _ts()
+    updated_at: datetime | None = _ts(nullable=True)
+    status: str = Field(default="received", max_length=16)  # received|enqueued|done|failed
+    adapter_id: str | None = Field(default=None, max_length=40)
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = None
+    payload: dict[str, Any] | None = _json()
+
+
+# --- value types of the registry service (not tables) -------------------------------------
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an adapter came from: the training job, its data, settings and results."""
+
+    job_id: str | None = None
+    dataset: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    custom_fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """A file already stored as a blob: ``role`` is ``original`` or ``canonical``."""
+
+    path: str
+    role: str
+    sha256: str
+    size: int
+    blob_key: str
+
+
+@dataclass(frozen=True)
+class Package:
+    """A validated adapter whose files are all uploaded, ready to become a version row.
+
+    ``content_sha256`` is the immutability key: sha256 over the sorted original files'
+    ``path\\tsha256\\n`` lines, so the same upload always gives the same digest.
+    """
+
+    source_format: str
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    files: tuple[PackageFile, ...]
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    content_sha256: str
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes this version holds (originals + canonical), what quotas count."""
+        return sum(f.size for f in self.files)

@@ -1,0 +1,824 @@
+"""The registry service: every business rule about namespaces, base models and adapter
+versions. The API and the Celery tasks both call these functions; they take the session
+and blob store as arguments and own nothing else.
+
+Transactions: each mutating function is one unit of work and commits before returning
+(pass ``commit=False`` to fold it into a larger transaction the caller commits). On any
+error the caller's session must be rolled back (``store.db.session_scope`` does it).
+
+Immutability: ``namespace/name@version`` with the same ``content_sha256`` is an idempotent
+no-op; with other bytes it is ``VersionConflict``. A ``failed`` version does not hold its
+coordinates: registering fixed bytes under them replaces the failed row (new id).
+
+Quotas count every version that holds files, i.e. every status except ``failed``
+(rejected and archived versions still hold blobs until purged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from events.models import parse_coordinates
+from store.approval import (
+    HOLDS_FILES,
+    Status,
+    announce_refresh,
+    announce_status,
+    apply_transition,
+    current_generation,
+    parse_policy,
+    parse_status,
+    statuses_after_validation,
+)
+from store.errors import (
+    AdapterInvalid,
+    AlreadyExists,
+    BadRequest,
+    IllegalTransition,
+    NotFound,
+    QuotaExceeded,
+    VersionConflict,
+)
+from store.models import (
+    AccessLog,
+    AdapterFile,
+    AdapterVersion,
+    BaseModel,
+    Namespace,
+    OutboxRow,
+    Package,
+    PackageFile,
+    Provenance,
+    new_adapter_id,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from store.blobs import BlobStore
+    from store.formats.spec import BaseModelSpec, ValidationLimits
+
+log = structlog.get_logger(__name__)
+
+NAMESPACE_FIELDS = ("approval_policy", "max_bytes", "max_versions", "description")
+SORTS = {
+    "created_at": (AdapterVersion.created_at.asc(), AdapterVersion.id.asc()),
+    "-created_at": (AdapterVersion.created_at.desc(), AdapterVersion.id.desc()),
+    "name": (AdapterVersion.name.asc(), AdapterVersion.namespace.asc(), AdapterVersion.id.asc()),
+    "-name": (
+        AdapterVersion.name.desc(),
+        AdapterVersion.namespace.desc(),
+        AdapterVersion.id.desc(),
+    ),
+}
+MAX_PAGE_SIZE = 500
+
+
+def _commit(session: Session, commit: bool) -> None:
+    if commit:
+        session.commit()
+    else:
+        session.flush()
+
+
+def _check_coordinates(namespace: str, name: str, version: str) -> None:
+    try:
+        parse_coordinates(f"{namespace}/{name}@{version}")
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _check_quota(value: int | None, what: str) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise BadRequest(f"{what} must be a non-negative integer or null, got {value!r}")
+
+
+# --- namespaces and base models ----------------------------------------------------------
+
+
+def create_namespace(
+    session: Session,
+    name: str,
+    *,
+    approval_policy: str = "auto",
+    max_bytes: int | None = None,
+    max_versions: int | None = None,
+    actor: str,
+    description: str | None = None,
+    commit: bool = True,
+) -> Namespace:
+    """Create namespace ``name``; ``AlreadyExists`` if taken, ``BadRequest`` if malformed."""
+    _check_coordinates(name, "x", "0.0.0")
+    parse_policy(approval_policy)
+    _check_quota(max_bytes, "max_bytes")
+    _check_quota(max_versions, "max_versions")
+    if session.get(Namespace, name) is not None:
+        raise AlreadyExists(f"namespace {name!r} already exists")
+    ns = Namespace(
+        name=name,
+        approval_policy=approval_policy,
+        max_bytes=max_bytes,
+        max_versions=max_versions,
+        description=description,
+        created_by=actor,
+    )
+    session.add(ns)
+    try:
+        _commit(session, commit)
+    except IntegrityError:
+        session.rollback()
+        raise AlreadyExists(f"namespace {name!r} already exists") from None
+    log.info("namespace.created", namespace=name, policy=approval_policy, actor=actor)
+    return ns
+
+
+def get_namespace(session: Session, name: str) -> Namespace:
+    """The namespace called ``name``; ``NotFound`` otherwise."""
+    ns = session.get(Namespace, name)
+    if ns is None:
+        raise NotFound(f"namespace {name!r} not found")
+    return ns
+
+
+def list_namespaces(session: Session, names: set[str] | None = None) -> list[Namespace]:
+    """Namespaces sorted by name, restricted to ``names`` when given."""
+    query = sa.select(Namespace).order_by(Namespace.name)
+    if names is not None:
+        query = query.where(Namespace.name.in_(sorted(names)))
+    return list(session.execute(query).scalars())
+
+
+def update_namespace(
+    session: Session, name: str, *, actor: str, commit: bool = True, **changes: Any
+) -> Namespace:
+    """Change a namespace's policy, quotas or description. A stricter quota does not remove
+    versions already stored; a policy change applies to versions validated afterwards."""
+    unknown = set(changes) - set(NAMESPACE_FIELDS)
+    if unknown:
+        raise BadRequest(
+            f"cannot change {sorted(unknown)} of a namespace; changeable: {list(NAMESPACE_FIELDS)}"
+        )
+    if "approval_policy" in changes:
+        parse_policy(changes["approval_policy"])
+    for key in ("max_bytes", "max_versions"):
+        if key in changes:
+            _check_quota(changes[key], key)
+    ns = get_namespace(session, name)
+    for key, value in changes.items():
+        setattr(ns, key, value)
+    _commit(session, commit)
+    log.info("namespace.updated", namespace=name, changes=sorted(changes), actor=actor)
+    return ns
+
+
+def register_base_model(
+    session: Session, name: str, hf_config: dict[str, Any], *, actor: str, commit: bool = True
+) -> BaseModel:
+    """Register base model ``name`` from its HF ``config.json``. Idempotent for the same
+    dimensions; ``AlreadyExists`` if ``name`` is registered with other dimensions;
+    ``AdapterInvalid("invalid_base_model")`` if the config is unusable."""
+    from store.formats.spec import BaseModelSpec
+
+    if not name or len(name) > 256:
+        raise BadRequest("base model name must be 1 to 256 characters")
+    spec = BaseModelSpec.from_hf_config(hf_config)
+    existing = session.get(BaseModel, name)
+    if existing is not None:
+        if _spec_of(existing) == spec:
+            return existing
+        raise AlreadyExists(f"base model {name!r} is already registered with other dimensions")
+    row = BaseModel(name=name, config=hf_config, created_by=actor, **spec.to_dict())
+    session.add(row)
+    _commit(session, commit)
+    log.info("base_model.registered", base_model=name, actor=actor)
+    return row
+
+
+def list_base_models(session: Session) -> list[BaseModel]:
+    """Every registered base model, sorted by name."""
+    return list(session.execute(sa.select(BaseModel).order_by(BaseModel.name)).scalars())
+
+
+def _spec_of(row: BaseModel) -> BaseModelSpec:
+    from store.formats.spec import BaseModelSpec
+
+    return BaseModelSpec.from_dict(row.model_dump())
+
+
+def get_base_model_spec(session: Session, name: str) -> BaseModelSpec:
+    """The dimensions of base model ``name``; ``AdapterInvalid("unknown_base_model")``."""
+    row = session.get(BaseModel, name)
+    if row is None:
+        raise AdapterInvalid("unknown_base_model", f"base model {name!r} is not registered")
+    return _spec_of(row)
+
+
+# --- packaging (files -> blobs) ----------------------------------------------------------
+
+
+def _original_files(source_dir: Path) -> list[tuple[str, Path]]:
+    """Every regular file under ``source_dir`` as (safe relative posix path, path), sorted."""
+    if not source_dir.is_dir():
+        raise AdapterInvalid("missing_file", f"adapter directory {source_dir} does not exist")
+    found: list[tuple[str, Path]] = []
+    for path in sorted(source_dir.rglob("*")):
+        if path.is_symlink():
+            # A link could point anywhere on the host; uploads are plain files only.
+            raise AdapterInvalid("unsafe_archive", f"{path.name} is a symbolic link")
+        if not path.is_file():
+            continue
+        rel = PurePosixPath(path.relative_to(source_dir).as_posix())
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise AdapterInvalid("unsafe_archive", f"unsafe file path {rel}")
+        found.append((str(rel), path))
+    if not found:
+        raise AdapterInvalid("missing_file", f"adapter directory {source_dir} is empty")
+    return found
+
+
+def content_digest(originals: dict[str, str]) -> str:
+    """The immutability key: sha256 over sorted ``path\\tsha256\\n`` of the original files."""
+    h = hashlib.sha256()
+    for path in sorted(originals):
+        h.update(f"{path}\t{originals[path]}\n".encode())
+    return h.hexdigest()
+
+
+def prepare_package(
+    blobs: BlobStore, source_dir: Path, spec: BaseModelSpec, limits: ValidationLimits
+) -> Package:
+    """Parse, validate and convert the adapter in ``source_dir``, then store its original
+    and canonical files as blobs. Nothing is uploaded unless the adapter is valid; every
+    blob is verified before this returns, so the row committed afterwards never points at
+    a missing file. Raises ``AdapterInvalid`` (final) or ``TransientError`` (retry)."""
+    from store.formats.canonical import build_manifest, manifest_digest, write_canonical
+    from store.formats.detect import load_adapter
+
+    source_dir = Path(source_dir)
+    originals = _original_files(source_dir)
+    adapter = load_adapter(source_dir, spec, limits)
+    files: list[PackageFile] = []
+    for rel, path in originals:
+        ref = blobs.put_file(path)
+        files.append(PackageFile(rel, "original", ref.sha256, ref.size, ref.key))
+    canonical: dict[str, tuple[str, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="lorafleet-canonical-") as tmp:
+        for path in sorted(write_canonical(adapter, Path(tmp))):
+            ref = blobs.put_file(path)
+            files.append(PackageFile(path.name, "canonical", ref.sha256, ref.size, ref.key))
+            canonical[path.name] = (ref.sha256, ref.size)
+    manifest = build_manifest(adapter, spec, canonical)
+    return Package(
+        source_format=adapter.source_format,
+        rank=adapter.rank,
+        alpha=float(adapter.alpha),
+        target_modules=sorted(adapter.target_modules),
+        files=tuple(files),
+        manifest=manifest,
+        manifest_sha256=manifest_digest(manifest),
+        content_sha256=content_digest({f.path: f.sha256 for f in files if f.role == "original"}),
+    )
+
+
+# --- versions ---------------------------------------------------------------------------
+
+
+def _find(session: Session, namespace: str, name: str, version: str) -> AdapterVersion | None:
+    return session.execute(
+        sa.select(AdapterVersion)
+        .where(
+            AdapterVersion.namespace == namespace,
+            AdapterVersion.name == name,
+            AdapterVersion.version == version,
+        )
+        .with_for_update()
+    ).scalar_one_or_none()
+
+
+def _lock_namespace(session: Session, namespace: str) -> Namespace:
+    # The row lock serializes quota checks of concurrent registrations (PostgreSQL);
+    # SQLite serializes all writers anyway.
+    ns = session.execute(
+        sa.select(Namespace).where(Namespace.name == namespace).with_for_update()
+    ).scalar_one_or_none()
+    if ns is None:
+        raise NotFound(f"namespace {namespace!r} not found")
+    return ns
+
+
+def _enforce_quota(session: Session, ns: Namespace, extra_bytes: int) -> None:
+    count, used = session.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(AdapterVersion.total_bytes), 0))
+        .where(AdapterVersion.namespace == ns.name)
+        .where(AdapterVersion.status.in_([s.value for s in HOLDS_FILES]))
+    ).one()
+    if ns.max_versions is not None and count + 1 > ns.max_versions:
+        raise QuotaExceeded(
+            f"namespace {ns.name!r} holds {count} of its {ns.max_versions} allowed versions"
+        )
+    if ns.max_bytes is not None and used + extra_bytes > ns.max_bytes:
+        raise QuotaExceeded(
+            f"namespace {ns.name!r} holds {used} bytes; {extra_bytes} more would pass its "
+            f"quota of {ns.max_bytes} bytes"
+        )
+
+
+def _delete_version(session: Session, version: AdapterVersion) -> None:
+    session.execute(sa.delete(AdapterFile).where(AdapterFile.adapter_id == version.id))
+    session.delete(version)
+    session.flush()
+
+
+def _existing_outcome(existing: AdapterVersion, package: Package, base_model: str) -> None:
+    """Raise ``VersionConflict`` unless ``existing`` is the same bytes on the same base."""
+    if existing.content_sha256 != package.content_sha256:
+        raise VersionConflict(
+            f"{existing.coordinates} already exists with different content "
+            f"(sha256 {existing.content_sha256}); versions are immutable, publish a new version"
+        )
+    if existing.base_model != base_model:
+        raise VersionConflict(
+            f"{existing.coordinates} is already registered against base model "
+            f"{existing.base_model!r}, not {base_model!r}"
+        )
+
+
+def commit_version(
+    session: Session,
+    package: Package,
+    *,
+    namespace: str,
+    name: str,
+    version: str,
+    base_model: str,
+    provenance: Provenance,
+    actor: str,
+    description: str | None = None,
+    commit: bool = True,
+) -> tuple[AdapterVersion, bool]:
+    """Record ``package`` as ``namespace/name@version``; returns (version, created).
+
+    Same coordinates and bytes: the existing version, ``created=False``. Other bytes:
+    ``VersionConflict``. A ``failed`` version at the coordinates is replaced. Checks the
+    namespace quota (``QuotaExceeded``) and that the base model is registered. The new row
+    ends ``pending`` (manual namespace) or ``ready`` (auto, with its ``FleetRefresh`` outbox
+    row written in the same transaction).
+    """
+    _check_coordinates(namespace, name, version)
+    for attempt in range(2):
+        ns = _lock_namespace(session, namespace)
+        if session.get(BaseModel, base_model) is None:
+            raise AdapterInvalid(
+                "unknown_base_model", f"base model {base_model!r} is not registered"
+            )
+        existing = _find(session, namespace, name, version)
+        if existing is not None and existing.status != Status.FAILED:
+            _existing_outcome(existing, package, base_model)
+            _commit(session, commit)  # nothing changed; ends the transaction and its locks
+            return existing, False
+        _enforce_quota(session, ns, package.total_bytes)
+        if existing is not None:
+            log.info(
+                "adapter.replacing_failed", adapter_id=existing.id, coordinates=existing.coordinates
+            )
+            _delete_version(session, existing)
+        row = AdapterVersion(
+            id=new_adapter_id(),
+            namespace=namespace,
+            name=name,
+            version=version,
+            base_model=base_model,
+            format=package.source_format,
+            rank=package.rank,
+            alpha=package.alpha,
+            target_modules=list(package.target_modules),
+            job_id=provenance.job_id,
+            dataset=provenance.dataset,
+            hyperparameters=dict(provenance.hyperparameters),
+            metrics=dict(provenance.metrics),
+            custom_fields=dict(provenance.custom_fields),
+            description=description,
+            status=Status.VALIDATING.value,
+            content_sha256=package.content_sha256,
+            manifest_sha256=package.manifest_sha256,
+            manifest=package.manifest,
+            total_bytes=package.total_bytes,
+            created_by=actor,
+            updated_by=actor,
+        )
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError:
+            # A concurrent registration of the same coordinates won; judge against it.
+            session.rollback()
+            if attempt == 0:
+                continue
+            raise
+        session.add_all(
+            AdapterFile(
+                adapter_id=row.id,
+                path=f.path,
+                role=f.role,
+                sha256=f.sha256,
+                size=f.size,
+                blob_key=f.blob_key,
+            )
+            for f in package.files
+        )
+        for status in statuses_after_validation(ns.approval_policy):
+            reason = "auto-approved" if status == Status.READY else "validated"
+            apply_transition(session, row, status, actor=actor, reason=reason)
+        _commit(session, commit)
+        log.info(
+            "adapter.registered",
+            adapter_id=row.id,
+            adapter=row.coordinates,
+            status=row.status,
+            generation=row.generation,
+            actor=actor,
+        )
+        return row, True
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def register_adapter(
+    session: Session,
+    blobs: BlobStore,
+    *,
+    namespace: str,
+    name: str,
+    version: str,
+    base_model: str,
+    source_dir: Path,
+    provenance: Provenance,
+    actor: str,
+    limits: ValidationLimits,
+    description: str | None = None,
+    commit: bool = True,
+) -> tuple[AdapterVersion, bool]:
+    """``prepare_package`` + ``commit_version``: validate, store blobs, record the version."""
+    _check_coordinates(namespace, name, version)
+    get_namespace(session, namespace)
+    spec = get_base_model_spec(session, base_model)
+    package = prepare_package(blobs, source_dir, spec, limits)
+    return commit_version(
+        session,
+        package,
+        namespace=namespace,
+        name=name,
+        version=version,
+        base_model=base_model,
+        provenance=provenance,
+        actor=actor,
+        description=description,
+        commit=commit,
+    )
+
+
+def record_failure(
+    session: Session,
+    *,
+    namespace: str,
+    name: str,
+    version: str,
+    base_model: str,
+    code: str,
+    message: str,
+    provenance: Provenance,
+    actor: str,
+    commit: bool = True,
+) -> AdapterVersion:
+    """Record that the files for ``namespace/name@version`` were rejected: a ``failed`` row
+    with ``status_code=code`` and the reason. Idempotent (a second failure updates the
+    reason); ``VersionConflict`` if a valid version already holds the coordinates."""
+    _check_coordinates(namespace, name, version)
+    get_namespace(session, namespace)
+    existing = _find(session, namespace, name, version)
+    if existing is not None:
+        if existing.status != Status.FAILED:
+            raise VersionConflict(
+                f"{existing.coordinates} is already registered ({existing.status}); "
+                f"a failed upload cannot replace it"
+            )
+        existing.status_code, existing.status_reason = code, message
+        existing.updated_at, existing.updated_by = utcnow(), actor
+        _commit(session, commit)
+        return existing
+    row = AdapterVersion(
+        id=new_adapter_id(),
+        namespace=namespace,
+        name=name,
+        version=version,
+        base_model=base_model,
+        job_id=provenance.job_id,
+        dataset=provenance.dataset,
+        hyperparameters=dict(provenance.hyperparameters),
+        metrics=dict(provenance.metrics),
+        custom_fields=dict(provenance.custom_fields),
+        status=Status.VALIDATING.value,
+        created_by=actor,
+        updated_by=actor,
+    )
+    session.add(row)
+    session.flush()
+    apply_transition(session, row, Status.FAILED, actor=actor, reason=message, code=code)
+    _commit(session, commit)
+    log.warning("adapter.failed", adapter_id=row.id, adapter=row.coordinates, code=code)
+    return row
+
+
+def transition(
+    session: Session,
+    adapter_id: str,
+    to_status: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    commit: bool = True,
+) -> AdapterVersion:
+    """Move adapter ``adapter_id`` to ``to_status`` with a compare-and-set.
+
+    ``IllegalTransition`` (409) for an edge the machine lacks or a lost race. From
+    ``validating``, the namespace policy decides: ``auto`` goes on through ``pending`` to
+    ``ready`` in this transaction; ``manual`` stops at ``pending`` and refuses ``ready``.
+    """
+    target = parse_status(to_status)
+    version = get_adapter(session, adapter_id)
+    if version.status == Status.VALIDATING and target in (Status.PENDING, Status.READY):
+        policy = get_namespace(session, version.namespace).approval_policy
+        path = statuses_after_validation(policy)
+        if target not in path:
+            raise IllegalTransition(
+                f"namespace {version.namespace!r} needs manual approval: "
+                f"a validated adapter goes to pending first"
+            )
+    else:
+        path = (target,)
+    for status in path:
+        apply_transition(session, version, status, actor=actor, reason=reason)
+    _commit(session, commit)
+    log.info("adapter.transitioned", adapter_id=adapter_id, status=version.status, actor=actor)
+    return version
+
+
+def approve(
+    session: Session, adapter_id: str, *, actor: str, reason: str | None = None
+) -> AdapterVersion:
+    """``pending -> ready``: engines of the base model will load it."""
+    return transition(session, adapter_id, Status.READY, actor=actor, reason=reason)
+
+
+def reject(
+    session: Session, adapter_id: str, *, actor: str, reason: str | None = None
+) -> AdapterVersion:
+    """``pending -> rejected``: never served."""
+    return transition(session, adapter_id, Status.REJECTED, actor=actor, reason=reason)
+
+
+def archive(
+    session: Session, adapter_id: str, *, actor: str, reason: str | None = None
+) -> AdapterVersion:
+    """``ready -> archived``: engines evict it."""
+    return transition(session, adapter_id, Status.ARCHIVED, actor=actor, reason=reason)
+
+
+def purge(session: Session, adapter_id: str, *, actor: str, commit: bool = True) -> None:
+    """Delete a version and its file rows. A ready version is evicted in the same
+    transaction (generation bump + ``FleetRefresh``). Blobs are left to the GC, which
+    removes them once nothing references them."""
+    version = get_adapter(session, adapter_id)
+    status = version.status
+    if status == Status.READY:
+        announce_refresh(session, version, "evict")
+    announce_status(session, version, status, "deleted", actor=actor)
+    session.execute(sa.delete(AdapterFile).where(AdapterFile.adapter_id == adapter_id))
+    deleted = session.execute(
+        sa.delete(AdapterVersion)
+        .where(AdapterVersion.id == adapter_id, AdapterVersion.status == status)
+        .execution_options(synchronize_session=False)
+    )
+    if deleted.rowcount != 1:
+        raise IllegalTransition(f"adapter {adapter_id} changed concurrently; purge again")
+    session.expunge(version)
+    _commit(session, commit)
+    log.info("adapter.purged", adapter_id=adapter_id, adapter=version.coordinates, actor=actor)
+
+
+# --- reads ------------------------------------------------------------------------------
+
+
+def get_adapter(session: Session, adapter_id: str) -> AdapterVersion:
+    """The version with id ``adapter_id``; ``NotFound`` otherwise."""
+    version = session.get(AdapterVersion, adapter_id)
+    if version is None:
+        raise NotFound(f"adapter {adapter_id} not found")
+    return version
+
+
+def get_version(session: Session, namespace: str, name: str, version: str) -> AdapterVersion:
+    """The version at ``namespace/name@version``; ``NotFound`` otherwise."""
+    row = session.execute(
+        sa.select(AdapterVersion).where(
+            AdapterVersion.namespace == namespace,
+            AdapterVersion.name == name,
+            AdapterVersion.version == version,
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"adapter {namespace}/{name}@{version} not found")
+    return row
+
+
+def _semver_key(version: str) -> tuple[int, int, int, int, str]:
+    core, _, pre = version.partition("-")
+    core = core.split("+", 1)[0]
+    major, minor, patch = (int(p) for p in core.split(".")[:3])
+    # A pre-release sorts before its release (1.0.0-rc1 < 1.0.0).
+    return major, minor, patch, 0 if pre else 1, pre
+
+
+def list_versions(session: Session, namespace: str, name: str) -> list[AdapterVersion]:
+    """Every version of ``namespace/name``, oldest semantic version first."""
+    rows = session.execute(
+        sa.select(AdapterVersion).where(
+            AdapterVersion.namespace == namespace, AdapterVersion.name == name
+        )
+    ).scalars()
+    return sorted(rows, key=lambda r: _semver_key(r.version))
+
+
+def list_files(session: Session, adapter_id: str, role: str | None = None) -> list[AdapterFile]:
+    """The file rows of a version (``role`` original|canonical to filter), sorted by path."""
+    query = sa.select(AdapterFile).where(AdapterFile.adapter_id == adapter_id)
+    if role is not None:
+        query = query.where(AdapterFile.role == role)
+    return list(session.execute(query.order_by(AdapterFile.role, AdapterFile.path)).scalars())
+
+
+def list_adapters(
+    session: Session,
+    *,
+    namespaces: set[str] | None,
+    namespace: str | None = None,
+    base_model: str | None = None,
+    status: str | None = None,
+    search: str | None = None,
+    sort: str = "-created_at",
+    page: int = 1,
+    page_size: int = 50,
+) -> tuple[list[AdapterVersion], int]:
+    """One page of versions matching the filters, and the total number matching.
+
+    ``namespaces`` is what the caller may see (None = everything, an empty set = nothing).
+    ``search`` is a case-insensitive substring of the name. Order is stable across pages.
+    """
+    if sort not in SORTS:
+        raise BadRequest(f"unknown sort {sort!r}; expected one of: {', '.join(SORTS)}")
+    if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise BadRequest(f"page must be >= 1 and page_size within 1..{MAX_PAGE_SIZE}")
+    conditions: list[Any] = []
+    if namespaces is not None:
+        if not namespaces:
+            return [], 0
+        conditions.append(AdapterVersion.namespace.in_(sorted(namespaces)))
+    if namespace is not None:
+        conditions.append(AdapterVersion.namespace == namespace)
+    if base_model is not None:
+        conditions.append(AdapterVersion.base_model == base_model)
+    if status is not None:
+        conditions.append(AdapterVersion.status == parse_status(status).value)
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(AdapterVersion.name.ilike(f"%{escaped}%", escape="\\"))
+    total = session.execute(
+        sa.select(sa.func.count()).select_from(AdapterVersion).where(*conditions)
+    ).scalar_one()
+    rows = session.execute(
+        sa.select(AdapterVersion)
+        .where(*conditions)
+        .order_by(*SORTS[sort])
+        .offset((page - 1) * page_size)
+        .limit(page_size)
+    ).scalars()
+    return list(rows), int(total)
+
+
+def fleet_state(session: Session, base_model: str) -> dict[str, Any]:
+    """What engines of ``base_model`` should serve: the generation and every ready adapter
+    with its canonical files. The generation is read first, so it never runs ahead of the
+    adapter list it is returned with."""
+    generation = current_generation(session)
+    versions = list(
+        session.execute(
+            sa.select(AdapterVersion)
+            .where(AdapterVersion.base_model == base_model, AdapterVersion.status == Status.READY)
+            .order_by(AdapterVersion.namespace, AdapterVersion.name, AdapterVersion.version)
+        ).scalars()
+    )
+    files: dict[str, list[dict[str, Any]]] = {v.id: [] for v in versions}
+    if versions:
+        for f in session.execute(
+            sa.select(AdapterFile)
+            .where(AdapterFile.adapter_id.in_(list(files)), AdapterFile.role == "canonical")
+            .order_by(AdapterFile.path)
+        ).scalars():
+            files[f.adapter_id].append({"path": f.path, "sha256": f.sha256, "size": f.size})
+    return {
+        "generation": generation,
+        "adapters": [
+            {
+                "id": v.id,
+                "name": v.name,
+                "namespace": v.namespace,
+                "version": v.version,
+                "base_model": v.base_model,
+                "rank": v.rank,
+                "alpha": v.alpha,
+                "manifest_sha256": v.manifest_sha256,
+                "generation": v.generation,
+                "files": files[v.id],
+            }
+            for v in versions
+        ],
+    }
+
+
+# --- outbox, access log, blob GC --------------------------------------------------------
+
+
+def pending_outbox(session: Session, limit: int) -> list[OutboxRow]:
+    """Up to ``limit`` unsent outbox rows, oldest first. On PostgreSQL the rows stay locked
+    (SKIP LOCKED) until the session's transaction ends, so parallel relays split the work."""
+    return list(
+        session.execute(
+            sa.select(OutboxRow)
+            .where(OutboxRow.sent_at.is_(None))
+            .order_by(OutboxRow.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+
+
+def mark_sent(session: Session, ids: list[int], *, commit: bool = True) -> None:
+    """Mark outbox rows as delivered (idempotent)."""
+    if ids:
+        session.execute(
+            sa.update(OutboxRow)
+            .where(OutboxRow.id.in_(list(ids)), OutboxRow.sent_at.is_(None))
+            .values(sent_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    _commit(session, commit)
+
+
+def record_access(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    outcome: str,
+    target: str | None = None,
+    namespace: str | None = None,
+    remote_addr: str | None = None,
+    commit: bool = True,
+) -> AccessLog:
+    """Append one access-log entry."""
+    entry = AccessLog(
+        actor=actor,
+        action=action,
+        target=target,
+        namespace=namespace,
+        remote_addr=remote_addr,
+        outcome=outcome,
+    )
+    session.add(entry)
+    _commit(session, commit)
+    return entry
+
+
+def referenced_blob_keys(session: Session) -> set[str]:
+    """Every blob key some file row points at."""
+    return set(session.execute(sa.select(AdapterFile.blob_key).distinct()).scalars())
+
+
+def run_blob_gc(
+    session: Session, blobs: BlobStore, grace: timedelta, *, now: datetime | None = None
+) -> list[str]:
+    """Delete blobs no file row references and older than ``grace``; returns their keys.
+    The grace period protects blobs uploaded by a registration not yet committed.
+    ``now`` (default: the current time) is what blob ages are measured against."""
+    from store.blobs import collect_garbage
+
+    removed = collect_garbage(blobs, referenced_blob_keys(session), grace, now=now)
+    log.info("blobs.collected", removed=len(removed), grace_s=grace.total_seconds())
+    return removed

@@ -1,0 +1,136 @@
+"""compose.yaml and the Dockerfile, checked as specifications.
+
+``docker compose config -q`` runs when the compose plugin is installed; the structural checks
+(health checks, dependency conditions, env names the settings classes really read) run
+everywhere, so CI catches a broken deployment file without Docker.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from engine.settings import EngineSettings
+from store.settings import StoreSettings
+from workers.settings import WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose.yaml"
+ONE_SHOT = {"minio-init", "migrate", "model-init"}
+LORAFLEET_COMMANDS = {"api", "bridge", "worker", "beat", "db", "engine"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _compose_plugin() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def test_compose_config_is_valid_for_docker_when_available(compose: dict[str, Any]) -> None:
+    """``docker compose config -q`` accepts the file with every profile (when installed);
+    otherwise the same file still parses and names a project and services."""
+    if _compose_plugin():
+        for profile in ("cpu", "gpu"):
+            result = subprocess.run(
+                ["docker", "compose", "-f", str(COMPOSE), "--profile", profile, "config", "-q"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=ROOT,
+            )
+            assert result.returncode == 0, result.stderr
+    assert compose["name"] == "lorafleet"
+    assert {"redis", "postgres", "minio", "api", "bridge", "worker", "beat"} <= set(compose["services"])
+
+
+def test_every_service_has_a_health_check(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        if name in ONE_SHOT:
+            assert check == {"disable": True}, f"one-shot {name} should declare its check disabled"
+            assert service.get("restart") == "no", f"one-shot {name} must not restart"
+        else:
+            assert check.get("test"), f"{name}'s healthcheck has no test"
+            assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_dependencies_wait_on_health_or_completion(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for dep, spec in (service.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            expected = (
+                "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
+            )
+            assert spec["condition"] == expected, f"{name} -> {dep}: {spec}"
+    # The ordering that matters: schema before API, bucket before anything storing blobs.
+    for name in ("api", "bridge", "worker", "beat"):
+        deps = services[name]["depends_on"]
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+        assert deps["minio-init"]["condition"] == "service_completed_successfully"
+    assert services["engine-cpu"]["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_redis_is_append_only(compose: dict[str, Any]) -> None:
+    command = compose["services"]["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+
+
+def test_gpu_engine_reserves_an_nvidia_gpu_and_cpu_profile_exists(compose: dict[str, Any]) -> None:
+    gpu = compose["services"]["engine-gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert gpu["profiles"] == ["gpu"]
+    cpu = compose["services"]["engine-cpu"]
+    assert cpu["profiles"] == ["cpu"] and "deploy" not in cpu
+
+
+def _settings_env_names() -> set[str]:
+    names = {f"LORAFLEET_{f.upper()}" for f in StoreSettings.model_fields}
+    names |= {f"LORAFLEET_{f.upper()}" for f in WorkerSettings.model_fields}
+    for field in EngineSettings.model_fields.values():
+        alias = field.validation_alias
+        names |= {c for c in getattr(alias, "choices", []) if isinstance(c, str) and c.isupper()}
+    return names | {"LORAFLEET_LOG_FORMAT", "LORAFLEET_LOG_LEVEL"}  # lorafleet.logging
+
+
+def test_environment_names_are_read_by_the_settings_classes(compose: dict[str, Any]) -> None:
+    """A typo in an env name would be silently ignored at run time: catch it here."""
+    known = _settings_env_names()
+    for name, service in compose["services"].items():
+        for key in service.get("environment") or {}:
+            if key.startswith(("LORAFLEET_", "NIM_")):
+                assert key in known, f"{name}: {key} is read by no settings class"
+
+
+def test_lorafleet_services_run_the_lorafleet_image_and_commands(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if "build" not in service:
+            continue
+        assert service["build"]["target"] == "runtime", name
+        assert service["command"][0] in LORAFLEET_COMMANDS, f"{name}: {service['command']}"
+
+
+def test_dockerfile_is_multi_stage_and_runs_as_non_root() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, flags=re.MULTILINE | re.IGNORECASE)
+    assert stages == ["build", "runtime"]
+    runtime = text.split("AS runtime", 1)[1]
+    user = re.findall(r"^USER\s+(\S+)", runtime, flags=re.MULTILINE)
+    assert user and not user[-1].startswith(("root", "0"))
+    assert "COPY --from=build" in runtime
+    # CPU torch comes from its own index, before lorafleet's own requirements.
+    assert text.index("torch==") < text.index("pip install .")

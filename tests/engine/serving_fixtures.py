@@ -1,0 +1,133 @@
+"""Fixtures for the serving side: adapter directories for the tiny model, a built engine
+runtime, and a live engine (uvicorn on a free port in a thread).
+
+Test modules import what they use (``from serving_fixtures import ...``; pytest puts this
+directory on ``sys.path``); fixtures imported into a test module are found by pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from engine.cli import EngineRuntime, build_runtime
+from engine.server import create_app
+from engine.settings import EngineSettings
+from store.formats import BaseModelSpec, CanonicalAdapter
+from factories import random_adapter, write_hf_peft
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_spec(model_dir: Path) -> BaseModelSpec:
+    """The ``BaseModelSpec`` of a HF model directory."""
+    return BaseModelSpec.from_hf_config(json.loads((model_dir / "config.json").read_text()))
+
+
+def strong_adapter(spec: BaseModelSpec, *, rank: int = 4, seed: int = 0) -> CanonicalAdapter:
+    """A random adapter big enough to change the tiny model's greedy output."""
+    adapter = random_adapter(spec, rank=rank, alpha=4.0 * rank, seed=seed)
+    for key, (a, b) in adapter.weights.items():
+        adapter.weights[key] = (a * 10.0, b * 10.0)
+    return adapter
+
+
+def write_adapter_dir(
+    root: Path, name: str, spec: BaseModelSpec, *, rank: int = 4, seed: int = 0
+) -> Path:
+    """Write a HF PEFT adapter for ``spec`` to ``root/name`` (NIM's local layout)."""
+    return write_hf_peft(strong_adapter(spec, rank=rank, seed=seed), root / name)
+
+
+def engine_settings(model_dir: Path, **overrides: Any) -> EngineSettings:
+    """Small, CPU-only settings for tests; ``overrides`` use the Python field names."""
+    values: dict[str, Any] = {
+        "model_dir": model_dir,
+        "served_model_name": "tiny-llama",
+        "device": "cpu",
+        "max_batch": 8,
+        "max_seq_len": 128,
+        "max_gpu_loras": 4,
+        "max_cpu_loras": 8,
+        "max_lora_rank": 16,
+    }
+    values.update(overrides)
+    return EngineSettings(**values)
+
+
+@contextmanager
+def live_engine(runtime: EngineRuntime) -> Iterator[str]:
+    """Serve ``runtime`` with uvicorn on a free port; yields the base URL (``.../v1``-less)."""
+    port = free_port()
+    config = uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("engine did not start")
+        time.sleep(0.02)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05
+) -> bool:
+    """Poll ``predicate`` until true or ``timeout``; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def model_ids(base_url: str) -> list[str]:
+    """Ids listed by ``GET /v1/models``."""
+    return [m["id"] for m in httpx.get(f"{base_url}/v1/models", timeout=10).json()["data"]]
+
+
+@pytest.fixture
+def peft_root(tmp_path: Path) -> Path:
+    """An empty NIM local PEFT directory."""
+    root = tmp_path / "loras"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def runtime_factory() -> Iterator[Callable[..., EngineRuntime]]:
+    """``runtime_factory(model_dir, **settings) -> EngineRuntime``; stopped at teardown if
+    the test started it without a live server."""
+    made: list[EngineRuntime] = []
+
+    def make(model_dir: Path, **overrides: Any) -> EngineRuntime:
+        runtime = build_runtime(engine_settings(model_dir, **overrides))
+        made.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in made:
+        if runtime.ready:
+            runtime.stop()

@@ -1,0 +1,129 @@
+"""The ingest record of each trainer announcement: the bridge's dedup key and the
+pipeline's progress (``received`` → ``enqueued`` → ``done`` | ``failed``).
+
+Every update is a single statement keyed by ``event_id``; ``updated_at`` is touched at each
+pipeline step so the reclaim sweep can tell stuck work from slow work.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from events.models import JobCompleted
+from store.models import IngestRecord, utcnow
+
+RECEIVED, ENQUEUED, DONE, FAILED = "received", "enqueued", "done", "failed"
+RECLAIMS_KEY = "_reclaims"  # stored next to the event in ``payload``; not part of the event
+
+
+def record_received(session: Session, event: JobCompleted) -> tuple[IngestRecord, bool]:
+    """Insert the record for ``event`` unless one exists; returns (record, inserted).
+
+    ``INSERT ... ON CONFLICT DO NOTHING`` keeps concurrent bridge replicas from both
+    inserting: exactly one sees ``inserted=True`` for an ``event_id``.
+    """
+    values = {
+        "event_id": event.event_id,
+        "job_id": event.job_id,
+        "status": RECEIVED,
+        "received_at": utcnow(),
+        "updated_at": utcnow(),
+        "payload": event.model_dump(mode="json"),
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(IngestRecord).values(**values).on_conflict_do_nothing(index_elements=["event_id"])
+    inserted = session.execute(stmt).rowcount == 1
+    record = session.get(IngestRecord, event.event_id, populate_existing=True)
+    assert record is not None  # just inserted or already there
+    return record, inserted
+
+
+def set_status(
+    session: Session,
+    event_id: str,
+    status: str,
+    *,
+    only_from: tuple[str, ...] | None = None,
+    adapter_id: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """Move the record to ``status`` (if currently in ``only_from``, when given); returns
+    whether a row changed. ``done`` and ``failed`` clear/set the error fields."""
+    values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
+    if adapter_id is not None:
+        values["adapter_id"] = adapter_id
+    if status in (DONE, FAILED):
+        values["error_code"] = error_code
+        values["error_message"] = error_message
+    stmt = sa.update(IngestRecord).where(IngestRecord.event_id == event_id)
+    if only_from is not None:
+        stmt = stmt.where(IngestRecord.status.in_(only_from))
+    return session.execute(stmt.values(**values)).rowcount == 1
+
+
+def touch(session: Session, event_id: str) -> None:
+    """Note progress on an in-flight record (the reclaim sweep measures from here)."""
+    session.execute(
+        sa.update(IngestRecord)
+        .where(IngestRecord.event_id == event_id, IngestRecord.status.in_((RECEIVED, ENQUEUED)))
+        .values(updated_at=utcnow())
+    )
+
+
+def stuck_records(
+    session: Session, *, received_before: datetime, enqueued_before: datetime, limit: int = 100
+) -> list[IngestRecord]:
+    """Records that stopped progressing: ``received`` (bridge died before enqueueing) or
+    ``enqueued`` (task message lost) for longer than the given cut-offs."""
+    last = sa.func.coalesce(IngestRecord.updated_at, IngestRecord.received_at)
+    return list(
+        session.execute(
+            sa.select(IngestRecord)
+            .where(
+                sa.or_(
+                    sa.and_(IngestRecord.status == RECEIVED, last < received_before),
+                    sa.and_(IngestRecord.status == ENQUEUED, last < enqueued_before),
+                )
+            )
+            .order_by(IngestRecord.received_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+
+
+def event_of(record: IngestRecord) -> JobCompleted:
+    """The announcement a record was made from."""
+    payload = {k: v for k, v in (record.payload or {}).items() if k != RECLAIMS_KEY}
+    return JobCompleted.model_validate(payload)
+
+
+def reclaims_of(record: IngestRecord) -> int:
+    return int((record.payload or {}).get(RECLAIMS_KEY, 0))
+
+
+def note_reclaimed(session: Session, record: IngestRecord) -> int:
+    """Count one more re-enqueue of ``record`` and return the new count."""
+    count = reclaims_of(record) + 1
+    session.execute(
+        sa.update(IngestRecord)
+        .where(IngestRecord.event_id == record.event_id)
+        .values(
+            payload={**(record.payload or {}), RECLAIMS_KEY: count},
+            status=ENQUEUED,
+            updated_at=utcnow(),
+        )
+    )
+    return count
+
+
+def cutoff(seconds: float) -> datetime:
+    """``now - seconds``."""
+    return utcnow() - timedelta(seconds=seconds)

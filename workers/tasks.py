@@ -1,0 +1,265 @@
+"""The ingest chain (package → validate → register → broadcast) and the periodic sweeps.
+
+Task bodies hold the happy path only. Retry, logging context and failure bookkeeping are
+declared once on the base classes: ``PipelineTask`` retries transient faults with bounded,
+jittered exponential back-off and binds ``event_id``/``job_id``/``adapter`` to every log
+line; ``IngestTask`` additionally turns a final failure (an invalid adapter, a conflict, or
+retries exhausted) into a ``failed`` version and ingest record, so nothing is dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kombu.exceptions
+import redis
+import sqlalchemy.exc
+import structlog
+from celery import Task
+
+from events.models import JobCompleted
+from store import registry
+from store.errors import (
+    AdapterInvalid,
+    LorafleetError,
+    NotFound,
+    QuotaExceeded,
+    TransientError,
+    VersionConflict,
+)
+from store.formats import SUPPORTED_MODULES
+from store.models import Package, PackageFile, Provenance
+from workers import ingest, sweeps
+from workers.celery_app import TASK_MODULE, app
+from workers.fetch import fetch_artifact
+from workers.relay import relay_outbox
+from workers.runtime import get_runtime
+from workers.settings import get_worker_settings
+
+log = structlog.get_logger(__name__)
+
+ACTOR = "lorafleet-pipeline"
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    kombu.exceptions.OperationalError,
+    httpx.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+# Outcomes, not bugs: logged without a traceback and never retried.
+FINAL_ERRORS: tuple[type[BaseException], ...] = (AdapterInvalid, VersionConflict, QuotaExceeded, NotFound)
+# Failures that leave a ``failed`` version visible through the API (the files were refused).
+VERSION_FAILURES: tuple[type[BaseException], ...] = (AdapterInvalid, QuotaExceeded)
+
+_settings = get_worker_settings()
+
+
+def _event_of(ctx: Any) -> JobCompleted | None:
+    if isinstance(ctx, dict) and isinstance(ctx.get("event"), dict):
+        try:
+            return JobCompleted.model_validate(ctx["event"])
+        except ValueError:
+            return None
+    return None
+
+
+class PipelineTask(Task):
+    """Retries transient faults (bounded, exponential, jittered) and binds log context."""
+
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = True
+    retry_backoff_max = _settings.task_retry_backoff_max
+    retry_jitter = True
+    max_retries = _settings.task_max_retries
+    throws = FINAL_ERRORS
+    acks_late = True
+    reject_on_worker_lost = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        event = _event_of(args[0]) if args else None
+        context: dict[str, Any] = {"task": self.name.rsplit(".", 1)[-1], "attempt": self.request.retries}
+        if event is not None:
+            context.update(event_id=event.event_id, job_id=event.job_id, adapter=event.output_model)
+        with structlog.contextvars.bound_contextvars(**context):
+            return super().__call__(*args, **kwargs)
+
+
+class IngestTask(PipelineTask):
+    """A step of the ingest chain: a final failure is recorded, never lost."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        event = _event_of(args[0]) if args else None
+        if event is None:
+            log.error("ingest_failure_without_event", task_id=task_id, error=str(exc))
+            return
+        if isinstance(exc, TRANSIENT_ERRORS):
+            code, message = "retries_exhausted", f"{type(exc).__name__}: {exc}"
+        elif isinstance(exc, LorafleetError):
+            code, message = exc.code, exc.message
+        else:
+            code, message = "internal_error", f"{type(exc).__name__}: {exc}"
+        try:
+            record_pipeline_failure(event, code, message, version_failed=isinstance(exc, VERSION_FAILURES))
+        except Exception as record_exc:  # noqa: BLE001 - the reclaim sweep retries it later
+            log.error("ingest_failure_not_recorded", code=code, error=str(record_exc))
+            return
+        log.warning("ingest_failed", event_id=event.event_id, adapter=event.output_model, code=code, message=message[:500])
+
+
+def _provenance(event: JobCompleted) -> Provenance:
+    return Provenance(
+        job_id=event.job_id,
+        dataset=event.dataset,
+        hyperparameters=dict(event.hyperparameters),
+        metrics=dict(event.metrics),
+    )
+
+
+def record_pipeline_failure(event: JobCompleted, code: str, message: str, *, version_failed: bool) -> None:
+    """Mark ``event``'s ingest record ``failed`` (and, when its files were refused, its
+    version ``failed`` with ``code``), in one transaction."""
+    namespace, name, version = event.coordinates()
+    adapter_id = None
+    with get_runtime().session() as session:
+        if version_failed:
+            try:
+                row = registry.record_failure(
+                    session,
+                    namespace=namespace,
+                    name=name,
+                    version=version,
+                    base_model=event.base_model,
+                    code=code,
+                    message=message,
+                    provenance=_provenance(event),
+                    actor=ACTOR,
+                    commit=False,
+                )
+                adapter_id = row.id
+            except (VersionConflict, NotFound) as exc:
+                # A valid version already holds the coordinates, or no such namespace: the
+                # ingest record alone carries the failure.
+                log.info("version_failure_not_recorded", reason=exc.code)
+        ingest.set_status(
+            session,
+            event.event_id,
+            ingest.FAILED,
+            adapter_id=adapter_id,
+            error_code=code,
+            error_message=message[:4000],
+        )
+
+
+def package_to_dict(package: Package) -> dict[str, Any]:
+    return asdict(package)
+
+
+def package_from_dict(data: dict[str, Any]) -> Package:
+    return Package(**{**data, "files": tuple(PackageFile(**f) for f in data["files"])})
+
+
+@app.task(base=IngestTask, bind=True, name=f"{TASK_MODULE}.package")
+def package(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Fetch the artifact, detect its format, convert it and store its blobs."""
+    event = JobCompleted.model_validate(ctx["event"])
+    rt = get_runtime()
+    with rt.session() as session:
+        ingest.touch(session, event.event_id)
+        registry.get_namespace(session, event.namespace)
+        spec = registry.get_base_model_spec(session, event.base_model)
+    with tempfile.TemporaryDirectory(prefix="lorafleet-fetch-") as tmp:
+        source = fetch_artifact(event.artifact_uri, Path(tmp), rt.settings, rt.store)
+        pkg = registry.prepare_package(rt.blobs, source, spec, rt.limits)
+    log.info("adapter_packaged", format=pkg.source_format, rank=pkg.rank, bytes=pkg.total_bytes)
+    return {**ctx, "package": package_to_dict(pkg)}
+
+
+@app.task(base=IngestTask, bind=True, name=f"{TASK_MODULE}.validate")
+def validate(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Re-check the package against the base model as registered now, and that every blob
+    it names is stored (the base model could change, a blob could be collected)."""
+    event = JobCompleted.model_validate(ctx["event"])
+    pkg = package_from_dict(ctx["package"])
+    rt = get_runtime()
+    with rt.session() as session:
+        ingest.touch(session, event.event_id)
+        spec = registry.get_base_model_spec(session, event.base_model)
+    if pkg.manifest.get("base_model_spec") != spec.to_dict():
+        raise AdapterInvalid("shape_mismatch", f"base model {event.base_model!r} changed since packaging")
+    if not 0 < pkg.rank <= rt.limits.max_rank:
+        raise AdapterInvalid("rank_too_large", f"rank {pkg.rank} is over {rt.limits.max_rank}")
+    unsupported = set(pkg.target_modules) - set(SUPPORTED_MODULES)
+    if unsupported:
+        raise AdapterInvalid("unsupported_module", f"unsupported modules {sorted(unsupported)}")
+    for f in pkg.files:
+        if not rt.blobs.exists(f.blob_key):
+            raise AdapterInvalid("missing_file", f"blob {f.blob_key} of {f.path} is not stored")
+    return ctx
+
+
+@app.task(base=IngestTask, bind=True, name=f"{TASK_MODULE}.register")
+def register(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Commit the version (pending or ready per namespace policy) and mark the ingest record
+    done, in one transaction."""
+    event = JobCompleted.model_validate(ctx["event"])
+    pkg = package_from_dict(ctx["package"])
+    namespace, name, version = event.coordinates()
+    with get_runtime().session() as session:
+        row, created = registry.commit_version(
+            session,
+            pkg,
+            namespace=namespace,
+            name=name,
+            version=version,
+            base_model=event.base_model,
+            provenance=_provenance(event),
+            actor=ACTOR,
+            description=event.description,
+            commit=False,
+        )
+        ingest.set_status(session, event.event_id, ingest.DONE, adapter_id=row.id)
+        status = row.status
+    log.info("adapter_registered", adapter_id=row.id, status=status, created=created)
+    return {"event": ctx["event"], "adapter_id": row.id, "status": status, "created": created}
+
+
+@app.task(base=PipelineTask, bind=True, name=f"{TASK_MODULE}.broadcast")
+def broadcast(self: Task, ctx: dict[str, Any]) -> int:
+    """Publish the outbox now, so the ``fleet.refresh`` goes out without waiting for beat."""
+    rt = get_runtime()
+    return relay_outbox(rt.session, rt.redis, wait_s=5.0)
+
+
+@app.task(base=PipelineTask, bind=True, name=f"{TASK_MODULE}.relay")
+def relay(self: Task) -> int:
+    """The periodic outbox relay (beat)."""
+    rt = get_runtime()
+    return relay_outbox(rt.session, rt.redis, batch=rt.settings.relay_batch)
+
+
+
+@app.task(base=PipelineTask, bind=True, name=f"{TASK_MODULE}.reclaim_stuck")
+def reclaim_stuck(self: Task) -> dict[str, int]:
+    """Re-drive ingest records that stopped progressing and fail versions stuck mid-way."""
+    return sweeps.reclaim_stuck(get_runtime(), app)
+
+
+@app.task(base=PipelineTask, bind=True, name=f"{TASK_MODULE}.blob_gc")
+def blob_gc(self: Task) -> int:
+    """Delete unreferenced blobs older than the grace period."""
+    rt = get_runtime()
+    with rt.session() as session:
+        removed = registry.run_blob_gc(
+            session, rt.blobs, timedelta(seconds=rt.store.blob_gc_grace_seconds)
+        )
+    return len(removed)
