@@ -26,7 +26,8 @@ class _EngineCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         s = self.scheduler
         yield GaugeMetricFamily(
-            f"{PREFIX}_tokens_per_second", "Generated tokens per second (last 10 s).",
+            f"{PREFIX}_tokens_per_second",
+            "Generated tokens per second (last 10 s).",
             value=s.tokens_per_second(),
         )
         yield CounterMetricFamily(
@@ -36,7 +37,8 @@ class _EngineCollector(Collector):
             f"{PREFIX}_prompt_tokens", "Prompt tokens prefilled.", value=s.prompt_tokens
         )
         depth = GaugeMetricFamily(
-            f"{PREFIX}_queue_depth", "Requests waiting for / in the running batch.",
+            f"{PREFIX}_queue_depth",
+            "Requests waiting for / in the running batch.",
             labels=["state"],
         )
         depth.add_metric(["waiting"], s.waiting)
@@ -44,7 +46,8 @@ class _EngineCollector(Collector):
         yield depth
 
         resident = GaugeMetricFamily(
-            f"{PREFIX}_lora_resident", "1 while an adapter is resident at a cache level.",
+            f"{PREFIX}_lora_resident",
+            "1 while an adapter is resident at a cache level.",
             labels=["adapter", "level"],
         )
         for name, levels in sorted(self.cache.residency().items()):
@@ -52,7 +55,8 @@ class _EngineCollector(Collector):
                 resident.add_metric([name, level], 1)
         yield resident
         yield GaugeMetricFamily(
-            f"{PREFIX}_lora_servable", "Adapters this engine can serve.",
+            f"{PREFIX}_lora_servable",
+            "Adapters this engine can serve.",
             value=len(self.catalog.names()),
         )
         capacity = GaugeMetricFamily(
@@ -70,9 +74,7 @@ class _EngineCollector(Collector):
             ("evictions", "Adapters evicted from the level."),
             ("load_seconds", "Seconds spent loading adapters into the level."),
         ):
-            family = CounterMetricFamily(
-                f"{PREFIX}_lora_cache_{stat}", help_text, labels=["level"]
-            )
+            family = CounterMetricFamily(f"{PREFIX}_lora_cache_{stat}", help_text, labels=["level"])
             for level, stats in levels.items():
                 family.add_metric([level], getattr(stats, stat))
             yield family

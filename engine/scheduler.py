@@ -120,7 +120,9 @@ class Scheduler:
         this may block; raises ``CacheFull`` / ``UnknownAdapter`` / ``AdapterInvalid`` with
         nothing queued or pinned."""
         if len(req.prompt_ids) >= self.max_seq_len:
-            raise ValueError(f"prompt of {len(req.prompt_ids)} tokens does not fit {self.max_seq_len}")
+            raise ValueError(
+                f"prompt of {len(req.prompt_ids)} tokens does not fit {self.max_seq_len}"
+            )
         if req.adapter is not None:
             req._lora = self.cache.cpu.acquire(req.adapter)
         req._generator = req.params.make_generator(self.device)
@@ -267,7 +269,12 @@ class Scheduler:
         self._emit(req, [tok], final_text=text, finish=finish)
 
     def _emit(
-        self, req: GenerationRequest, tokens: list[SampledToken], *, final_text: str, finish: str | None
+        self,
+        req: GenerationRequest,
+        tokens: list[SampledToken],
+        *,
+        final_text: str,
+        finish: str | None,
     ) -> None:
         end = len(final_text) if finish else len(final_text) - holdback(final_text, req.params.stop)
         delta = final_text[req._emitted : max(end, req._emitted)]

@@ -23,8 +23,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict
 
+from engine.protocol import (
+    ChatRequest,
+    CommonRequest,
+    CompletionRequest,
+    OpenAIError,
+    chat_logprobs,
+    completion_logprobs,
+    error_response,
+    message_text,
+    normalize_prompts,
+)
 from engine.sampling import InvalidSamplingParams, SamplingParams
 from engine.scheduler import GenerationRequest, TokenDelta
 from store.errors import LorafleetError
@@ -33,88 +43,6 @@ if TYPE_CHECKING:
     from engine.cli import EngineRuntime
 
 log = structlog.get_logger(__name__)
-
-_ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}
-
-
-class OpenAIError(Exception):
-    """An error the API reports in OpenAI's shape with ``status``."""
-
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    """``{"error": {...}}`` with OpenAI's fields, at HTTP ``status``."""
-    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body = {"message": message, "type": kind, "param": param, "code": code}
-    return JSONResponse({"error": body}, status_code=status)
-
-
-class _Common(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are ignored, as vLLM does
-
-    model: str
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = 1
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    ignore_eos: bool = False
-
-
-class CompletionRequest(_Common):
-    prompt: Any
-    logprobs: int | None = None
-    echo: bool = False
-
-
-class ChatRequest(_Common):
-    messages: list[dict[str, Any]]
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = None
-
-
-def normalize_prompts(prompt: Any, encode: Any) -> list[list[int]]:
-    """OpenAI's four prompt shapes (str, [str], [int], [[int]]) as token-id lists."""
-    if isinstance(prompt, str):
-        return [encode(prompt)]
-    if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt):
-            return [encode(p) for p in prompt]
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            return [list(prompt)]
-        if all(
-            isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
-            for p in prompt
-        ):
-            return [list(p) for p in prompt]
-    raise OpenAIError(
-        400,
-        "prompt must be a string, a list of strings, a list of token ids or a list of "
-        "token-id lists (non-empty)",
-        param="prompt",
-    )
-
-
-def _message_text(content: Any) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise OpenAIError(400, "only text content parts are supported", param="messages")
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    raise OpenAIError(400, "message content must be a string or a list of parts", param="messages")
 
 
 def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAPI:
@@ -191,9 +119,13 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
             return None
         if model in runtime.catalog:
             return model
-        raise OpenAIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        raise OpenAIError(
+            404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
+        )
 
-    def sampling(body: _Common, max_tokens: int | None, logprobs: int | None, prompt_len: int) -> SamplingParams:
+    def sampling(
+        body: CommonRequest, max_tokens: int | None, logprobs: int | None, prompt_len: int
+    ) -> SamplingParams:
         if body.n < 1 or body.n > 16:
             raise OpenAIError(400, "n must be between 1 and 16", param="n")
         budget = runtime.max_seq_len - prompt_len
@@ -221,7 +153,11 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
         return params
 
     async def generate(
-        request: Request, adapter: str | None, prompts: list[list[int]], params: SamplingParams, n: int
+        request: Request,
+        adapter: str | None,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        n: int,
     ) -> AsyncIterator[tuple[int, TokenDelta]]:
         """Submit ``len(prompts) * n`` sequences; yield ``(choice index, delta)`` until all are
         finished. Leaving early (client gone) cancels whatever is still running."""
@@ -260,8 +196,14 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
         return tok.decode([token_id], skip_special_tokens=False)
 
     async def respond(
-        request: Request, body: _Common, adapter: str | None, prompts: list[list[int]],
-        params: SamplingParams, *, chat: bool, want_logprobs: bool,
+        request: Request,
+        body: CommonRequest,
+        adapter: str | None,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        *,
+        chat: bool,
+        want_logprobs: bool,
     ) -> Any:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
@@ -298,33 +240,71 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
             if chat:
                 lp = chat_logprobs(tokens[i], token_text) if want_logprobs else None
                 message = {"role": "assistant", "content": texts[i]}
-                choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": finish[i]})
+                choices.append(
+                    {"index": i, "message": message, "logprobs": lp, "finish_reason": finish[i]}
+                )
             else:
                 lp = completion_logprobs(tokens[i], token_text) if want_logprobs else None
-                choices.append({"index": i, "text": texts[i], "logprobs": lp, "finish_reason": finish[i]})
-        return {"id": rid, "object": obj, "created": created, "model": body.model, "choices": choices, "usage": usage}
+                choices.append(
+                    {"index": i, "text": texts[i], "logprobs": lp, "finish_reason": finish[i]}
+                )
+        return {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": body.model,
+            "choices": choices,
+            "usage": usage,
+        }
 
     async def sse(
-        rid: str, created: int, obj: str, body: _Common, first: tuple[int, TokenDelta] | None,
-        rest: AsyncIterator[tuple[int, TokenDelta]], chat: bool, want_logprobs: bool, n_choices: int,
+        rid: str,
+        created: int,
+        obj: str,
+        body: CommonRequest,
+        first: tuple[int, TokenDelta] | None,
+        rest: AsyncIterator[tuple[int, TokenDelta]],
+        chat: bool,
+        want_logprobs: bool,
+        n_choices: int,
     ) -> AsyncIterator[str]:
         chunk_obj = obj + ".chunk" if chat else obj
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-            payload = {"id": rid, "object": chunk_obj, "created": created, "model": body.model,
-                       "choices": choices, **extra}
+            payload = {
+                "id": rid,
+                "object": chunk_obj,
+                "created": created,
+                "model": body.model,
+                "choices": choices,
+                **extra,
+            }
             return f"data: {json.dumps(payload)}\n\n"
 
         if chat:
-            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                          "logprobs": None, "finish_reason": None} for i in range(n_choices)])
+            yield chunk(
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                    for i in range(n_choices)
+                ]
+            )
         try:
-            items = ([first] if first else [])
+            items = [first] if first else []
             async for item in _chain(items, rest):
                 index, delta = item
                 if delta.finish_reason == "error":
-                    err = {"message": delta.error, "type": "server_error", "param": None, "code": "engine_error"}
+                    err = {
+                        "message": delta.error,
+                        "type": "server_error",
+                        "param": None,
+                        "code": "engine_error",
+                    }
                     yield f"data: {json.dumps({'error': err})}\n\n"
                     continue
                 if delta.finish_reason is not None:
@@ -357,16 +337,25 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         params = sampling(body, max_tokens, body.logprobs, max(len(p) for p in prompts))
         runtime.metrics.requests.labels("completions", "accepted").inc()
-        return await respond(request, body, adapter, prompts, params, chat=False,
-                             want_logprobs=body.logprobs is not None)
+        return await respond(
+            request,
+            body,
+            adapter,
+            prompts,
+            params,
+            chat=False,
+            want_logprobs=body.logprobs is not None,
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
         adapter = resolve(body.model)
         if not body.messages:
             raise OpenAIError(400, "messages must not be empty", param="messages")
-        messages = [{"role": str(m.get("role", "user")), "content": _message_text(m.get("content"))}
-                    for m in body.messages]
+        messages = [
+            {"role": str(m.get("role", "user")), "content": message_text(m.get("content"))}
+            for m in body.messages
+        ]
         try:
             ids = tok.encode_chat(messages, add_generation_prompt=True)
         except ValueError as exc:
@@ -375,7 +364,9 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
         top = body.top_logprobs or 0
         params = sampling(body, max_tokens, top if body.logprobs else None, len(ids))
         runtime.metrics.requests.labels("chat", "accepted").inc()
-        return await respond(request, body, adapter, [ids], params, chat=True, want_logprobs=body.logprobs)
+        return await respond(
+            request, body, adapter, [ids], params, chat=True, want_logprobs=body.logprobs
+        )
 
     return app
 
@@ -385,27 +376,3 @@ async def _chain(first: list[Any], rest: AsyncIterator[Any]) -> AsyncIterator[An
         yield item
     async for item in rest:
         yield item
-
-
-def completion_logprobs(tokens: list[Any], text_of: Any) -> dict[str, Any]:
-    """The legacy completions ``logprobs`` object for ``SampledToken`` values."""
-    out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-    offset = 0
-    for t in tokens:
-        text = text_of(t.token_id)
-        out["tokens"].append(text)
-        out["token_logprobs"].append(t.logprob)
-        out["top_logprobs"].append({text_of(i): lp for i, lp in t.top} if t.top else None)
-        out["text_offset"].append(offset)
-        offset += len(text)
-    return out
-
-
-def chat_logprobs(tokens: list[Any], text_of: Any) -> dict[str, Any]:
-    """The chat ``logprobs`` object (``content``: one entry per token with top alternatives)."""
-    content = []
-    for t in tokens:
-        text = text_of(t.token_id)
-        top = [{"token": text_of(i), "logprob": lp, "bytes": list(text_of(i).encode())} for i, lp in t.top]
-        content.append({"token": text, "logprob": t.logprob, "bytes": list(text.encode()), "top_logprobs": top})
-    return {"content": content}

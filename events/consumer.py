@@ -72,13 +72,18 @@ class ReconnectingLoop:
             try:
                 if client is None:
                     client = self._connect()
-                    log.info("stream_consumer_connected", consumer=self.name, url=_redact(self.redis_url))
+                    log.info(
+                        "stream_consumer_connected", consumer=self.name, url=_redact(self.redis_url)
+                    )
                 self.step(client)
                 backoff = self.initial_backoff
             except TRANSIENT_REDIS_ERRORS as exc:
                 self.reconnects += 1
                 log.warning(
-                    "stream_consumer_disconnected", consumer=self.name, error=str(exc), retry_in=round(backoff, 2)
+                    "stream_consumer_disconnected",
+                    consumer=self.name,
+                    error=str(exc),
+                    retry_in=round(backoff, 2),
                 )
                 if client is not None:
                     client.close()

@@ -92,9 +92,13 @@ def _letter(entry_id: bytes | str, raw: dict[bytes | str, bytes | str]) -> DeadL
     )
 
 
-def list_dead_letters(client: redis.Redis, *, count: int = 100, start: str = "-") -> list[DeadLetter]:
+def list_dead_letters(
+    client: redis.Redis, *, count: int = 100, start: str = "-"
+) -> list[DeadLetter]:
     """The oldest ``count`` dead letters from ``start`` (an entry id, inclusive)."""
-    return [_letter(i, f) for i, f in client.xrange(streams.JOBS_DLQ_STREAM, start, "+", count=count)]
+    return [
+        _letter(i, f) for i, f in client.xrange(streams.JOBS_DLQ_STREAM, start, "+", count=count)
+    ]
 
 
 def get_dead_letter(client: redis.Redis, dlq_id: str) -> DeadLetter | None:

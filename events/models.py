@@ -64,7 +64,9 @@ class JobCompleted(Event):
         json_schema_extra={"pattern": re.sub(r"\?P<\w+>", "", COORDINATES_RE.pattern)},
     )
     base_model: str = Field(min_length=1, max_length=256)
-    artifact_uri: str = Field(min_length=1, max_length=2048, description="file://, s3:// or http(s)://")
+    artifact_uri: str = Field(
+        min_length=1, max_length=2048, description="file://, s3:// or http(s)://"
+    )
     finetuning_type: Literal["lora"] = "lora"
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     dataset: str | None = Field(default=None, max_length=1024)
@@ -125,13 +127,17 @@ class AdapterStatusChanged(Event):
     actor: str | None = None
 
 
-AnyEvent = Annotated[JobCompleted | FleetRefresh | AdapterStatusChanged, Field(discriminator="type")]
+AnyEvent = Annotated[
+    JobCompleted | FleetRefresh | AdapterStatusChanged, Field(discriminator="type")
+]
 _any_event: TypeAdapter[JobCompleted | FleetRefresh | AdapterStatusChanged] = TypeAdapter(AnyEvent)
 
 MAX_EVENT_BYTES = 64 * 1024
 
 
-def decode(fields: dict[bytes | str, bytes | str]) -> JobCompleted | FleetRefresh | AdapterStatusChanged:
+def decode(
+    fields: dict[bytes | str, bytes | str],
+) -> JobCompleted | FleetRefresh | AdapterStatusChanged:
     """Parse a stream entry's fields into its event. Raises ``ValueError`` (pydantic's
     ``ValidationError`` is one) with a precise message for anything malformed or oversized."""
     raw = fields.get("event", fields.get(b"event"))

@@ -91,7 +91,9 @@ def upload_output(
             client.make_bucket(bucket)
         prefix = "/".join(p for p in (parsed.path.strip("/"), key) if p)
         for path in files:
-            client.fput_object(bucket, f"{prefix}/{path.relative_to(output_dir).as_posix()}", str(path))
+            client.fput_object(
+                bucket, f"{prefix}/{path.relative_to(output_dir).as_posix()}", str(path)
+            )
         return f"s3://{bucket}/{prefix}"
     raise ValueError(f"cannot upload to {upload_to!r}: use file://DIR or s3://BUCKET/PREFIX")
 

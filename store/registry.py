@@ -10,6 +10,10 @@ Immutability: ``namespace/name@version`` with the same ``content_sha256`` is an 
 no-op; with other bytes it is ``VersionConflict``. A ``failed`` version does not hold its
 coordinates: registering fixed bytes under them replaces the failed row (new id).
 
+The read side (look-ups, listings, the fleet view, outbox reads, access log, blob GC) lives
+in ``store.catalog``; every one of its names is re-exported here, so ``registry.get_adapter``
+and ``from store.registry import fleet_state`` keep working.
+
 Quotas count every version that holds files, i.e. every status except ``failed``
 (rejected and archived versions still hold blobs until purged).
 """
@@ -17,8 +21,8 @@ Quotas count every version that holds files, i.e. every status except ``failed``
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
-from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +38,30 @@ from store.approval import (
     announce_refresh,
     announce_status,
     apply_transition,
-    current_generation,
     parse_policy,
     parse_status,
     statuses_after_validation,
+)
+from store.catalog import (
+    MAX_PAGE_SIZE,
+    SORTS,
+    base_model_spec,
+    commit_or_flush,
+    fleet_state,
+    get_adapter,
+    get_base_model_spec,
+    get_namespace,
+    get_version,
+    list_adapters,
+    list_base_models,
+    list_files,
+    list_namespaces,
+    list_versions,
+    mark_sent,
+    pending_outbox,
+    record_access,
+    referenced_blob_keys,
+    run_blob_gc,
 )
 from store.errors import (
     AdapterInvalid,
@@ -49,12 +73,10 @@ from store.errors import (
     VersionConflict,
 )
 from store.models import (
-    AccessLog,
     AdapterFile,
     AdapterVersion,
     BaseModel,
     Namespace,
-    OutboxRow,
     Package,
     PackageFile,
     Provenance,
@@ -66,27 +88,48 @@ if TYPE_CHECKING:
     from store.blobs import BlobStore
     from store.formats.spec import BaseModelSpec, ValidationLimits
 
+__all__ = [
+    # write side (this module)
+    "NAMESPACE_FIELDS",
+    "approve",
+    "archive",
+    "commit_version",
+    "content_digest",
+    "create_namespace",
+    "prepare_package",
+    "purge",
+    "record_failure",
+    "register_adapter",
+    "register_base_model",
+    "reject",
+    "transition",
+    "update_adapter_metadata",
+    "update_namespace",
+    # read side, re-exported from store.catalog
+    "MAX_PAGE_SIZE",
+    "SORTS",
+    "fleet_state",
+    "get_adapter",
+    "get_base_model_spec",
+    "get_namespace",
+    "get_version",
+    "list_adapters",
+    "list_base_models",
+    "list_files",
+    "list_namespaces",
+    "list_versions",
+    "mark_sent",
+    "pending_outbox",
+    "record_access",
+    "referenced_blob_keys",
+    "run_blob_gc",
+]
+
 log = structlog.get_logger(__name__)
 
 NAMESPACE_FIELDS = ("approval_policy", "max_bytes", "max_versions", "description")
-SORTS = {
-    "created_at": (AdapterVersion.created_at.asc(), AdapterVersion.id.asc()),
-    "-created_at": (AdapterVersion.created_at.desc(), AdapterVersion.id.desc()),
-    "name": (AdapterVersion.name.asc(), AdapterVersion.namespace.asc(), AdapterVersion.id.asc()),
-    "-name": (
-        AdapterVersion.name.desc(),
-        AdapterVersion.namespace.desc(),
-        AdapterVersion.id.desc(),
-    ),
-}
-MAX_PAGE_SIZE = 500
-
-
-def _commit(session: Session, commit: bool) -> None:
-    if commit:
-        session.commit()
-    else:
-        session.flush()
+# Sentinel for "argument not given", so that None can mean "clear this field".
+_UNSET: Any = object()
 
 
 def _check_coordinates(namespace: str, name: str, version: str) -> None:
@@ -132,28 +175,12 @@ def create_namespace(
     )
     session.add(ns)
     try:
-        _commit(session, commit)
+        commit_or_flush(session, commit)
     except IntegrityError:
         session.rollback()
         raise AlreadyExists(f"namespace {name!r} already exists") from None
     log.info("namespace.created", namespace=name, policy=approval_policy, actor=actor)
     return ns
-
-
-def get_namespace(session: Session, name: str) -> Namespace:
-    """The namespace called ``name``; ``NotFound`` otherwise."""
-    ns = session.get(Namespace, name)
-    if ns is None:
-        raise NotFound(f"namespace {name!r} not found")
-    return ns
-
-
-def list_namespaces(session: Session, names: set[str] | None = None) -> list[Namespace]:
-    """Namespaces sorted by name, restricted to ``names`` when given."""
-    query = sa.select(Namespace).order_by(Namespace.name)
-    if names is not None:
-        query = query.where(Namespace.name.in_(sorted(names)))
-    return list(session.execute(query).scalars())
 
 
 def update_namespace(
@@ -174,7 +201,7 @@ def update_namespace(
     ns = get_namespace(session, name)
     for key, value in changes.items():
         setattr(ns, key, value)
-    _commit(session, commit)
+    commit_or_flush(session, commit)
     log.info("namespace.updated", namespace=name, changes=sorted(changes), actor=actor)
     return ns
 
@@ -192,33 +219,14 @@ def register_base_model(
     spec = BaseModelSpec.from_hf_config(hf_config)
     existing = session.get(BaseModel, name)
     if existing is not None:
-        if _spec_of(existing) == spec:
+        if base_model_spec(existing) == spec:
             return existing
         raise AlreadyExists(f"base model {name!r} is already registered with other dimensions")
     row = BaseModel(name=name, config=hf_config, created_by=actor, **spec.to_dict())
     session.add(row)
-    _commit(session, commit)
+    commit_or_flush(session, commit)
     log.info("base_model.registered", base_model=name, actor=actor)
     return row
-
-
-def list_base_models(session: Session) -> list[BaseModel]:
-    """Every registered base model, sorted by name."""
-    return list(session.execute(sa.select(BaseModel).order_by(BaseModel.name)).scalars())
-
-
-def _spec_of(row: BaseModel) -> BaseModelSpec:
-    from store.formats.spec import BaseModelSpec
-
-    return BaseModelSpec.from_dict(row.model_dump())
-
-
-def get_base_model_spec(session: Session, name: str) -> BaseModelSpec:
-    """The dimensions of base model ``name``; ``AdapterInvalid("unknown_base_model")``."""
-    row = session.get(BaseModel, name)
-    if row is None:
-        raise AdapterInvalid("unknown_base_model", f"base model {name!r} is not registered")
-    return _spec_of(row)
 
 
 # --- packaging (files -> blobs) ----------------------------------------------------------
@@ -382,7 +390,7 @@ def commit_version(
         existing = _find(session, namespace, name, version)
         if existing is not None and existing.status != Status.FAILED:
             _existing_outcome(existing, package, base_model)
-            _commit(session, commit)  # nothing changed; ends the transaction and its locks
+            commit_or_flush(session, commit)  # nothing changed; ends the transaction and its locks
             return existing, False
         _enforce_quota(session, ns, package.total_bytes)
         if existing is not None:
@@ -437,7 +445,7 @@ def commit_version(
         for status in statuses_after_validation(ns.approval_policy):
             reason = "auto-approved" if status == Status.READY else "validated"
             apply_transition(session, row, status, actor=actor, reason=reason)
-        _commit(session, commit)
+        commit_or_flush(session, commit)
         log.info(
             "adapter.registered",
             adapter_id=row.id,
@@ -511,7 +519,7 @@ def record_failure(
             )
         existing.status_code, existing.status_reason = code, message
         existing.updated_at, existing.updated_by = utcnow(), actor
-        _commit(session, commit)
+        commit_or_flush(session, commit)
         return existing
     row = AdapterVersion(
         id=new_adapter_id(),
@@ -531,7 +539,7 @@ def record_failure(
     session.add(row)
     session.flush()
     apply_transition(session, row, Status.FAILED, actor=actor, reason=message, code=code)
-    _commit(session, commit)
+    commit_or_flush(session, commit)
     log.warning("adapter.failed", adapter_id=row.id, adapter=row.coordinates, code=code)
     return row
 
@@ -565,7 +573,7 @@ def transition(
         path = (target,)
     for status in path:
         apply_transition(session, version, status, actor=actor, reason=reason)
-    _commit(session, commit)
+    commit_or_flush(session, commit)
     log.info("adapter.transitioned", adapter_id=adapter_id, status=version.status, actor=actor)
     return version
 
@@ -609,216 +617,49 @@ def purge(session: Session, adapter_id: str, *, actor: str, commit: bool = True)
     if deleted.rowcount != 1:
         raise IllegalTransition(f"adapter {adapter_id} changed concurrently; purge again")
     session.expunge(version)
-    _commit(session, commit)
+    commit_or_flush(session, commit)
     log.info("adapter.purged", adapter_id=adapter_id, adapter=version.coordinates, actor=actor)
 
 
-# --- reads ------------------------------------------------------------------------------
-
-
-def get_adapter(session: Session, adapter_id: str) -> AdapterVersion:
-    """The version with id ``adapter_id``; ``NotFound`` otherwise."""
-    version = session.get(AdapterVersion, adapter_id)
-    if version is None:
-        raise NotFound(f"adapter {adapter_id} not found")
-    return version
-
-
-def get_version(session: Session, namespace: str, name: str, version: str) -> AdapterVersion:
-    """The version at ``namespace/name@version``; ``NotFound`` otherwise."""
-    row = session.execute(
-        sa.select(AdapterVersion).where(
-            AdapterVersion.namespace == namespace,
-            AdapterVersion.name == name,
-            AdapterVersion.version == version,
-        )
-    ).scalar_one_or_none()
-    if row is None:
-        raise NotFound(f"adapter {namespace}/{name}@{version} not found")
-    return row
-
-
-def _semver_key(version: str) -> tuple[int, int, int, int, str]:
-    core, _, pre = version.partition("-")
-    core = core.split("+", 1)[0]
-    major, minor, patch = (int(p) for p in core.split(".")[:3])
-    # A pre-release sorts before its release (1.0.0-rc1 < 1.0.0).
-    return major, minor, patch, 0 if pre else 1, pre
-
-
-def list_versions(session: Session, namespace: str, name: str) -> list[AdapterVersion]:
-    """Every version of ``namespace/name``, oldest semantic version first."""
-    rows = session.execute(
-        sa.select(AdapterVersion).where(
-            AdapterVersion.namespace == namespace, AdapterVersion.name == name
-        )
-    ).scalars()
-    return sorted(rows, key=lambda r: _semver_key(r.version))
-
-
-def list_files(session: Session, adapter_id: str, role: str | None = None) -> list[AdapterFile]:
-    """The file rows of a version (``role`` original|canonical to filter), sorted by path."""
-    query = sa.select(AdapterFile).where(AdapterFile.adapter_id == adapter_id)
-    if role is not None:
-        query = query.where(AdapterFile.role == role)
-    return list(session.execute(query.order_by(AdapterFile.role, AdapterFile.path)).scalars())
-
-
-def list_adapters(
+def update_adapter_metadata(
     session: Session,
-    *,
-    namespaces: set[str] | None,
-    namespace: str | None = None,
-    base_model: str | None = None,
-    status: str | None = None,
-    search: str | None = None,
-    sort: str = "-created_at",
-    page: int = 1,
-    page_size: int = 50,
-) -> tuple[list[AdapterVersion], int]:
-    """One page of versions matching the filters, and the total number matching.
-
-    ``namespaces`` is what the caller may see (None = everything, an empty set = nothing).
-    ``search`` is a case-insensitive substring of the name. Order is stable across pages.
-    """
-    if sort not in SORTS:
-        raise BadRequest(f"unknown sort {sort!r}; expected one of: {', '.join(SORTS)}")
-    if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise BadRequest(f"page must be >= 1 and page_size within 1..{MAX_PAGE_SIZE}")
-    conditions: list[Any] = []
-    if namespaces is not None:
-        if not namespaces:
-            return [], 0
-        conditions.append(AdapterVersion.namespace.in_(sorted(namespaces)))
-    if namespace is not None:
-        conditions.append(AdapterVersion.namespace == namespace)
-    if base_model is not None:
-        conditions.append(AdapterVersion.base_model == base_model)
-    if status is not None:
-        conditions.append(AdapterVersion.status == parse_status(status).value)
-    if search:
-        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conditions.append(AdapterVersion.name.ilike(f"%{escaped}%", escape="\\"))
-    total = session.execute(
-        sa.select(sa.func.count()).select_from(AdapterVersion).where(*conditions)
-    ).scalar_one()
-    rows = session.execute(
-        sa.select(AdapterVersion)
-        .where(*conditions)
-        .order_by(*SORTS[sort])
-        .offset((page - 1) * page_size)
-        .limit(page_size)
-    ).scalars()
-    return list(rows), int(total)
-
-
-def fleet_state(session: Session, base_model: str) -> dict[str, Any]:
-    """What engines of ``base_model`` should serve: the generation and every ready adapter
-    with its canonical files. The generation is read first, so it never runs ahead of the
-    adapter list it is returned with."""
-    generation = current_generation(session)
-    versions = list(
-        session.execute(
-            sa.select(AdapterVersion)
-            .where(AdapterVersion.base_model == base_model, AdapterVersion.status == Status.READY)
-            .order_by(AdapterVersion.namespace, AdapterVersion.name, AdapterVersion.version)
-        ).scalars()
-    )
-    files: dict[str, list[dict[str, Any]]] = {v.id: [] for v in versions}
-    if versions:
-        for f in session.execute(
-            sa.select(AdapterFile)
-            .where(AdapterFile.adapter_id.in_(list(files)), AdapterFile.role == "canonical")
-            .order_by(AdapterFile.path)
-        ).scalars():
-            files[f.adapter_id].append({"path": f.path, "sha256": f.sha256, "size": f.size})
-    return {
-        "generation": generation,
-        "adapters": [
-            {
-                "id": v.id,
-                "name": v.name,
-                "namespace": v.namespace,
-                "version": v.version,
-                "base_model": v.base_model,
-                "rank": v.rank,
-                "alpha": v.alpha,
-                "manifest_sha256": v.manifest_sha256,
-                "generation": v.generation,
-                "files": files[v.id],
-            }
-            for v in versions
-        ],
-    }
-
-
-# --- outbox, access log, blob GC --------------------------------------------------------
-
-
-def pending_outbox(session: Session, limit: int) -> list[OutboxRow]:
-    """Up to ``limit`` unsent outbox rows, oldest first. On PostgreSQL the rows stay locked
-    (SKIP LOCKED) until the session's transaction ends, so parallel relays split the work."""
-    return list(
-        session.execute(
-            sa.select(OutboxRow)
-            .where(OutboxRow.sent_at.is_(None))
-            .order_by(OutboxRow.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars()
-    )
-
-
-def mark_sent(session: Session, ids: list[int], *, commit: bool = True) -> None:
-    """Mark outbox rows as delivered (idempotent)."""
-    if ids:
-        session.execute(
-            sa.update(OutboxRow)
-            .where(OutboxRow.id.in_(list(ids)), OutboxRow.sent_at.is_(None))
-            .values(sent_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-    _commit(session, commit)
-
-
-def record_access(
-    session: Session,
+    adapter_id: str,
     *,
     actor: str,
-    action: str,
-    outcome: str,
-    target: str | None = None,
-    namespace: str | None = None,
-    remote_addr: str | None = None,
+    description: str | None = _UNSET,
+    custom_fields: dict[str, Any] | None = _UNSET,
     commit: bool = True,
-) -> AccessLog:
-    """Append one access-log entry."""
-    entry = AccessLog(
-        actor=actor,
-        action=action,
-        target=target,
-        namespace=namespace,
-        remote_addr=remote_addr,
-        outcome=outcome,
-    )
-    session.add(entry)
-    _commit(session, commit)
-    return entry
+) -> AdapterVersion:
+    """Edit a version's descriptive metadata: ``description`` and/or ``custom_fields``
+    (None clears a field; an argument not given is left as it is). Records ``actor`` and
+    the time as ``updated_by``/``updated_at``.
 
-
-def referenced_blob_keys(session: Session) -> set[str]:
-    """Every blob key some file row points at."""
-    return set(session.execute(sa.select(AdapterFile.blob_key).distinct()).scalars())
-
-
-def run_blob_gc(
-    session: Session, blobs: BlobStore, grace: timedelta, *, now: datetime | None = None
-) -> list[str]:
-    """Delete blobs no file row references and older than ``grace``; returns their keys.
-    The grace period protects blobs uploaded by a registration not yet committed.
-    ``now`` (default: the current time) is what blob ages are measured against."""
-    from store.blobs import collect_garbage
-
-    removed = collect_garbage(blobs, referenced_blob_keys(session), grace, now=now)
-    log.info("blobs.collected", removed=len(removed), grace_s=grace.total_seconds())
-    return removed
+    Never touches content, provenance, status or the fleet generation: no outbox row, no
+    refresh. ``BadRequest`` when nothing is given or a value has the wrong type (custom
+    fields must be a JSON object); ``NotFound`` for an unknown id.
+    """
+    if description is _UNSET and custom_fields is _UNSET:
+        raise BadRequest("nothing to change: give description and/or custom_fields")
+    if description is not _UNSET and description is not None and not isinstance(description, str):
+        raise BadRequest(f"description must be a string or null, got {type(description).__name__}")
+    if custom_fields is not _UNSET and custom_fields is not None:
+        if not isinstance(custom_fields, dict):
+            raise BadRequest("custom_fields must be a JSON object or null")
+        try:
+            json.dumps(custom_fields, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"custom_fields must be JSON-serializable: {exc}") from None
+    version = get_adapter(session, adapter_id)
+    # Lock the row so a concurrent edit cannot interleave with this one (PostgreSQL).
+    session.refresh(version, with_for_update=True)
+    changed = []
+    if description is not _UNSET:
+        version.description = description
+        changed.append("description")
+    if custom_fields is not _UNSET:
+        version.custom_fields = None if custom_fields is None else dict(custom_fields)
+        changed.append("custom_fields")
+    version.updated_at, version.updated_by = utcnow(), actor
+    commit_or_flush(session, commit)
+    log.info("adapter.metadata_updated", adapter_id=adapter_id, fields=changed, actor=actor)
+    return version

@@ -125,7 +125,9 @@ class IngestBridge:
                         reason=f"delivered {deliveries} times without being acknowledged",
                         deliveries=deliveries,
                     )
-                    log.warning("ingest_dead_lettered", entry_id=_text(entry_id), deliveries=deliveries)
+                    log.warning(
+                        "ingest_dead_lettered", entry_id=_text(entry_id), deliveries=deliveries
+                    )
                 else:
                     self.handle(client, entry_id, fields or {})
                 handled += 1
@@ -176,7 +178,9 @@ class IngestBridge:
             return "duplicate"
         self._enqueue(event)
         with self.rt.session() as session:
-            ingest.set_status(session, event.event_id, ingest.ENQUEUED, only_from=(ingest.RECEIVED,))
+            ingest.set_status(
+                session, event.event_id, ingest.ENQUEUED, only_from=(ingest.RECEIVED,)
+            )
         return "enqueued"
 
 

@@ -111,12 +111,16 @@ def _fetch_s3(
             count += 1
     except S3Error as exc:
         if exc.code in ("NoSuchBucket", "NoSuchKey", "AccessDenied"):
-            raise AdapterInvalid("artifact_unreachable", f"s3://{bucket}/{prefix}: {exc.code}") from exc
+            raise AdapterInvalid(
+                "artifact_unreachable", f"s3://{bucket}/{prefix}: {exc.code}"
+            ) from exc
         raise TransientError(f"object store error fetching s3://{bucket}/{prefix}: {exc}") from exc
     except (OSError, ValueError) as exc:  # urllib3 connection errors are OSError subclasses
         if isinstance(exc, AdapterInvalid):
             raise
-        raise TransientError(f"object store unreachable fetching s3://{bucket}/{prefix}: {exc}") from exc
+        raise TransientError(
+            f"object store unreachable fetching s3://{bucket}/{prefix}: {exc}"
+        ) from exc
     if count == 0:
         raise AdapterInvalid("artifact_unreachable", f"s3://{bucket}/{prefix} holds no objects")
     return target
@@ -157,7 +161,9 @@ def _fetch_http(uri: str, workdir: Path, settings: WorkerSettings) -> Path:
     limit = settings.artifact_max_bytes
     try:
         # No redirects: a redirect could point at a host the check above would refuse.
-        with httpx.stream("GET", uri, timeout=settings.artifact_http_timeout, follow_redirects=False) as r:
+        with httpx.stream(
+            "GET", uri, timeout=settings.artifact_http_timeout, follow_redirects=False
+        ) as r:
             if r.status_code >= 500 or r.status_code == 429:
                 raise TransientError(f"GET {uri}: HTTP {r.status_code}")
             if r.status_code != 200:

@@ -52,7 +52,9 @@ def reclaim_stuck(rt: Runtime, celery_app: Celery) -> dict[str, int]:
             ingest_chain(celery_app, event).apply_async()
             ingest.note_reclaimed(session, record)
             counts["requeued"] += 1
-            log.warning("ingest_requeued", event_id=record.event_id, job_id=record.job_id, was=record.status)
+            log.warning(
+                "ingest_requeued", event_id=record.event_id, job_id=record.job_id, was=record.status
+            )
     with rt.session() as session:
         stuck = session.execute(
             sa.select(AdapterVersion.id)

@@ -57,7 +57,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 # Outcomes, not bugs: logged without a traceback and never retried.
-FINAL_ERRORS: tuple[type[BaseException], ...] = (AdapterInvalid, VersionConflict, QuotaExceeded, NotFound)
+FINAL_ERRORS: tuple[type[BaseException], ...] = (
+    AdapterInvalid,
+    VersionConflict,
+    QuotaExceeded,
+    NotFound,
+)
 # Failures that leave a ``failed`` version visible through the API (the files were refused).
 VERSION_FAILURES: tuple[type[BaseException], ...] = (AdapterInvalid, QuotaExceeded)
 
@@ -87,7 +92,10 @@ class PipelineTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         event = _event_of(args[0]) if args else None
-        context: dict[str, Any] = {"task": self.name.rsplit(".", 1)[-1], "attempt": self.request.retries}
+        context: dict[str, Any] = {
+            "task": self.name.rsplit(".", 1)[-1],
+            "attempt": self.request.retries,
+        }
         if event is not None:
             context.update(event_id=event.event_id, job_id=event.job_id, adapter=event.output_model)
         with structlog.contextvars.bound_contextvars(**context):
@@ -97,7 +105,9 @@ class PipelineTask(Task):
 class IngestTask(PipelineTask):
     """A step of the ingest chain: a final failure is recorded, never lost."""
 
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
         event = _event_of(args[0]) if args else None
         if event is None:
             log.error("ingest_failure_without_event", task_id=task_id, error=str(exc))
@@ -109,11 +119,19 @@ class IngestTask(PipelineTask):
         else:
             code, message = "internal_error", f"{type(exc).__name__}: {exc}"
         try:
-            record_pipeline_failure(event, code, message, version_failed=isinstance(exc, VERSION_FAILURES))
+            record_pipeline_failure(
+                event, code, message, version_failed=isinstance(exc, VERSION_FAILURES)
+            )
         except Exception as record_exc:  # noqa: BLE001 - the reclaim sweep retries it later
             log.error("ingest_failure_not_recorded", code=code, error=str(record_exc))
             return
-        log.warning("ingest_failed", event_id=event.event_id, adapter=event.output_model, code=code, message=message[:500])
+        log.warning(
+            "ingest_failed",
+            event_id=event.event_id,
+            adapter=event.output_model,
+            code=code,
+            message=message[:500],
+        )
 
 
 def _provenance(event: JobCompleted) -> Provenance:
@@ -125,7 +143,9 @@ def _provenance(event: JobCompleted) -> Provenance:
     )
 
 
-def record_pipeline_failure(event: JobCompleted, code: str, message: str, *, version_failed: bool) -> None:
+def record_pipeline_failure(
+    event: JobCompleted, code: str, message: str, *, version_failed: bool
+) -> None:
     """Mark ``event``'s ingest record ``failed`` (and, when its files were refused, its
     version ``failed`` with ``code``), in one transaction."""
     namespace, name, version = event.coordinates()
@@ -195,7 +215,9 @@ def validate(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
         ingest.touch(session, event.event_id)
         spec = registry.get_base_model_spec(session, event.base_model)
     if pkg.manifest.get("base_model_spec") != spec.to_dict():
-        raise AdapterInvalid("shape_mismatch", f"base model {event.base_model!r} changed since packaging")
+        raise AdapterInvalid(
+            "shape_mismatch", f"base model {event.base_model!r} changed since packaging"
+        )
     if not 0 < pkg.rank <= rt.limits.max_rank:
         raise AdapterInvalid("rank_too_large", f"rank {pkg.rank} is over {rt.limits.max_rank}")
     unsupported = set(pkg.target_modules) - set(SUPPORTED_MODULES)
@@ -245,7 +267,6 @@ def relay(self: Task) -> int:
     """The periodic outbox relay (beat)."""
     rt = get_runtime()
     return relay_outbox(rt.session, rt.redis, batch=rt.settings.relay_batch)
-
 
 
 @app.task(base=PipelineTask, bind=True, name=f"{TASK_MODULE}.reclaim_stuck")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session
@@ -23,6 +25,7 @@ from store.errors import BadRequest, LorafleetError, NotFound
 from store.formats.spec import ValidationLimits
 from store.models import AdapterVersion, Provenance, utcnow
 
+log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1/adapters")
 Caller = Annotated[Principal, Depends(get_principal)]
 State = Annotated[AppState, Depends(get_state)]
@@ -79,9 +82,11 @@ async def upload_adapter(
     staging = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
     with audited(request, caller, "adapter.upload") as where:
         try:
+            started = time.perf_counter()
             upload = await receive_upload(
                 request, staging / "parts", max_total_bytes=state.settings.max_adapter_bytes
             )
+            received = time.perf_counter()
             missing = [f for f in REQUIRED_FIELDS if not upload.fields.get(f, "").strip()]
             if missing:
                 raise BadRequest(f"missing form fields: {', '.join(missing)}")
@@ -102,6 +107,15 @@ async def upload_adapter(
             raise
         finally:
             await run_in_threadpool(shutil.rmtree, staging, True)
+        log.info(
+            "adapter.uploaded",
+            adapter_id=entity["id"],
+            adapter=entity["coordinates"],
+            created=created,
+            bytes=upload.total_bytes,
+            receive_s=round(received - started, 3),
+            register_s=round(time.perf_counter() - received, 3),
+        )
         state.metrics.uploads.labels("created" if created else "unchanged").inc()
         state.metrics.upload_bytes.inc(upload.total_bytes)
         where["target"] = entity["id"]

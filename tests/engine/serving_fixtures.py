@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from factories import random_adapter, write_hf_peft
 
 from engine.cli import EngineRuntime, build_runtime
 from engine.server import create_app
 from engine.settings import EngineSettings
 from store.formats import BaseModelSpec, CanonicalAdapter
-from factories import random_adapter, write_hf_peft
 
 
 def free_port() -> int:

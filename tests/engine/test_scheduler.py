@@ -1,12 +1,15 @@
 """Continuous batching with many adapters on the real tiny model, stepped by hand."""
 
+# Fixtures imported from serving_fixtures are used as parameters.
+# ruff: noqa: F401, F811
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from serving_fixtures import model_spec, peft_root, runtime_factory, write_adapter_dir  # noqa: F401
+from serving_fixtures import model_spec, peft_root, runtime_factory, write_adapter_dir
 
 from engine.cache import CacheFull
 from engine.cli import EngineRuntime
@@ -35,7 +38,7 @@ class Collector:
 
 
 def make(
-    runtime_factory: Callable[..., EngineRuntime],  # noqa: F811
+    runtime_factory: Callable[..., EngineRuntime],
     model_dir: Path,
     root: Path,
     names: list[str],
@@ -69,7 +72,7 @@ def drain(runtime: EngineRuntime, max_steps: int = 200) -> list:
 def test_requests_with_different_adapters_decode_in_the_same_step(
     runtime_factory,
     tiny_model_dir: Path,
-    peft_root: Path,  # noqa: F811
+    peft_root: Path,
 ) -> None:
     runtime = make(runtime_factory, tiny_model_dir, peft_root, ["a1", "a2"])
     sinks = [submit(runtime, a)[1] for a in (None, "a1", "a2", "a1")]
@@ -85,7 +88,7 @@ def test_requests_with_different_adapters_decode_in_the_same_step(
 def test_batched_output_equals_each_request_run_alone(
     runtime_factory,
     tiny_model_dir: Path,
-    peft_root: Path,  # noqa: F811
+    peft_root: Path,
 ) -> None:
     runtime = make(runtime_factory, tiny_model_dir, peft_root, ["a1", "a2"])
     alone = {}
@@ -103,7 +106,7 @@ def test_batched_output_equals_each_request_run_alone(
 def test_distinct_adapters_per_step_are_capped_at_gpu_slots(
     runtime_factory,
     tiny_model_dir: Path,
-    peft_root: Path,  # noqa: F811
+    peft_root: Path,
 ) -> None:
     names = ["a", "b", "c", "d"]
     runtime = make(runtime_factory, tiny_model_dir, peft_root, names, max_gpu_loras=2)
@@ -119,7 +122,7 @@ def test_distinct_adapters_per_step_are_capped_at_gpu_slots(
 def test_more_active_adapters_than_cpu_cache_is_cache_full(
     runtime_factory,
     tiny_model_dir: Path,
-    peft_root: Path,  # noqa: F811
+    peft_root: Path,
 ) -> None:
     runtime = make(runtime_factory, tiny_model_dir, peft_root, ["a", "b", "c"], max_cpu_loras=2)
     submit(runtime, "a")
@@ -137,7 +140,7 @@ def test_more_active_adapters_than_cpu_cache_is_cache_full(
 def test_stop_string_truncates_and_max_tokens_limits(
     runtime_factory,
     tiny_model_dir: Path,
-    peft_root: Path,  # noqa: F811
+    peft_root: Path,
 ) -> None:
     runtime = make(runtime_factory, tiny_model_dir, peft_root, [])
     long = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
@@ -156,7 +159,7 @@ def test_stop_string_truncates_and_max_tokens_limits(
 def test_cancelled_request_is_aborted_and_frees_its_adapter(
     runtime_factory,
     tiny_model_dir: Path,
-    peft_root: Path,  # noqa: F811
+    peft_root: Path,
 ) -> None:
     runtime = make(runtime_factory, tiny_model_dir, peft_root, ["a"])
     req, sink = submit(runtime, "a", SamplingParams(max_tokens=100, temperature=0.0))
@@ -173,7 +176,7 @@ def test_cancelled_request_is_aborted_and_frees_its_adapter(
 def test_seeded_sampling_is_reproducible(
     runtime_factory,
     tiny_model_dir: Path,
-    peft_root: Path,  # noqa: F811
+    peft_root: Path,
 ) -> None:
     runtime = make(runtime_factory, tiny_model_dir, peft_root, [])
     params = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, seed=7, ignore_eos=True)

@@ -17,10 +17,10 @@ from store.blobs import (
     BlobCorrupt,
     BlobRef,
     FileBlobStore,
-    S3BlobStore,
     collect_garbage,
     open_blob_store,
 )
+from store.blobs_s3 import S3BlobStore
 from store.errors import BadRequest, NotFound, TransientError
 from store.settings import StoreSettings
 

@@ -247,3 +247,16 @@ def test_rslora_scaling_is_folded_into_alpha(tmp_path: Path) -> None:
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     loaded = load_adapter(tmp_path, tiny_spec())
     assert loaded.scaling == pytest.approx(8.0 / 4**0.5)
+
+
+def test_gzipped_nemo_archive_loads(tmp_path: Path) -> None:
+    import gzip
+
+    spec = tiny_spec()
+    adapter = random_adapter(spec, shared_a=True)
+    write_nemo(adapter, tmp_path / "plain")
+    [plain] = (tmp_path / "plain").glob("*.nemo")
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "gz" / "adapter.nemo").write_bytes(gzip.compress(plain.read_bytes()))
+    loaded = load_adapter(tmp_path / "gz", spec)
+    assert torch.equal(loaded.weights[(0, "k_proj")][1], adapter.weights[(0, "k_proj")][1])

@@ -407,3 +407,14 @@ def test_nemo_config_without_lora_section_is_malformed(tmp_path: Path) -> None:
 def test_not_a_tar_is_unsafe_archive(tmp_path: Path) -> None:
     (tmp_path / "junk.nemo").write_bytes(os.urandom(2048))
     refused(tmp_path, "unsafe_archive")
+
+
+def test_symlinks_load_when_the_operator_allows_them(tmp_path: Path) -> None:
+    # A HF hub cache snapshot is a tree of symlinks; an engine reading a local tree may opt in.
+    write_hf_peft(random_adapter(SPEC), tmp_path / "real")
+    (tmp_path / "link").mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (tmp_path / "link" / name).symlink_to(tmp_path / "real" / name)
+    refused(tmp_path / "link", "unsafe_archive")
+    loaded = load_adapter(tmp_path / "link", SPEC, ValidationLimits(follow_symlinks=True))
+    assert loaded.rank == 4

@@ -1,0 +1,139 @@
+"""OpenAI's wire protocol for the engine: request bodies, prompt shapes, the error shape and
+the two ``logprobs`` layouts (legacy completions and chat). No HTTP framework here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+_ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class OpenAIError(Exception):
+    """An error the API reports in OpenAI's shape with ``status``."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    """``{"error": {...}}`` with OpenAI's fields, at HTTP ``status``."""
+    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse({"error": body}, status_code=status)
+
+
+class CommonRequest(BaseModel):
+    """Fields completions and chat share (OpenAI names and defaults)."""
+
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are ignored, as vLLM does
+
+    model: str
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+class CompletionRequest(CommonRequest):
+    """``POST /v1/completions``; ``prompt`` is checked by ``normalize_prompts``."""
+
+    prompt: Any
+    logprobs: int | None = None
+    echo: bool = False
+
+
+class ChatRequest(CommonRequest):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[dict[str, Any]]
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+
+def normalize_prompts(prompt: Any, encode: Any) -> list[list[int]]:
+    """OpenAI's four prompt shapes (str, [str], [int], [[int]]) as token-id lists."""
+    if isinstance(prompt, str):
+        return [encode(prompt)]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return [encode(p) for p in prompt]
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return [list(prompt)]
+        if all(
+            isinstance(p, list)
+            and p
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+            for p in prompt
+        ):
+            return [list(p) for p in prompt]
+    raise OpenAIError(
+        400,
+        "prompt must be a string, a list of strings, a list of token ids or a list of "
+        "token-id lists (non-empty)",
+        param="prompt",
+    )
+
+
+def message_text(content: Any) -> str:
+    """A chat message's content as text (a string, or a list of text parts)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise OpenAIError(400, "only text content parts are supported", param="messages")
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+    raise OpenAIError(400, "message content must be a string or a list of parts", param="messages")
+
+
+def completion_logprobs(tokens: list[Any], text_of: Any) -> dict[str, Any]:
+    """The legacy completions ``logprobs`` object for ``SampledToken`` values."""
+    out: dict[str, Any] = {
+        "tokens": [],
+        "token_logprobs": [],
+        "top_logprobs": [],
+        "text_offset": [],
+    }
+    offset = 0
+    for t in tokens:
+        text = text_of(t.token_id)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(t.logprob)
+        top: dict[str, float] = {}
+        for i, lp in t.top:  # most likely first; tokens rendering alike keep the best
+            top.setdefault(text_of(i), lp)
+        out["top_logprobs"].append(top if t.top else None)
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+def chat_logprobs(tokens: list[Any], text_of: Any) -> dict[str, Any]:
+    """The chat ``logprobs`` object (``content``: one entry per token with top alternatives)."""
+    content = []
+    for t in tokens:
+        text = text_of(t.token_id)
+        top = [
+            {"token": text_of(i), "logprob": lp, "bytes": list(text_of(i).encode())}
+            for i, lp in t.top
+        ]
+        content.append(
+            {"token": text, "logprob": t.logprob, "bytes": list(text.encode()), "top_logprobs": top}
+        )
+    return {"content": content}

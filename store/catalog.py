@@ -1,0 +1,307 @@
+"""The registry's read side: look-ups, listings, the fleet view engines reconcile against,
+and the bookkeeping reads and appends around them (outbox, access log, blob GC).
+
+Nothing here changes an adapter's content or status; the business rules that do live in
+``store.registry``, which re-exports every name of this module so callers can keep using
+``registry.<name>``. This module never imports ``store.registry`` (no cycle).
+
+Functions that write (``mark_sent``, ``record_access``) commit before returning unless
+given ``commit=False``, like the registry's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+import structlog
+from sqlmodel import Session
+
+from store.approval import Status, current_generation, parse_status
+from store.errors import AdapterInvalid, BadRequest, NotFound
+from store.models import (
+    AccessLog,
+    AdapterFile,
+    AdapterVersion,
+    BaseModel,
+    Namespace,
+    OutboxRow,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from store.blobs import BlobStore
+    from store.formats.spec import BaseModelSpec
+
+log = structlog.get_logger(__name__)
+
+SORTS = {
+    "created_at": (AdapterVersion.created_at.asc(), AdapterVersion.id.asc()),
+    "-created_at": (AdapterVersion.created_at.desc(), AdapterVersion.id.desc()),
+    "name": (AdapterVersion.name.asc(), AdapterVersion.namespace.asc(), AdapterVersion.id.asc()),
+    "-name": (
+        AdapterVersion.name.desc(),
+        AdapterVersion.namespace.desc(),
+        AdapterVersion.id.desc(),
+    ),
+}
+MAX_PAGE_SIZE = 500
+
+
+def commit_or_flush(session: Session, commit: bool) -> None:
+    """Commit the session's transaction, or only flush it when the caller owns the commit."""
+    if commit:
+        session.commit()
+    else:
+        session.flush()
+
+
+# --- namespaces and base models ----------------------------------------------------------
+
+
+def get_namespace(session: Session, name: str) -> Namespace:
+    """The namespace called ``name``; ``NotFound`` otherwise."""
+    ns = session.get(Namespace, name)
+    if ns is None:
+        raise NotFound(f"namespace {name!r} not found")
+    return ns
+
+
+def list_namespaces(session: Session, names: set[str] | None = None) -> list[Namespace]:
+    """Namespaces sorted by name, restricted to ``names`` when given."""
+    query = sa.select(Namespace).order_by(Namespace.name)
+    if names is not None:
+        query = query.where(Namespace.name.in_(sorted(names)))
+    return list(session.execute(query).scalars())
+
+
+def list_base_models(session: Session) -> list[BaseModel]:
+    """Every registered base model, sorted by name."""
+    return list(session.execute(sa.select(BaseModel).order_by(BaseModel.name)).scalars())
+
+
+def base_model_spec(row: BaseModel) -> BaseModelSpec:
+    """The dimensions stored on a ``BaseModel`` row, as a ``BaseModelSpec``."""
+    from store.formats.spec import BaseModelSpec
+
+    return BaseModelSpec.from_dict(row.model_dump())
+
+
+def get_base_model_spec(session: Session, name: str) -> BaseModelSpec:
+    """The dimensions of base model ``name``; ``AdapterInvalid("unknown_base_model")``."""
+    row = session.get(BaseModel, name)
+    if row is None:
+        raise AdapterInvalid("unknown_base_model", f"base model {name!r} is not registered")
+    return base_model_spec(row)
+
+
+# --- adapter versions -------------------------------------------------------------------
+
+
+def get_adapter(session: Session, adapter_id: str) -> AdapterVersion:
+    """The version with id ``adapter_id``; ``NotFound`` otherwise."""
+    version = session.get(AdapterVersion, adapter_id)
+    if version is None:
+        raise NotFound(f"adapter {adapter_id} not found")
+    return version
+
+
+def get_version(session: Session, namespace: str, name: str, version: str) -> AdapterVersion:
+    """The version at ``namespace/name@version``; ``NotFound`` otherwise."""
+    row = session.execute(
+        sa.select(AdapterVersion).where(
+            AdapterVersion.namespace == namespace,
+            AdapterVersion.name == name,
+            AdapterVersion.version == version,
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"adapter {namespace}/{name}@{version} not found")
+    return row
+
+
+def _semver_key(version: str) -> tuple[int, int, int, int, str]:
+    core, _, pre = version.partition("-")
+    core = core.split("+", 1)[0]
+    major, minor, patch = (int(p) for p in core.split(".")[:3])
+    # A pre-release sorts before its release (1.0.0-rc1 < 1.0.0).
+    return major, minor, patch, 0 if pre else 1, pre
+
+
+def list_versions(session: Session, namespace: str, name: str) -> list[AdapterVersion]:
+    """Every version of ``namespace/name``, oldest semantic version first."""
+    rows = session.execute(
+        sa.select(AdapterVersion).where(
+            AdapterVersion.namespace == namespace, AdapterVersion.name == name
+        )
+    ).scalars()
+    return sorted(rows, key=lambda r: _semver_key(r.version))
+
+
+def list_files(session: Session, adapter_id: str, role: str | None = None) -> list[AdapterFile]:
+    """The file rows of a version (``role`` original|canonical to filter), sorted by path."""
+    query = sa.select(AdapterFile).where(AdapterFile.adapter_id == adapter_id)
+    if role is not None:
+        query = query.where(AdapterFile.role == role)
+    return list(session.execute(query.order_by(AdapterFile.role, AdapterFile.path)).scalars())
+
+
+def list_adapters(
+    session: Session,
+    *,
+    namespaces: set[str] | None,
+    namespace: str | None = None,
+    base_model: str | None = None,
+    status: str | None = None,
+    search: str | None = None,
+    sort: str = "-created_at",
+    page: int = 1,
+    page_size: int = 50,
+) -> tuple[list[AdapterVersion], int]:
+    """One page of versions matching the filters, and the total number matching.
+
+    ``namespaces`` is what the caller may see (None = everything, an empty set = nothing).
+    ``search`` is a case-insensitive substring of the name. Order is stable across pages.
+    """
+    if sort not in SORTS:
+        raise BadRequest(f"unknown sort {sort!r}; expected one of: {', '.join(SORTS)}")
+    if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise BadRequest(f"page must be >= 1 and page_size within 1..{MAX_PAGE_SIZE}")
+    conditions: list[Any] = []
+    if namespaces is not None:
+        if not namespaces:
+            return [], 0
+        conditions.append(AdapterVersion.namespace.in_(sorted(namespaces)))
+    if namespace is not None:
+        conditions.append(AdapterVersion.namespace == namespace)
+    if base_model is not None:
+        conditions.append(AdapterVersion.base_model == base_model)
+    if status is not None:
+        conditions.append(AdapterVersion.status == parse_status(status).value)
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(AdapterVersion.name.ilike(f"%{escaped}%", escape="\\"))
+    total = session.execute(
+        sa.select(sa.func.count()).select_from(AdapterVersion).where(*conditions)
+    ).scalar_one()
+    rows = session.execute(
+        sa.select(AdapterVersion)
+        .where(*conditions)
+        .order_by(*SORTS[sort])
+        .offset((page - 1) * page_size)
+        .limit(page_size)
+    ).scalars()
+    return list(rows), int(total)
+
+
+def fleet_state(session: Session, base_model: str) -> dict[str, Any]:
+    """What engines of ``base_model`` should serve: the generation and every ready adapter
+    with its canonical files. The generation is read first, so it never runs ahead of the
+    adapter list it is returned with."""
+    generation = current_generation(session)
+    versions = list(
+        session.execute(
+            sa.select(AdapterVersion)
+            .where(AdapterVersion.base_model == base_model, AdapterVersion.status == Status.READY)
+            .order_by(AdapterVersion.namespace, AdapterVersion.name, AdapterVersion.version)
+        ).scalars()
+    )
+    files: dict[str, list[dict[str, Any]]] = {v.id: [] for v in versions}
+    if versions:
+        for f in session.execute(
+            sa.select(AdapterFile)
+            .where(AdapterFile.adapter_id.in_(list(files)), AdapterFile.role == "canonical")
+            .order_by(AdapterFile.path)
+        ).scalars():
+            files[f.adapter_id].append({"path": f.path, "sha256": f.sha256, "size": f.size})
+    return {
+        "generation": generation,
+        "adapters": [
+            {
+                "id": v.id,
+                "name": v.name,
+                "namespace": v.namespace,
+                "version": v.version,
+                "base_model": v.base_model,
+                "rank": v.rank,
+                "alpha": v.alpha,
+                "manifest_sha256": v.manifest_sha256,
+                "generation": v.generation,
+                "files": files[v.id],
+            }
+            for v in versions
+        ],
+    }
+
+
+# --- outbox, access log, blob GC --------------------------------------------------------
+
+
+def pending_outbox(session: Session, limit: int) -> list[OutboxRow]:
+    """Up to ``limit`` unsent outbox rows, oldest first. On PostgreSQL the rows stay locked
+    (SKIP LOCKED) until the session's transaction ends, so parallel relays split the work."""
+    return list(
+        session.execute(
+            sa.select(OutboxRow)
+            .where(OutboxRow.sent_at.is_(None))
+            .order_by(OutboxRow.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+
+
+def mark_sent(session: Session, ids: list[int], *, commit: bool = True) -> None:
+    """Mark outbox rows as delivered (idempotent)."""
+    if ids:
+        session.execute(
+            sa.update(OutboxRow)
+            .where(OutboxRow.id.in_(list(ids)), OutboxRow.sent_at.is_(None))
+            .values(sent_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    commit_or_flush(session, commit)
+
+
+def record_access(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    outcome: str,
+    target: str | None = None,
+    namespace: str | None = None,
+    remote_addr: str | None = None,
+    commit: bool = True,
+) -> AccessLog:
+    """Append one access-log entry."""
+    entry = AccessLog(
+        actor=actor,
+        action=action,
+        target=target,
+        namespace=namespace,
+        remote_addr=remote_addr,
+        outcome=outcome,
+    )
+    session.add(entry)
+    commit_or_flush(session, commit)
+    return entry
+
+
+def referenced_blob_keys(session: Session) -> set[str]:
+    """Every blob key some file row points at."""
+    return set(session.execute(sa.select(AdapterFile.blob_key).distinct()).scalars())
+
+
+def run_blob_gc(
+    session: Session, blobs: BlobStore, grace: timedelta, *, now: datetime | None = None
+) -> list[str]:
+    """Delete blobs no file row references and older than ``grace``; returns their keys.
+    The grace period protects blobs uploaded by a registration not yet committed.
+    ``now`` (default: the current time) is what blob ages are measured against."""
+    from store.blobs import collect_garbage
+
+    removed = collect_garbage(blobs, referenced_blob_keys(session), grace, now=now)
+    log.info("blobs.collected", removed=len(removed), grace_s=grace.total_seconds())
+    return removed

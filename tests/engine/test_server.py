@@ -1,0 +1,124 @@
+"""The engine's HTTP surface over real HTTP: error shapes, health, metrics, SSE, cancellation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from serving_fixtures import engine_settings, live_engine, model_spec, wait_until, write_adapter_dir
+
+from engine.cli import EngineRuntime, build_runtime
+
+
+@pytest.fixture(scope="module")
+def engine(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[tuple[str, EngineRuntime]]:
+    root = tmp_path_factory.mktemp("loras")
+    write_adapter_dir(root, "math", model_spec(tiny_model_dir), seed=1)
+    runtime = build_runtime(engine_settings(tiny_model_dir, peft_source=str(root), max_seq_len=64))
+    with live_engine(runtime) as url:
+        yield url, runtime
+
+
+@pytest.fixture
+def http(engine: tuple[str, EngineRuntime]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=engine[0], timeout=30) as c:
+        yield c
+
+
+def assert_openai_error(
+    response: httpx.Response, status: int, code: str | None, param: str | None
+) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert (error["code"], error["param"]) == (code, param)
+
+
+def test_health_endpoints(http: httpx.Client) -> None:
+    assert http.get("/v1/health/live").status_code == 200
+    ready = http.get("/v1/health/ready")
+    assert ready.status_code == 200 and ready.json()["message"] == "ready"
+
+
+def test_errors_have_openai_shape(http: httpx.Client) -> None:
+    r = http.post("/v1/completions", json={"model": "nope", "prompt": "x"})
+    assert_openai_error(r, 404, "model_not_found", "model")
+    r = http.post("/v1/completions", json={"model": "math", "prompt": [[1, 2], "x"]})
+    assert_openai_error(r, 400, None, "prompt")
+    r = http.post("/v1/completions", json={"model": "math", "prompt": "x", "top_p": 0})
+    assert_openai_error(r, 400, "invalid_value", "top_p")
+    r = http.post("/v1/completions", json={"model": "math"})
+    assert_openai_error(r, 400, "invalid_value", "prompt")
+    r = http.post("/v1/chat/completions", json={"model": "math", "messages": []})
+    assert_openai_error(r, 400, None, "messages")
+
+
+def test_context_length_is_checked(http: httpx.Client) -> None:
+    r = http.post("/v1/completions", json={"model": "math", "prompt": "x" * 40, "max_tokens": 40})
+    assert_openai_error(r, 400, "context_length_exceeded", "max_tokens")
+    r = http.post("/v1/completions", json={"model": "math", "prompt": "x" * 80})
+    assert r.status_code == 400
+
+
+def test_stream_is_server_sent_events_ending_in_done(http: httpx.Client) -> None:
+    body = {"model": "math", "prompt": "Hi", "max_tokens": 5, "temperature": 0, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert {c["object"] for c in chunks} == {"text_completion"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_n_choices_and_stop_sequences(http: httpx.Client) -> None:
+    body = {"model": "math", "prompt": ["a", "b"], "n": 2, "max_tokens": 4, "temperature": 0}
+    out = http.post("/v1/completions", json=body).json()
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2, 3]
+    assert out["choices"][0]["text"] == out["choices"][1]["text"]  # greedy: same prompt, same text
+    full = http.post(
+        "/v1/completions", json={**body, "prompt": "a", "n": 1, "max_tokens": 12}
+    ).json()
+    text = full["choices"][0]["text"]
+    stop = text[4:6]
+    cut = http.post(
+        "/v1/completions", json={**body, "prompt": "a", "n": 1, "max_tokens": 12, "stop": stop}
+    ).json()
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    assert cut["choices"][0]["text"] == text[: text.index(stop)]
+
+
+def test_client_disconnect_cancels_generation(
+    engine: tuple[str, EngineRuntime], http: httpx.Client
+) -> None:
+    _, runtime = engine
+    body = {"model": "math", "prompt": "x", "max_tokens": 60, "stream": True, "ignore_eos": True}
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        next(r.iter_lines())
+        assert runtime.scheduler.running + runtime.scheduler.waiting >= 1
+    assert wait_until(lambda: runtime.scheduler.running == 0 and runtime.scheduler.waiting == 0)
+    assert wait_until(lambda: runtime.cache.cpu.pinned() == {})
+
+
+def test_metrics_expose_throughput_queue_and_residency(http: httpx.Client) -> None:
+    http.post("/v1/completions", json={"model": "math", "prompt": "Hi", "max_tokens": 3})
+    text = http.get("/metrics").text
+    assert "lorafleet_engine_tokens_per_second" in text
+    assert 'lorafleet_engine_queue_depth{state="waiting"}' in text
+    assert 'lorafleet_engine_lora_resident{adapter="math",level="cpu"} 1.0' in text
+    assert 'lorafleet_engine_lora_resident{adapter="math",level="gpu"} 1.0' in text
+    assert 'lorafleet_engine_lora_cache_misses_total{level="cpu"}' in text
+    assert "lorafleet_engine_lora_cache_load_seconds_total" in text
+    generated = [
+        line
+        for line in text.splitlines()
+        if line.startswith("lorafleet_engine_generated_tokens_total")
+    ]
+    assert float(generated[0].split()[-1]) >= 3

@@ -1,0 +1,109 @@
+"""The store CLI end to end against a live API: namespaces, base models, tokens, upload,
+list, approve, pull; errors exit non-zero with the API's code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from factories import random_adapter, tiny_hf_config, write_hf_peft
+from live_api import (
+    LiveRegistry,
+    live_registry_fixture,  # noqa: F401 - the live_registry fixture
+)
+from typer.testing import CliRunner
+
+from lorafleet.logging import configure_logging
+from store.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_real_stderr() -> None:
+    # The API runs in this process: keep its structlog lines out of the captured stdout.
+    configure_logging("WARNING")
+
+
+def _run(reg: LiveRegistry, *args: str, token: str | None = None) -> tuple[int, str]:
+    env = {"LORAFLEET_API_URL": reg.base_url, "LORAFLEET_TOKEN": token or reg.admin_token}
+    result = runner.invoke(app, list(args), env=env)
+    # JSON and tokens go to stdout; progress bars and errors to stderr.
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.stderr
+
+
+def test_cli_manual_approval_flow(live_registry: LiveRegistry, tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(tiny_hf_config()))
+    assert _run(live_registry, "namespaces", "create", "acme", "--policy", "manual")[0] == 0
+    code, output = _run(live_registry, "base-models", "add", str(config), "--name", "tiny")
+    assert code == 0 and "tiny" in output
+    code, writer = _run(
+        live_registry,
+        "tokens",
+        "create",
+        "--role",
+        "writer",
+        "--namespace",
+        "acme",
+        "--name",
+        "ci",
+    )
+    assert code == 0, writer
+    writer = writer.strip()
+    assert writer.startswith("lft_")
+
+    src = write_hf_peft(random_adapter(seed=2), tmp_path / "adapter")
+    code, output = _run(
+        live_registry,
+        "adapters",
+        "upload",
+        str(src),
+        "--namespace",
+        "acme",
+        "--name",
+        "bot",
+        "--version",
+        "1.0.0",
+        "--base-model",
+        "tiny",
+        "--provenance",
+        '{"job_id": "j-9"}',
+        "--json",
+        token=writer,
+    )
+    assert code == 0, output
+    uploaded = json.loads(output)
+    assert uploaded["status"] == "pending" and uploaded["provenance"]["job_id"] == "j-9"
+
+    code, output = _run(live_registry, "adapters", "list", "--status", "pending", "--json")
+    listed = json.loads(output)
+    assert code == 0 and [a["id"] for a in listed["data"]] == [uploaded["id"]]
+
+    code, output = _run(live_registry, "adapters", "approve", "acme/bot@1.0.0", token=writer)
+    assert code == 0 and "ready" in output
+    code, output = _run(live_registry, "adapters", "pull", "acme/bot@1.0.0", str(tmp_path / "out"))
+    assert code == 0, output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+
+    code, output = _run(live_registry, "adapters", "reject", "acme/bot@1.0.0", token=writer)
+    assert code == 1 and "illegal_transition" in output
+    code, output = _run(live_registry, "adapters", "show", "acme/nope@1.0.0")
+    assert code == 1 and "not_found" in output
+    code, output = _run(live_registry, "namespaces", "list", token="lft_wrong")
+    assert code == 1 and "unauthorized" in output
+
+
+def test_root_cli_mounts_store_commands() -> None:
+    from lorafleet.cli import app as root
+
+    result = runner.invoke(root, ["--help"])
+    assert result.exit_code == 0
+    for group in ("adapters", "namespaces", "base-models", "tokens", "db", "api"):
+        assert group in result.output
+    upload_help = runner.invoke(root, ["adapters", "upload", "--help"])
+    assert upload_help.exit_code == 0 and "--base-model" in upload_help.output
