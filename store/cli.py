@@ -132,7 +132,7 @@ def api(
     if not StoreSettings().admin_token:
         where = Path(settings.home) / "admin-token"
         state = "generated" if generated else "read from"
-        err.print(f"admin token ({state} {where}): [bold]{token}[/bold]")
+        err.print(f"admin token ({state} {where}): {token}", soft_wrap=True, highlight=False)
     try:
         application = create_app(settings)
     except LorafleetError as exc:

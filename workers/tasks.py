@@ -22,6 +22,7 @@ import redis
 import sqlalchemy.exc
 import structlog
 from celery import Task
+from celery.exceptions import Retry
 
 from events.models import JobCompleted
 from store import registry
@@ -103,15 +104,26 @@ class PipelineTask(Task):
 
 
 class IngestTask(PipelineTask):
-    """A step of the ingest chain: a final failure is recorded, never lost."""
+    """A step of the ingest chain: a final failure is recorded, never lost.
 
-    def on_failure(
-        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        event = _event_of(args[0]) if args else None
-        if event is None:
-            log.error("ingest_failure_without_event", task_id=task_id, error=str(exc))
-            return
+    Recorded here, around the body, rather than in ``on_failure``: Celery hands
+    ``on_failure`` a pickled copy of the exception, which loses typed errors' codes.
+    ``autoretry_for`` wraps ``run`` inside this call, so a transient fault only reaches
+    the handler below once its retries are exhausted.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Retry:
+            raise
+        except BaseException as exc:
+            event = _event_of(args[0]) if args else None
+            if event is not None and isinstance(exc, Exception):
+                self._record(event, exc)
+            raise
+
+    def _record(self, event: JobCompleted, exc: Exception) -> None:
         if isinstance(exc, TRANSIENT_ERRORS):
             code, message = "retries_exhausted", f"{type(exc).__name__}: {exc}"
         elif isinstance(exc, LorafleetError):
@@ -122,8 +134,13 @@ class IngestTask(PipelineTask):
             record_pipeline_failure(
                 event, code, message, version_failed=isinstance(exc, VERSION_FAILURES)
             )
-        except Exception as record_exc:  # noqa: BLE001 - the reclaim sweep retries it later
-            log.error("ingest_failure_not_recorded", code=code, error=str(record_exc))
+        except Exception as record_exc:  # noqa: BLE001 - the reclaim sweep re-drives it later
+            log.error(
+                "ingest_failure_not_recorded",
+                event_id=event.event_id,
+                code=code,
+                error=str(record_exc),
+            )
             return
         log.warning(
             "ingest_failed",

@@ -23,7 +23,7 @@ from store.auth import Principal
 from store.db import session_scope
 from store.errors import BadRequest, LorafleetError, NotFound
 from store.formats.spec import ValidationLimits
-from store.models import AdapterVersion, Provenance, utcnow
+from store.models import AdapterVersion, Provenance
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1/adapters")
@@ -258,23 +258,16 @@ def patch_adapter(
             version = _visible(session, caller, adapter_id)
             where["namespace"] = version.namespace
             caller.require_role(version.namespace, "writer", f"adapter {adapter_id} not found")
-            if "description" in changes or "custom_fields" in changes:
-                _edit_metadata(version, changes, caller.actor)
+            edits = {k: changes[k] for k in ("description", "custom_fields") if k in changes}
+            if edits:
+                version = registry.update_adapter_metadata(
+                    session, adapter_id, actor=caller.actor, **edits
+                )
             if body.status is not None:
                 version = registry.transition(
                     session, adapter_id, body.status, actor=caller.actor, reason=body.reason
                 )
-            session.commit()
             return _entity(session, version)
-
-
-def _edit_metadata(version: AdapterVersion, changes: dict[str, Any], actor: str) -> None:
-    # Only descriptive fields: a version's content and provenance are immutable.
-    if "description" in changes:
-        version.description = changes["description"]
-    if "custom_fields" in changes:
-        version.custom_fields = changes["custom_fields"]
-    version.updated_at, version.updated_by = utcnow(), actor
 
 
 @router.delete("/{adapter_id}")

@@ -225,15 +225,19 @@ def test_unsent_outbox_row_is_published_by_the_relay_once(pipeline: Pipeline) ->
     with pipeline.session() as s:
         registry.approve(s, record.adapter_id, actor="reviewer")
     with pipeline.session() as s:
-        unsent = [r for r in registry.pending_outbox(s, 1000) if record.adapter_id in r.payload]
+        unsent = [
+            (r.id, r.stream)
+            for r in registry.pending_outbox(s, 1000)
+            if record.adapter_id in r.payload
+        ]
         s.rollback()
     assert unsent and pipeline.refresh_entries(record.adapter_id) == []
 
     assert pipeline.run_task(f"{TASKS}.relay") >= 1
     assert pipeline.run_task(f"{TASKS}.relay") == 0
     (entry,) = pipeline.refresh_entries(record.adapter_id)
-    refresh_row = next(r for r in unsent if r.stream == streams.REFRESH_STREAM)
-    assert entry[1][streams.OUTBOX_ID_FIELD] == str(refresh_row.id)
+    refresh_row_id = next(i for i, stream in unsent if stream == streams.REFRESH_STREAM)
+    assert entry[1][streams.OUTBOX_ID_FIELD] == str(refresh_row_id)
 
 
 def test_s3_artifact_is_fetched_from_the_object_store(
