@@ -160,15 +160,29 @@ class KVCache(nn.Module):
             "v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False
         )
 
-    def update(
-        self, rows: Tensor, positions: Tensor, k: Tensor, v: Tensor, length: int
-    ) -> tuple[Tensor, Tensor]:
+    def update(self, step: Step, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write ``k, v`` ``[B, H_kv, S, D]`` at ``(rows[b], positions[b, s])``; return each row's
-        first ``length`` cached positions, ``[B, H_kv, length, D]`` each."""
-        r = rows[:, None]  # [B, 1] broadcasts against positions [B, S]
-        self.k_cache[r, :, positions] = k.transpose(1, 2)  # indexed view: [B, S, H_kv, D]
-        self.v_cache[r, :, positions] = v.transpose(1, 2)
-        return self.k_cache[rows, :, :length], self.v_cache[rows, :, :length]
+        first ``step.length`` cached positions, ``[B, H_kv, length, D]`` each."""
+        r = step.rows[:, None]  # [B, 1] broadcasts against positions [B, S]
+        self.k_cache[r, :, step.positions] = k.transpose(1, 2)  # indexed view: [B, S, H_kv, D]
+        self.v_cache[r, :, step.positions] = v.transpose(1, 2)
+        # A contiguous run of rows is read as a view; scattered rows need a gathered copy.
+        return self.k_cache[step.read_rows, :, : step.length], self.v_cache[
+            step.read_rows, :, : step.length
+        ]
+
+
+@dataclass
+class Step:
+    """What every layer needs about the batch, computed once per forward."""
+
+    positions: Tensor  # [B, S] absolute positions
+    rows: Tensor  # [B] KV-cache row of each request
+    read_rows: slice | Tensor  # rows as a slice when they are contiguous
+    length: int  # cache positions anyone in the batch may attend to
+    cos: Tensor  # [B, 1, S, D]
+    sin: Tensor  # [B, 1, S, D]
+    mask: Tensor  # [B, 1, S, length] bool, True = may attend
 
 
 class Attention(nn.Module):
@@ -182,27 +196,17 @@ class Attention(nn.Module):
         self.o_proj = LoraLinear(q_out, args.dim, args.attention_bias)
         self.kv_cache: KVCache | None = None
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        mask: Tensor,
-        rows: Tensor,
-        positions: Tensor,
-        length: int,
-        lora: LoraBatch | None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, step: Step, lora: LoraBatch | None) -> Tensor:
         B, S, _ = x.shape
         q = self.q_proj(x, lora).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x, lora).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x, lora).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
         # q: [B, H, S, D]; k, v: [B, H_kv, S, D]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin)
         assert self.kv_cache is not None, "call Transformer.setup_caches first"
-        k, v = self.kv_cache.update(rows, positions, k, v, length)  # [B, H_kv, T, D]
+        k, v = self.kv_cache.update(step, k, v)  # [B, H_kv, T, D]
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
+            q, k, v, attn_mask=step.mask, enable_gqa=self.n_kv_heads != self.n_heads
         )  # [B, H, S, D]
         y = y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)
         return self.o_proj(y, lora)
@@ -242,20 +246,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        mask: Tensor,
-        rows: Tensor,
-        positions: Tensor,
-        length: int,
-        lora: LoraBatch | None,
-    ) -> Tensor:
-        h = x + self.attention(
-            self.attention_norm(x), cos, sin, mask, rows, positions, length, lora
-        )
+    def forward(self, x: Tensor, step: Step, lora: LoraBatch | None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), step, lora)
         return h + self.feed_forward(self.ffn_norm(h), lora)
 
 
@@ -330,11 +322,21 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(input_ids)  # [B, S, dim]
         freqs = positions[..., None].float() * self.inv_freq  # [B, S, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, S, D]
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         key_pos = torch.arange(length, device=positions.device)
-        mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, S, T]
+        row_list = cache_rows.tolist()
+        first = row_list[0]
+        contiguous = row_list == list(range(first, first + len(row_list)))
+        step = Step(
+            positions=positions,
+            rows=cache_rows,
+            read_rows=slice(first, first + len(row_list)) if contiguous else cache_rows,
+            length=length,
+            cos=emb.cos().to(x.dtype),
+            sin=emb.sin().to(x.dtype),
+            mask=(key_pos[None, None, :] <= positions[:, :, None])[:, None],  # [B, 1, S, T]
+        )
         for block in self.layers:
-            x = block(x, cos, sin, mask, cache_rows, positions, length, lora)
+            x = block(x, step, lora)
         if logit_index is not None:
             x = x[torch.arange(x.shape[0], device=x.device), logit_index][:, None]  # [B, 1, dim]
         return self.output(self.norm(x))  # [B, S, V]

@@ -7,9 +7,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from lorafleet.stack import Stack
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -100,17 +103,9 @@ def up(
         stack.stop()
 
 
-def _wait_until_a_component_exits(stack: object) -> None:
-    from lorafleet.stack import Stack, StackError
-
-    assert isinstance(stack, Stack)
+def _wait_until_a_component_exits(stack: Stack) -> None:
     while True:
-        for component in stack.components:
-            if component.oneshot or component.process is None:
-                continue
-            code = component.process.poll()
-            if code is not None:
-                raise StackError(f"{component.name} exited with status {code}")
+        stack.check_alive()
         threading.Event().wait(1.0)
 
 

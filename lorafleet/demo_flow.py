@@ -138,13 +138,16 @@ def _strip_markup(text: str) -> str:
 
 def _printable(text: str) -> str:
     """An answer as one readable line (the untrained base model emits arbitrary bytes)."""
-    return "".join(c if c.isprintable() else "·" for c in text.replace("\n", " ⏎ ")).strip()
+    text = text.replace("\n", " ⏎ ")
+    return "".join(c if c.isprintable() and c != "\ufffd" else "·" for c in text).strip()
 
 
 # --- the story --------------------------------------------------------------------------
 
 
-def run_demo(options: DemoOptions, *, on_stack: Callable[[Stack], None] | None = None) -> DemoReport:
+def run_demo(
+    options: DemoOptions, *, on_stack: Callable[[Stack], None] | None = None
+) -> DemoReport:
     """Run the whole demo; raises on any failure (after stopping everything it started).
 
     State starts fresh in ``options.home`` and is kept afterwards for inspection.
@@ -152,6 +155,7 @@ def run_demo(options: DemoOptions, *, on_stack: Callable[[Stack], None] | None =
     from lorafleet.stack import prefixed_echo
 
     started = time.monotonic()
+    _quiet_logs(options.verbose)
     narrator = Narrator(options.plain)
     report = DemoReport()
     remove_home(options.home)
@@ -184,6 +188,19 @@ def run_demo(options: DemoOptions, *, on_stack: Callable[[Stack], None] | None =
     return report
 
 
+def _quiet_logs(verbose: bool) -> None:
+    """The narration is the demo's output; component logs go to files (or, with verbose,
+    to the terminal prefixed by the stack)."""
+    import logging
+
+    from lorafleet.logging import configure_logging
+
+    if not verbose:
+        configure_logging("WARNING")
+        logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def _init_model(model_dir: Path) -> None:
     # A larger init scale than the engine tests use: with std 0.02 the tiny random model's
     # logits are too flat for a 60-step LoRA to make its answer the greedy choice.
@@ -196,19 +213,22 @@ def _register(narrator: Narrator, client: RegistryClient, stack: Stack) -> None:
     narrator.step("1. Registering the base model and two namespaces")
     config = json.loads((stack.model_dir / "config.json").read_text())
     client.register_base_model(BASE_MODEL, config)
-    narrator.say(f"base model [bold]{BASE_MODEL}[/] ({config['num_hidden_layers']} layers, "
-                 f"hidden {config['hidden_size']})")
+    narrator.say(
+        f"base model [bold]{BASE_MODEL}[/] ({config['num_hidden_layers']} layers, "
+        f"hidden {config['hidden_size']})"
+    )
     for adapter in ADAPTERS:
         client.create_namespace(adapter.namespace, approval_policy=adapter.policy)
-        narrator.say(f"namespace [bold]{adapter.namespace}[/] with [bold]{adapter.policy}[/] approval")
+        narrator.say(
+            f"namespace [bold]{adapter.namespace}[/] with [bold]{adapter.policy}[/] approval"
+        )
 
 
 def _train_and_announce(
     narrator: Narrator, stack: Stack, options: DemoOptions, report: DemoReport
 ) -> dict[str, float]:
     narrator.step("2. Fine-tuning two LoRAs and announcing them on Redis")
-    announced: dict[str, float] = {}
-    outbox = stack.home / "artifacts"
+    trained = []
     for adapter in ADAPTERS:
         out_dir = stack.home / "training" / adapter.name
         cfg = TrainConfig(steps=options.train_steps, seed=1)
@@ -219,21 +239,28 @@ def _train_and_announce(
             f"trained [bold]{adapter.coordinates}[/]: {cfg.steps} steps, loss "
             f"{result.losses[0]:.2f} → {result.final_loss:.3f} in {result.seconds:.1f}s ({files})"
         )
+        trained.append((adapter, result))
+    # As a trainer would: upload the output directory, then XADD customizer.job.completed.
+    announced: dict[str, float] = {}
+    for adapter, result in trained:
         event = announce_job_completed(
             stack.redis_url,
             job_id=f"demo-{adapter.name}-{uuid.uuid4().hex[:8]}",
             namespace=adapter.namespace,
             output_model=adapter.coordinates,
             base_model=BASE_MODEL,
-            output_dir=out_dir,
-            upload_to=outbox.as_uri(),
-            hyperparameters=cfg.to_dict(),
+            output_dir=result.output_dir,
+            upload_to=(stack.home / "artifacts").as_uri(),
+            hyperparameters=result.config.to_dict(),
             dataset=f"demo://{adapter.name}",
             metrics=result.metrics(),
             description=adapter.description,
         )
         announced[adapter.coordinates] = time.monotonic()
-        narrator.say(f"  → customizer.job.completed {event.event_id[:12]}… ({event.artifact_uri})")
+        narrator.say(
+            f"announced [bold]{adapter.coordinates}[/]: customizer.job.completed "
+            f"{event.event_id[:12]}… → {event.artifact_uri}"
+        )
     return announced
 
 
@@ -289,6 +316,7 @@ def _follow_pipeline(
         return table
 
     def poll() -> bool:
+        stack.check_alive()
         models = set(_engine_models(stack))
         for adapter in ADAPTERS:
             key = adapter.coordinates
@@ -300,7 +328,9 @@ def _follow_pipeline(
                 entity = None
             done, status[key] = _stages_of(entity, key in models)
             if status[key] == "failed":
-                raise RuntimeError(f"{key} failed validation: {entity and entity.get('status_reason')}")
+                raise RuntimeError(
+                    f"{key} failed validation: {entity and entity.get('status_reason')}"
+                )
             for stage in STAGES:
                 if stage in done and stage not in progress[key]:
                     progress[key][stage] = time.monotonic() - announced[key]
@@ -356,7 +386,11 @@ def _compare_answers(narrator: Narrator, stack: Stack, report: DemoReport) -> No
 
 
 def _archive_one(
-    narrator: Narrator, client: RegistryClient, stack: Stack, options: DemoOptions, report: DemoReport
+    narrator: Narrator,
+    client: RegistryClient,
+    stack: Stack,
+    options: DemoOptions,
+    report: DemoReport,
 ) -> None:
     victim = ADAPTERS[1]
     narrator.step(f"5. Archiving {victim.coordinates}")
@@ -365,6 +399,7 @@ def _archive_one(
     started = time.monotonic()
     deadline = started + options.stage_timeout
     while victim.coordinates in (models := _engine_models(stack)):
+        stack.check_alive()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{victim.coordinates} still served after archiving")
         time.sleep(0.2)

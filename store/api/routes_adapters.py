@@ -67,7 +67,37 @@ def _provenance(upload: StagedUpload) -> Provenance:
     )
 
 
-@router.post("", status_code=201)
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["namespace", "name", "version", "base_model", "files"],
+                "properties": {
+                    "namespace": {"type": "string"},
+                    "name": {"type": "string"},
+                    "version": {"type": "string", "description": "semantic version"},
+                    "base_model": {"type": "string"},
+                    "provenance": {
+                        "type": "string",
+                        "description": "JSON: job_id, dataset, hyperparameters, metrics",
+                    },
+                    "description": {"type": "string"},
+                    "paths": {"type": "string", "description": "JSON list, one per file part"},
+                    "files": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "filename = path relative to the adapter directory",
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+@router.post("", status_code=201, openapi_extra={"requestBody": _UPLOAD_BODY})
 async def upload_adapter(
     request: Request, response: Response, caller: Caller, state: State
 ) -> dict[str, Any]:
@@ -175,7 +205,7 @@ def list_adapters(
     return page_of(data, page=page, page_size=page_size, total=total)
 
 
-@router.get("/{adapter_id}/files/{path:path}")
+@router.get("/{adapter_id}/files/{path:path}", response_model=None)
 def download_file(
     adapter_id: str,
     path: str,
@@ -183,9 +213,14 @@ def download_file(
     caller: Caller,
     state: State,
     canonical: bool | None = None,
-) -> StreamingResponse:
+) -> StreamingResponse | dict[str, Any]:
     """Stream one file of a version from the blob store; ``ETag`` is its sha256. With two
-    files at the same path (original and canonical) ``canonical`` picks; default canonical."""
+    files at the same path (original and canonical) ``canonical`` picks; default canonical.
+
+    ``/v1/adapters/{namespace}/files/{version}`` (an adapter *named* ``files``) also lands
+    here; anything that is not an adapter id is answered as those coordinates."""
+    if not adapter_id.startswith("ad_") and "/" not in path:
+        return get_version(adapter_id, "files", path, caller, state)  # type: ignore[return-value]
     with audited(request, caller, "adapter.download", target=f"{adapter_id}/{path}") as where:
         with session_scope(state.engine) as session:
             version = _visible(session, caller, adapter_id)

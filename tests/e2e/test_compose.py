@@ -52,7 +52,9 @@ def test_compose_config_is_valid_for_docker_when_available(compose: dict[str, An
             )
             assert result.returncode == 0, result.stderr
     assert compose["name"] == "lorafleet"
-    assert {"redis", "postgres", "minio", "api", "bridge", "worker", "beat"} <= set(compose["services"])
+    assert {"redis", "postgres", "minio", "api", "bridge", "worker", "beat"} <= set(
+        compose["services"]
+    )
 
 
 def test_every_service_has_a_health_check(compose: dict[str, Any]) -> None:
@@ -72,9 +74,7 @@ def test_dependencies_wait_on_health_or_completion(compose: dict[str, Any]) -> N
     for name, service in services.items():
         for dep, spec in (service.get("depends_on") or {}).items():
             assert dep in services, f"{name} depends on unknown {dep}"
-            expected = (
-                "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
-            )
+            expected = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
             assert spec["condition"] == expected, f"{name} -> {dep}: {spec}"
     # The ordering that matters: schema before API, bucket before anything storing blobs.
     for name in ("api", "bridge", "worker", "beat"):

@@ -35,7 +35,9 @@ def registry(tmp_path: Path) -> Iterator[tuple[RegistryClient, str, str]]:
 
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade(url)
-    settings = StoreSettings(home=tmp_path / "home", database_url=url, blob_url=f"file://{tmp_path / 'blobs'}")
+    settings = StoreSettings(
+        home=tmp_path / "home", database_url=url, blob_url=f"file://{tmp_path / 'blobs'}"
+    )
     with run_registry_api(settings) as (base_url, token), RegistryClient(base_url, token) as admin:
         admin.register_base_model(BASE, tiny_hf_config())
         admin.create_namespace("acme", approval_policy="auto")
@@ -49,7 +51,9 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_pull_writes_one_verified_hf_peft_directory_per_ready_adapter(registry, tmp_path: Path) -> None:
+def test_pull_writes_one_verified_hf_peft_directory_per_ready_adapter(
+    registry, tmp_path: Path
+) -> None:
     admin, _, _ = registry
     dest = tmp_path / "loras"
     result = pull_adapters(admin, BASE, dest)
@@ -68,7 +72,9 @@ def test_pull_writes_one_verified_hf_peft_directory_per_ready_adapter(registry, 
     assert not (dest / ".lorafleet-staging").exists()
 
 
-def test_pull_again_is_a_no_op_and_removes_only_what_stopped_being_ready(registry, tmp_path: Path) -> None:
+def test_pull_again_is_a_no_op_and_removes_only_what_stopped_being_ready(
+    registry, tmp_path: Path
+) -> None:
     admin, _, _ = registry
     dest = tmp_path / "loras"
     pull_adapters(admin, BASE, dest)
@@ -127,7 +133,12 @@ def test_watch_follows_refresh_events(registry, tmp_path: Path, redis_url: str) 
     watcher = threading.Thread(
         target=watch_adapters,
         args=(admin, BASE, dest),
-        kwargs={"redis_url": redis_url, "interval": 600.0, "stop": stop, "on_result": results.append},
+        kwargs={
+            "redis_url": redis_url,
+            "interval": 600.0,
+            "stop": stop,
+            "on_result": results.append,
+        },
         daemon=True,
     )
     watcher.start()

