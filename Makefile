@@ -23,3 +23,13 @@ lint:
 format:
 	$(PYTHON) -m ruff format .
 	$(PYTHON) -m ruff check --fix .
+
+# The README's first command: a venv with CPU torch (pinned first, so pip never pulls the
+# CUDA wheels), lorafleet with the trainer's extras (transformers + peft), then the demo.
+DEMO_ARGS ?=
+demo:
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q torch==2.13.0
+	.venv/bin/pip install -q -e '.[bench]'
+	.venv/bin/lorafleet demo $(DEMO_ARGS)

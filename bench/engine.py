@@ -7,7 +7,8 @@ On one set of random weights (a Llama-shaped model; ~134M parameters by default)
   (c) the same batch through transformers + peft (``adapter_names`` mixed-batch inference)
   (d) the same batch, every row on one shared adapter
 
-decode and prefill tokens/s (medians over repetitions, after a warm-up), the LoRA kernels
+decode and prefill tokens/s (medians over interleaved rounds after a warm-up round;
+ratios paired per round), the LoRA kernels
 compared on (b) and (d), and the cold load of one adapter from disk (canonical safetensors)
 into a slot. The "ideal" (b)/(a) is the ratio left if the adapters cost exactly the extra
 bytes (decode: memory-bound) or FLOPs (prefill: compute-bound) they add:
@@ -172,7 +173,7 @@ def main() -> None:
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--context", type=int, default=64, help="tokens already cached before decode")
+    p.add_argument("--context", type=int, default=32, help="tokens already cached before decode")
     p.add_argument("--decode-steps", type=int, default=4)
     p.add_argument("--prefill-len", type=int, default=16)
     p.add_argument("--reps", type=int, default=5)
@@ -213,69 +214,79 @@ def main() -> None:
         "a_base": None,
         "b_distinct": LoraBatch(torch.arange(B, device=dev)),
         "d_shared": LoraBatch(torch.zeros(B, dtype=torch.long, device=dev)),
-    }
-    # "auto" picks bgmv for (b) and sgmv for (d); time the other kernel on each too.
-    kernels = {
+        # "auto" picks bgmv for (b) and sgmv for (d); time the other kernel on each too.
         "b_distinct_sgmv": LoraBatch(torch.arange(B, device=dev), "sgmv"),
         "d_shared_bgmv": LoraBatch(torch.zeros(B, dtype=torch.long, device=dev), "bgmv"),
     }
-    results: dict[str, dict[str, float]] = {}
 
-    def rates(t_dec: tuple[float, float], t_pre: tuple[float, float]) -> dict[str, float]:
-        return {
-            "decode_tok_s": B * steps / t_dec[0],
-            "prefill_tok_s": B * plen / t_pre[0],
-            "decode_tok_s_best": B * steps / t_dec[1],
-            "prefill_tok_s_best": B * plen / t_pre[1],
-        }
-
-    def ours_decode(lora: LoraBatch | None) -> None:
+    def ours_decode(lora: LoraBatch | None) -> float:
         tok = prompt[:, -1:]
-        for i in range(steps):
+        t0 = time.perf_counter()
+        for i in range(steps):  # rewrites the same cache positions every round
             pos = torch.full((B, 1), ctx + i, device=dev)
             tok = ours(tok, pos, rows, lora).argmax(-1)  # [B, 1]
+        sync(dev)
+        return time.perf_counter() - t0
 
-    def ours_prefill(lora: LoraBatch | None) -> None:
+    def ours_prefill(lora: LoraBatch | None) -> float:
         pos = torch.arange(plen, device=dev).expand(B, plen)
-        ours(pre_ids, pos, rows, lora, logit_index=torch.full((B,), plen - 1, device=dev))
-
-    for lora in (None, configs["b_distinct"]):  # warm up allocator, threads and kernels
-        ours(prompt, torch.arange(ctx, device=dev).expand(B, ctx), rows, lora)
-    for name, lora in {**configs, **kernels}.items():
-        ours(prompt, torch.arange(ctx, device=dev).expand(B, ctx), rows, lora)  # fill the cache
-        t_dec = timed(lambda lora=lora: ours_decode(lora), opts.reps, dev)
-        t_pre = timed(lambda lora=lora: ours_prefill(lora), opts.reps, dev)
-        results[name] = rates(t_dec, t_pre)
-        print(
-            f"{name:18s} decode {results[name]['decode_tok_s']:9.1f} tok/s   "
-            f"prefill {results[name]['prefill_tok_s']:9.1f} tok/s",
-            flush=True,
-        )
+        last = torch.full((B,), plen - 1, device=dev)
+        t0 = time.perf_counter()
+        ours(pre_ids, pos, rows, lora, logit_index=last)
+        sync(dev)
+        return time.perf_counter() - t0
 
     names = [f"a{i}" for i in range(B)]
     prefix = peft_model(input_ids=prompt, adapter_names=names, use_cache=True).past_key_values
 
-    def hf_decode() -> None:
-        cache = copy.deepcopy(prefix)
+    def hf_decode() -> float:
+        cache = copy.deepcopy(prefix)  # outside the clock
         tok = prompt[:, -1:]
+        t0 = time.perf_counter()
         for _ in range(steps):
             out = peft_model(
                 input_ids=tok, past_key_values=cache, adapter_names=names, use_cache=True
             )
             cache, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        sync(dev)
+        return time.perf_counter() - t0
 
-    def hf_prefill() -> None:
+    def hf_prefill() -> float:
+        t0 = time.perf_counter()
         peft_model(input_ids=pre_ids, adapter_names=names, logits_to_keep=1)
+        sync(dev)
+        return time.perf_counter() - t0
 
-    copy_t = timed(lambda: copy.deepcopy(prefix), opts.reps, dev)
-    t_dec = timed(hf_decode, opts.reps, dev)
-    t_dec = (t_dec[0] - copy_t[0], t_dec[1] - copy_t[1])
-    results["c_peft"] = rates(t_dec, timed(hf_prefill, opts.reps, dev))
-    print(
-        f"{'c_peft':18s} decode {results['c_peft']['decode_tok_s']:9.1f} tok/s   "
-        f"prefill {results['c_peft']['prefill_tok_s']:9.1f} tok/s",
-        flush=True,
-    )
+    ours(prompt, torch.arange(ctx, device=dev).expand(B, ctx), rows)  # fill the KV cache
+    runs: dict[str, Callable[[], float]] = {}
+    for name, lora in configs.items():
+        runs[f"{name}/decode"] = lambda lora=lora: ours_decode(lora)
+        runs[f"{name}/prefill"] = lambda lora=lora: ours_prefill(lora)
+    runs["c_peft/decode"], runs["c_peft/prefill"] = hf_decode, hf_prefill
+    # Rounds interleave every configuration, so load from other processes on a shared
+    # machine hits them alike; round 0 is the warm-up. Ratios are taken per round (paired).
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for rnd in range(opts.reps + 1):
+        for key, fn in runs.items():
+            t = fn()
+            if rnd:
+                times[key].append(t)
+        print(
+            f"round {rnd}: " + " ".join(f"{k}={v[-1]:.3f}s" for k, v in times.items() if v),
+            flush=True,
+        )
+    tokens = {"decode": B * steps, "prefill": B * plen}
+    results: dict[str, dict[str, float]] = {}
+    for key, ts in times.items():
+        name, phase = key.split("/")
+        row = results.setdefault(name, {})
+        row[f"{phase}_tok_s"] = tokens[phase] / statistics.median(ts)
+        row[f"{phase}_tok_s_best"] = tokens[phase] / min(ts)
+
+    def paired(num: str, den: str, phase: str) -> float:
+        # throughput ratio num/den = time(den)/time(num), median over rounds
+        pairs = zip(times[f"{den}/{phase}"], times[f"{num}/{phase}"], strict=True)
+        return statistics.median(d / n for d, n in pairs)
 
     # Cold load: canonical files on disk -> parsed + validated -> copied into a GPU slot.
     spec = BaseModelSpec.from_hf_config(cfg)
@@ -292,12 +303,13 @@ def main() -> None:
     }
 
     ideal = ideal_ratios(args, r, B)
-    a, b, c = results["a_base"], results["b_distinct"], results["c_peft"]
     ratios = {
-        "decode_b_over_a": b["decode_tok_s"] / a["decode_tok_s"],
-        "prefill_b_over_a": b["prefill_tok_s"] / a["prefill_tok_s"],
-        "decode_b_over_c": b["decode_tok_s"] / c["decode_tok_s"],
-        "prefill_b_over_c": b["prefill_tok_s"] / c["prefill_tok_s"],
+        "decode_b_over_a": paired("b_distinct", "a_base", "decode"),
+        "prefill_b_over_a": paired("b_distinct", "a_base", "prefill"),
+        "decode_b_over_c": paired("b_distinct", "c_peft", "decode"),
+        "prefill_b_over_c": paired("b_distinct", "c_peft", "prefill"),
+        "decode_d_over_a": paired("d_shared", "a_base", "decode"),
+        "prefill_d_over_a": paired("d_shared", "a_base", "prefill"),
         "decode_ideal_b_over_a": ideal["decode"],
         "prefill_ideal_b_over_a": ideal["prefill"],
     }
@@ -317,6 +329,10 @@ def main() -> None:
     print(f"| (b)/(a) ideal (bytes / FLOPs) | {ideal['decode']:.3f} | {ideal['prefill']:.3f} |")
     print(
         f"| (b)/(c) ours vs peft | {ratios['decode_b_over_c']:.2f} | {ratios['prefill_b_over_c']:.2f} |"
+    )
+    print(
+        f"| (d)/(a) one shared adapter | {ratios['decode_d_over_a']:.3f} "
+        f"| {ratios['prefill_d_over_a']:.3f} |"
     )
     print(
         f"\ncold adapter load ({load['adapter_bytes_fp32'] / 2**20:.1f} MiB fp32): parse+validate "

@@ -126,14 +126,14 @@ def _start_worker(env: dict[str, str], log_path: Path, workers: int) -> subproce
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker", "-Q",
          "ingest,fleet,maintenance", f"--concurrency={workers}", "--pool=prefork",
-         "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "-l", "WARNING"],
+         "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(log_path.read_text()[-3000:])
-        if b"ready." in log_path.read_bytes() or b"celery@" in log_path.read_bytes():
+        if b" ready." in log_path.read_bytes():
             time.sleep(1.0)
             return proc
         time.sleep(0.2)

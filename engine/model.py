@@ -314,6 +314,8 @@ class Transformer(nn.Module):
         sit at different lengths. Padding: give pad tokens positions after the row's real
         tokens; what they write is overwritten before any real token can attend to it.
         ``logit_index [B]`` (optional) picks one position per row: logits ``[B, 1, V]``.
+        Logits are in the model's dtype. A contiguous run of ``cache_rows`` (e.g. ``0..B-1``)
+        reads the cache without a gathered copy.
         """
         assert self.max_seq_len > 0, "call setup_caches first"
         length = int(positions.max().item()) + 1  # cache positions anyone here can attend to

@@ -18,7 +18,9 @@ app = typer.Typer(
 
 @app.callback()
 def _main(
-    log_level: str = typer.Option("INFO", "--log-level", envvar="LORAFLEET_LOG_LEVEL", help="Log level."),
+    log_level: str = typer.Option(
+        "INFO", "--log-level", envvar="LORAFLEET_LOG_LEVEL", help="Log level."
+    ),
 ) -> None:
     configure_logging(log_level)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -37,8 +38,26 @@ def demo(
 ) -> None:
     """Run the whole story on an embedded stack: register, train two LoRAs, announce,
     approve, serve side by side, archive, stop. Takes under 3 minutes on 2 CPU cores."""
-    from lorafleet.demo_flow import DemoOptions, run_demo
+    import importlib.util
 
+    # Fail before starting anything: the demo's trainer needs transformers + peft.
+    missing = [m for m in ("transformers", "peft") if importlib.util.find_spec(m) is None]
+    if missing:
+        typer.echo(
+            f"the demo trains LoRAs with {' and '.join(missing)}: "
+            "pip install -e '.[bench]' (or run `make demo`)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    from lorafleet.demo_flow import DemoOptions, run_demo
+    from lorafleet.logging import configure_logging
+
+    # The narration is the demo's output; component logs go to HOME/logs (or, with
+    # --verbose, to the terminal, prefixed), our own process logs only warnings.
+    if not verbose:
+        configure_logging("WARNING")
+        logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     options = DemoOptions(
         home=home,
@@ -74,6 +93,8 @@ def up(
     from lorafleet.stack import Stack, StackConfig, StackError, prefixed_echo
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # The supervisor's health probes would log every poll; component logs are what matter.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = StackConfig(
         home=home,
         api_port=api_port,

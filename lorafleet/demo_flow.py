@@ -155,10 +155,9 @@ def run_demo(
     from lorafleet.stack import prefixed_echo
 
     started = time.monotonic()
-    _quiet_logs(options.verbose)
     narrator = Narrator(options.plain)
     report = DemoReport()
-    remove_home(options.home)
+    _fresh_home(options.home)
     config = StackConfig(
         home=options.home,
         api_port=options.api_port,
@@ -188,17 +187,17 @@ def run_demo(
     return report
 
 
-def _quiet_logs(verbose: bool) -> None:
-    """The narration is the demo's output; component logs go to files (or, with verbose,
-    to the terminal prefixed by the stack)."""
-    import logging
+DEMO_MARKER = ".lorafleet-demo"
 
-    from lorafleet.logging import configure_logging
 
-    if not verbose:
-        configure_logging("WARNING")
-        logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _fresh_home(home: Path) -> None:
+    """Empty the demo's state directory, but never one the demo did not create (someone's
+    real ``.lorafleet`` passed as ``--home`` by mistake)."""
+    if home.exists() and any(home.iterdir()) and not (home / DEMO_MARKER).exists():
+        raise RuntimeError(f"{home} is not empty and not a demo directory; choose another --home")
+    remove_home(home)
+    home.mkdir(parents=True)
+    (home / DEMO_MARKER).write_text("state of `lorafleet demo`; wiped by its next run\n")
 
 
 def _init_model(model_dir: Path) -> None:
@@ -379,7 +378,8 @@ def _compare_answers(narrator: Narrator, stack: Stack, report: DemoReport) -> No
     table.add_column("answer")
     for model in [BASE_MODEL, *(a.coordinates for a in ADAPTERS)]:
         report.answers[model] = complete(stack.engine_url, model, PROMPT)
-        table.add_row(model, _printable(report.answers[model]))
+        label = f"{model} (base)" if model == BASE_MODEL else model
+        table.add_row(label, _printable(report.answers[model]))
     narrator.table(table)
     if len(set(report.answers.values())) != len(report.answers):
         raise RuntimeError(f"adapters did not change the answer: {report.answers}")
@@ -412,19 +412,19 @@ def _archive_one(
 
 
 def _next_steps(narrator: Narrator, options: DemoOptions, report: DemoReport) -> None:
-    narrator.step(f"Done in {report.seconds:.0f}s")
-    home = options.home
-    narrator.say(
-        "\n".join(
-            [
-                "Where to look next:",
-                f"  lorafleet up --home {home}        # the same stack, left running",
-                f"  open http://127.0.0.1:{options.api_port}/docs   # the registry's API docs",
-                "  lorafleet adapters list           # (with LORAFLEET_TOKEN from "
-                f"{home}/admin-token)",
-                f"  curl http://127.0.0.1:{options.engine_port}/v1/models",
-                "  lorafleet pull --base-model tiny-llama --dest ./loras   # NIM's layout",
-                f"  logs of every component: {home}/logs/",
-            ]
-        )
-    )
+    narrator.step(f"Done in {report.seconds:.0f}s: everything the demo started is stopped")
+    home, api = options.home, f"http://127.0.0.1:{options.api_port}"
+    lines = [
+        (f"lorafleet up --home {home}", "the same stack again, left running (Ctrl-C stops it)"),
+        (f"open {api}/docs", "the registry's REST API, interactive"),
+        (f"export LORAFLEET_TOKEN=$(cat {home}/admin-token)", "then, while it is up:"),
+        ("lorafleet adapters list", "every version, its status and base model"),
+        (f"curl http://127.0.0.1:{options.engine_port}/v1/models", "what the engine serves"),
+        ("lorafleet pull --base-model tiny-llama --dest ./loras", "NIM's LOCAL_PEFT_DIRECTORY"),
+        (f"ls {home}/logs/", "one log per component"),
+        ("docs/trainer-integration.md", "announce your own fine-tunes"),
+    ]
+    width = max(len(cmd) for cmd, _ in lines)
+    narrator.say("Where to look next:")
+    for cmd, why in lines:
+        narrator.say(f"  [bold]{cmd:<{width}}[/]  [dim]# {why}[/]")

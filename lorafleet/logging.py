@@ -39,5 +39,7 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
         cache_logger_on_first_use=False,
     )
     if not _configured:
-        logging.basicConfig(level=level_name, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=level_name, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        )
         _configured = True

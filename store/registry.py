@@ -159,7 +159,14 @@ def create_namespace(
     commit: bool = True,
 ) -> Namespace:
     """Create namespace ``name``; ``AlreadyExists`` if taken, ``BadRequest`` if malformed."""
-    _check_coordinates(name, "x", "0.0.0")
+    try:
+        parse_coordinates(f"{name}/x@0.0.0")
+    except ValueError:
+        # Say what is wrong with the name, not with made-up coordinates around it.
+        raise BadRequest(
+            f"invalid namespace name {name!r}: 1 to 63 lowercase letters, digits, '-', '_' "
+            "or '.', starting with a letter or digit"
+        ) from None
     parse_policy(approval_policy)
     _check_quota(max_bytes, "max_bytes")
     _check_quota(max_versions, "max_versions")

@@ -35,7 +35,14 @@ def create_app(settings: WorkerSettings | None = None, *, redis_url: str | None 
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout,
+            # Later chain steps outrank new packaging work, so a burst of announcements
+            # finishes adapters one by one instead of packaging all of them first.
+            "priority_steps": list(range(10)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+        },
         result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         result_expires=settings.result_expires,
         broker_connection_retry_on_startup=True,
@@ -47,10 +54,10 @@ def create_app(settings: WorkerSettings | None = None, *, redis_url: str | None 
         ),
         task_default_queue=streams.INGEST_QUEUE,
         task_routes={
-            f"{TASK_MODULE}.package": {"queue": streams.INGEST_QUEUE},
-            f"{TASK_MODULE}.validate": {"queue": streams.INGEST_QUEUE},
-            f"{TASK_MODULE}.register": {"queue": streams.INGEST_QUEUE},
-            f"{TASK_MODULE}.broadcast": {"queue": streams.FLEET_QUEUE},
+            f"{TASK_MODULE}.package": {"queue": streams.INGEST_QUEUE, "priority": 6},
+            f"{TASK_MODULE}.validate": {"queue": streams.INGEST_QUEUE, "priority": 3},
+            f"{TASK_MODULE}.register": {"queue": streams.INGEST_QUEUE, "priority": 2},
+            f"{TASK_MODULE}.broadcast": {"queue": streams.FLEET_QUEUE, "priority": 1},
             f"{TASK_MODULE}.relay": {"queue": streams.FLEET_QUEUE},
             f"{TASK_MODULE}.reclaim_stuck": {"queue": streams.MAINTENANCE_QUEUE},
             f"{TASK_MODULE}.blob_gc": {"queue": streams.MAINTENANCE_QUEUE},

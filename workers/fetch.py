@@ -115,9 +115,7 @@ def _fetch_s3(
                 "artifact_unreachable", f"s3://{bucket}/{prefix}: {exc.code}"
             ) from exc
         raise TransientError(f"object store error fetching s3://{bucket}/{prefix}: {exc}") from exc
-    except (OSError, ValueError) as exc:  # urllib3 connection errors are OSError subclasses
-        if isinstance(exc, AdapterInvalid):
-            raise
+    except OSError as exc:  # urllib3 connection errors are OSError subclasses
         raise TransientError(
             f"object store unreachable fetching s3://{bucket}/{prefix}: {exc}"
         ) from exc

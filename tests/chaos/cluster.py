@@ -5,6 +5,7 @@ database, a Redis and a blob store; plus announcing events and waiting for quies
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid
@@ -47,6 +48,9 @@ FAST_ENV = {
     "LORAFLEET_LOG_FORMAT": "json",
     "LORAFLEET_LOG_LEVEL": "INFO",
 }
+
+
+TASK_RECEIVED = re.compile(r"Task workers\.tasks\.\w+\[([0-9a-f-]{36})\] received")
 
 
 def event_count(default: int = 200) -> int:
@@ -155,17 +159,26 @@ class Cluster:
         out = []
         for i in range(n):
             if i % 10 == 9:
-                ns, artifact, expected, code = AUTO_NS, self.artifacts["invalid"], "failed", (
-                    "shape_mismatch"
+                ns, artifact, expected, code = (
+                    AUTO_NS,
+                    self.artifacts["invalid"],
+                    "failed",
+                    ("shape_mismatch"),
                 )
             elif i % 5 == 3:
-                ns, artifact, expected, code = MANUAL_NS, self.artifacts[f"valid-{i % 3}"], (
-                    "pending"
-                ), None
+                ns, artifact, expected, code = (
+                    MANUAL_NS,
+                    self.artifacts[f"valid-{i % 3}"],
+                    ("pending"),
+                    None,
+                )
             else:
-                ns, artifact, expected, code = AUTO_NS, self.artifacts[f"valid-{i % 3}"], (
-                    "ready"
-                ), None
+                ns, artifact, expected, code = (
+                    AUTO_NS,
+                    self.artifacts[f"valid-{i % 3}"],
+                    ("ready"),
+                    None,
+                )
             coords = f"{ns}/bot-{tag}-{i % 10}@1.{i // 10}.0"
             event = JobCompleted(
                 job_id=f"job-{tag}-{i}",
@@ -243,6 +256,25 @@ class Cluster:
         report.seconds = time.monotonic() - started
         return report
 
-    def count(self, query: sa.Select) -> int:
+    def redelivered_tasks(self) -> int:
+        """Task ids that more than one worker start received: work a kill interrupted and
+        the broker handed out again (the proof that a kill hit something in flight)."""
+        seen: dict[str, int] = {}
+        for proc in self.workers:
+            text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
+            for match in TASK_RECEIVED.finditer(text):
+                seen[match[1]] = seen.get(match[1], 0) + 1
+        return sum(1 for count in seen.values() if count > 1)
+
+    def final_records(self) -> int:
+        """How many ingest records are ``done`` or ``failed`` by now."""
+        from store.models import IngestRecord
+
         with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(IngestRecord)
+                    .where(IngestRecord.status.in_(("done", "failed")))
+                ).scalar_one()
+            )

@@ -61,6 +61,7 @@ class Proc:
         self.name, self.argv, self.env = name, argv, env
         self.log_path = log_dir / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
+        self._offset = 0
         self.kills = 0
 
     def start(self, ready_marker: bytes | None = None, timeout: float = 90.0) -> Proc:
@@ -76,13 +77,18 @@ class Proc:
             start_new_session=True,  # its own process group: kill9 takes the children too
         )
         log.close()
+        self._offset = offset
         if ready_marker is not None:
-            wait_for(
-                lambda: self._check_alive() and ready_marker in self._log_from(offset),
-                timeout,
-                f"{self.name} ready",
-            )
+            self.wait_ready(ready_marker, timeout)
         return self
+
+    def wait_ready(self, marker: bytes, timeout: float = 90.0) -> None:
+        """Wait until the log of the current start says ``marker``."""
+        wait_for(
+            lambda: self._check_alive() and marker in self._log_from(self._offset),
+            timeout,
+            f"{self.name} ready",
+        )
 
     def _log_from(self, offset: int) -> bytes:
         with self.log_path.open("rb") as fh:
@@ -196,6 +202,12 @@ class TcpProxy:
     def cut(self) -> None:
         """Refuse new connections and reset every open one (the database is unreachable)."""
         if self._listener is not None:
+            # close() alone would not wake the thread blocked in accept(), which would go
+            # on accepting on the still-referenced socket; shutdown() does.
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:
@@ -232,13 +244,20 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 "redis-server",
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.dir),
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--save", "",
-                "--daemonize", "no",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
             ],  # fmt: skip
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import sqlalchemy as sa
-from checker import check, record
+from checker import check, record, refresh_entries
 from cluster import event_count
 
+from events import streams
 from store.models import AdapterVersion
 
 pytestmark = pytest.mark.chaos
 
 
-def test_clean_run_has_every_outcome_exactly_once(make_cluster, shared_redis_url):
+def test_clean_run_has_every_outcome_exactly_once(shared_redis_url, make_cluster):
     cluster = make_cluster(redis_url=shared_redis_url).start(workers=1, bridges=1)
     n = min(event_count(), 60)
     started = time.monotonic()
@@ -26,7 +28,7 @@ def test_clean_run_has_every_outcome_exactly_once(make_cluster, shared_redis_url
     assert report.outcomes == {"ready": n - n // 10 - n // 5, "pending": n // 5, "failed": n // 10}
 
 
-def test_checker_counts_lost_duplicated_and_unexpected(make_cluster, shared_redis_url):
+def test_checker_counts_lost_duplicated_and_unexpected(shared_redis_url, make_cluster):
     cluster = make_cluster(redis_url=shared_redis_url).start(workers=1, bridges=1)
     plan = cluster.plan(10, "ck")
     sent = cluster.announce(plan[:8])
@@ -43,10 +45,17 @@ def test_checker_counts_lost_duplicated_and_unexpected(make_cluster, shared_redi
         conn.execute(
             sa.insert(AdapterVersion).values({**values, "id": "ad_" + "f" * 32, "version": "9.9.9"})
         )
-    report = check("checker self-test", cluster.engine, cluster.redis, cluster.blobs, [
-        *sent, *never_sent
-    ])
+    # A second load of an adapter from another outbox row: a duplicated effect.
+    outbox_id, load = next(e for e in refresh_entries(cluster.redis) if e[1]["action"] == "load")
+    cluster.redis.xadd(
+        streams.REFRESH_STREAM,
+        {"event": json.dumps(load), streams.OUTBOX_ID_FIELD: f"{outbox_id}0"},
+    )
+    report = check(
+        "checker self-test", cluster.engine, cluster.redis, cluster.blobs, [*sent, *never_sent]
+    )
     assert len(report.lost) == 2, report.summary()
+    assert len(report.duplicated) == 1, report.summary()
     assert any("nobody announced" in u for u in report.unexpected), report.summary()
     assert any("ready != pending" in u for u in report.unexpected), report.summary()
     # The extra ready version has no refresh: the checker sees that too.

@@ -43,7 +43,13 @@ def test_demo_trains_serves_side_by_side_archives_and_stops_everything(tmp_path:
 
     # Both went through every stage; the manual one only after the demo approved it.
     for coords in (math, pirate):
-        assert set(report.stage_times[coords]) == {"received", "validated", "registered", "approved", "loaded"}
+        assert set(report.stage_times[coords]) == {
+            "received",
+            "validated",
+            "registered",
+            "approved",
+            "loaded",
+        }
     assert report.statuses == {math: "ready", pirate: "ready"}
 
     # Archiving evicted exactly that adapter from the engine.
@@ -69,3 +75,12 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_demo_never_wipes_a_directory_it_did_not_create(tmp_path: Path) -> None:
+    precious = tmp_path / "real-state"
+    precious.mkdir()
+    (precious / "lorafleet.db").write_text("someone's registry")
+    with pytest.raises(RuntimeError, match="not a demo directory"):
+        run_demo(DemoOptions(home=precious, plain=True))
+    assert (precious / "lorafleet.db").read_text() == "someone's registry"

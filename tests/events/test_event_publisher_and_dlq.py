@@ -135,7 +135,20 @@ def test_dead_letter_acks_and_replay_moves_back(client: redis.Redis) -> None:
         replay(client, letter.id)
 
 
-def test_cli_publish_and_dlq(client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+@pytest.fixture
+def keep_logging() -> Iterator[None]:
+    """The CLI reconfigures structlog onto CliRunner's stderr, closed after each invoke;
+    put the previous configuration back so later tests can still log."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def test_cli_publish_and_dlq(
+    client: redis.Redis, redis_url: str, tmp_path: Path, keep_logging: None
+) -> None:
     from lorafleet.cli import app
 
     runner = CliRunner()

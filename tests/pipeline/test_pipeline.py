@@ -329,3 +329,36 @@ def test_exhausted_retries_mark_the_ingest_record_failed(pipeline: Pipeline) -> 
     record = pipeline.wait_ingest(event.event_id, timeout=120)
     assert (record.status, record.error_code) == ("failed", "retries_exhausted")
     assert "resolve" in record.error_message
+
+
+def test_reclaim_sweep_redrives_a_record_the_bridge_never_enqueued(pipeline: Pipeline) -> None:
+    from datetime import timedelta
+
+    from store.models import IngestRecord, utcnow
+
+    event = JobCompleted(
+        job_id="job-stranded",
+        namespace="acme",
+        output_model="acme/stranded@1.0.0",
+        base_model=BASE_MODEL,
+        artifact_uri=_adapter_dir(pipeline, seed=13).as_uri(),
+    )
+    # A bridge recorded the event, then died before enqueueing (and its entry was lost).
+    long_ago = utcnow() - timedelta(hours=1)
+    with pipeline.session() as s:
+        s.add(
+            IngestRecord(
+                event_id=event.event_id,
+                job_id=event.job_id,
+                status="received",
+                received_at=long_ago,
+                updated_at=long_ago,
+                payload=event.model_dump(mode="json"),
+            )
+        )
+        s.commit()
+    counts = pipeline.run_task(f"{TASKS}.reclaim_stuck")
+    assert counts["requeued"] >= 1
+    record = pipeline.wait_ingest(event.event_id)
+    assert record.status == "done"
+    assert _version(pipeline, record.adapter_id).status == "ready"

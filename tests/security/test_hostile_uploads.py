@@ -321,3 +321,21 @@ def test_the_corpus_is_large_enough() -> None:
         "pickle_adapter_model_bin_torch_zip",
         "pickle_nemo_model_weights_ckpt",
     }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"--B\r\nTrue--B--\r\n", b'--B\r\nContent-Disposition: form-data; name="x"\r\n', b"--B"],
+    ids=["garbage_header_line", "cut_after_headers", "boundary_only"],
+)
+def test_malformed_multipart_body_is_400_not_500(hostile: Hostile, body: bytes) -> None:
+    # Found by schemathesis (tests/fuzz): python-multipart's parse error escaped as a 500.
+    with hostile.stack.http(hostile.writer) as client:
+        response = client.post(
+            "/v1/adapters",
+            content=body,
+            headers={"Content-Type": "multipart/form-data; boundary=B"},
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "bad_request"
+        assert not list(Path(hostile.stack.settings.home, "tmp").glob("upload-*"))

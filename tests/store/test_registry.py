@@ -334,3 +334,10 @@ def test_manual_policy_refuses_validating_to_ready(session, manual_ns, base_mode
     session.rollback()
     assert registry.transition(session, row.id, "pending", actor="worker").status == "pending"
     assert current_generation(session) == 0
+
+
+@pytest.mark.parametrize("name", ["", "Acme", "a b", "-acme", "a/b", "x" * 64])
+def test_malformed_namespace_name_is_400_naming_the_name(session, name):
+    with pytest.raises(BadRequest, match="invalid namespace name") as err:
+        registry.create_namespace(session, name, actor="admin")
+    assert repr(name) in err.value.message and "@" not in err.value.message

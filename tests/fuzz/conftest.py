@@ -1,0 +1,10 @@
+"""Fuzz suites reuse the security suites' live stack (``tests/security/live_stack.py``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_SECURITY_TESTS = str(Path(__file__).resolve().parents[1] / "security")
+if _SECURITY_TESTS not in sys.path:
+    sys.path.append(_SECURITY_TESTS)
