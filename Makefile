@@ -8,7 +8,7 @@ venv:
 	test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q torch==2.13.0
-	.venv/bin/pip install -q -e '.[test,bench]'
+	.venv/bin/pip install -q -e '.[test,bench,demo]'
 
 test:
 	$(PYTHON) -m pytest -q -m "not chaos" $(PYTEST_ARGS)
@@ -31,5 +31,5 @@ demo:
 	test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q torch==2.13.0
-	.venv/bin/pip install -q -e '.[bench]'
+	.venv/bin/pip install -q -e '.[demo]'
 	.venv/bin/lorafleet demo $(DEMO_ARGS)

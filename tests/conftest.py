@@ -1,7 +1,6 @@
 """Shared fixtures: the real PostgreSQL and Redis on this machine, moto's S3 server, temp dirs.
 
 * ``postgres_url``: a fresh database created for this test session and dropped after it.
-* ``sqlite_url`` / ``database_url`` (parametrized over SQLite and PostgreSQL).
 * ``redis_url``: a Redis DB index reserved for this run (flushed before and after).
 * ``s3_endpoint``: moto's standalone S3 server (``ThreadedMotoServer``), spoken to by the
   real ``minio`` SDK; ``s3_bucket`` is a fresh bucket per test.
@@ -10,20 +9,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from netsupport import S3_ACCESS_KEY, S3_SECRET_KEY, free_port  # noqa: F401 (re-exported)
 
 PG_ADMIN_URL = os.environ.get("LORAFLEET_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE_URL = os.environ.get("LORAFLEET_TEST_REDIS", "redis://127.0.0.1:6379")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -76,10 +69,6 @@ def s3_endpoint() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop()
-
-
-S3_ACCESS_KEY = "testing"
-S3_SECRET_KEY = "testing"
 
 
 @pytest.fixture

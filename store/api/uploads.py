@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
 from store.errors import AdapterInvalid, BadRequest
@@ -78,7 +79,9 @@ async def receive_upload(request: Request, staging: Path, *, max_total_bytes: in
 
     Guarantees: memory use is bounded by the chunk size plus ``MAX_FIELD_BYTES`` per field;
     a body over ``max_total_bytes`` of file data fails with ``AdapterInvalid("file_too_large")``
-    as soon as the limit is crossed; a non-multipart request fails with ``BadRequest``.
+    as soon as the limit is crossed; a non-multipart request, or a multipart body that does
+    not parse or ends before its closing boundary, fails with ``BadRequest``. Files already
+    staged stay in ``staging`` for the caller to remove.
     """
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
@@ -150,9 +153,15 @@ async def receive_upload(request: Request, staging: Path, *, max_total_bytes: in
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
+    except MultipartParseError as exc:
+        raise BadRequest(f"malformed multipart body: {exc}") from None
     finally:
         if current["fh"] is not None:
             current["fh"].close()
+    # python-multipart's finalize() does not check that the body was complete.
+    if parser.state != MultipartState.END:
+        closing = "--" + boundary.decode("latin-1") + "--"
+        raise BadRequest(f"malformed multipart body: it ends before the closing {closing!r}")
     return upload
 
 

@@ -31,27 +31,29 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def _compose_plugin() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
-    return probe.returncode == 0
+def _compose_command() -> list[str]:
+    """``docker compose`` (v2 plugin) if installed, else ``docker-compose`` (which .ci/run
+    installs from Debian); the test fails if neither exists, so CI always validates."""
+    if shutil.which("docker") is not None:
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose") is not None:
+        return ["docker-compose"]
+    pytest.fail("neither `docker compose` nor `docker-compose` is installed (see .ci/run)")
 
 
-def test_compose_config_is_valid_for_docker_when_available(compose: dict[str, Any]) -> None:
-    """``docker compose config -q`` accepts the file with every profile (when installed);
-    otherwise the same file still parses and names a project and services."""
-    if _compose_plugin():
-        for profile in ("cpu", "gpu"):
-            result = subprocess.run(
-                ["docker", "compose", "-f", str(COMPOSE), "--profile", profile, "config", "-q"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                cwd=ROOT,
-            )
-            assert result.returncode == 0, result.stderr
-    assert compose["name"] == "lorafleet"
+def test_compose_config_is_valid_for_docker(compose: dict[str, Any]) -> None:
+    """``docker compose config -q`` accepts the file with every profile."""
+    for profile in ("cpu", "gpu"):
+        result = subprocess.run(
+            [*_compose_command(), "-f", str(COMPOSE), "--profile", profile, "config", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert result.returncode == 0, result.stderr
     assert {"redis", "postgres", "minio", "api", "bridge", "worker", "beat"} <= set(
         compose["services"]
     )

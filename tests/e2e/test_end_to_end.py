@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
+from netsupport import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
 from minio import Minio
 
 from events.publisher import announce_job_completed

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from netsupport import free_port
 
 
 def _processes_of(home: Path) -> list[int]:

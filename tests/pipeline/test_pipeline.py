@@ -243,7 +243,7 @@ def test_unsent_outbox_row_is_published_by_the_relay_once(pipeline: Pipeline) ->
 def test_s3_artifact_is_fetched_from_the_object_store(
     pipeline: Pipeline, s3_endpoint: str, s3_bucket: str
 ) -> None:
-    from conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+    from netsupport import S3_ACCESS_KEY, S3_SECRET_KEY
 
     event = _announce(
         pipeline,
