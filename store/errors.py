@@ -3,6 +3,8 @@ Celery tasks treat ``AdapterInvalid`` as final and ``TransientError`` as retryab
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LorafleetError(Exception):
     """Base of every domain error: a stable machine-readable ``code`` and a message."""
@@ -18,6 +20,21 @@ class LorafleetError(Exception):
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``BaseException`` pickles as ``cls(*args)``, which a subclass with another
+        # constructor signature (``AdapterInvalid(code, detail)``) cannot be rebuilt from,
+        # and Celery hands ``on_failure`` a copy that went through pickle. Rebuild without
+        # calling the subclass's ``__init__``, then restore every attribute (``message``,
+        # an overridden ``code``, ``detail``, ...).
+        return (_restore, (type(self), self.args), dict(self.__dict__))
+
+
+def _restore(cls: type[LorafleetError], args: tuple[Any, ...]) -> LorafleetError:
+    """Unpickle a ``LorafleetError`` of any subclass (its state is set by pickle after)."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    return error
 
 
 class AdapterInvalid(LorafleetError):

@@ -10,9 +10,15 @@ Immutability: ``namespace/name@version`` with the same ``content_sha256`` is an 
 no-op; with other bytes it is ``VersionConflict``. A ``failed`` version does not hold its
 coordinates: registering fixed bytes under them replaces the failed row (new id).
 
-The read side (look-ups, listings, the fleet view, outbox reads, access log, blob GC) lives
-in ``store.catalog``; every one of its names is re-exported here, so ``registry.get_adapter``
-and ``from store.registry import fleet_state`` keep working.
+This module holds the adapter-version rules (register, commit, fail, transition, purge,
+edit). Three neighbours hold the rest, and every one of their public names is re-exported
+here, so ``registry.get_adapter`` and ``from store.registry import content_digest`` keep
+working:
+
+* ``store.catalog``: the read side (look-ups, listings, the fleet view, outbox reads,
+  access log, blob GC);
+* ``store.tenancy``: namespaces and base models (create, update, register);
+* ``store.packaging``: adapter files to blobs (``prepare_package``, ``content_digest``).
 
 Quotas count every version that holds files, i.e. every status except ``failed``
 (rejected and archived versions still hold blobs until purged).
@@ -20,10 +26,8 @@ Quotas count every version that holds files, i.e. every status except ``failed``
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -38,14 +42,12 @@ from store.approval import (
     announce_refresh,
     announce_status,
     apply_transition,
-    parse_policy,
     parse_status,
     statuses_after_validation,
 )
 from store.catalog import (
     MAX_PAGE_SIZE,
     SORTS,
-    base_model_spec,
     commit_or_flush,
     fleet_state,
     get_adapter,
@@ -65,7 +67,6 @@ from store.catalog import (
 )
 from store.errors import (
     AdapterInvalid,
-    AlreadyExists,
     BadRequest,
     IllegalTransition,
     NotFound,
@@ -78,33 +79,41 @@ from store.models import (
     BaseModel,
     Namespace,
     Package,
-    PackageFile,
     Provenance,
     new_adapter_id,
     utcnow,
 )
+from store.packaging import content_digest, prepare_package
+from store.tenancy import (
+    NAMESPACE_FIELDS,
+    create_namespace,
+    register_base_model,
+    update_namespace,
+)
 
 if TYPE_CHECKING:
     from store.blobs import BlobStore
-    from store.formats.spec import BaseModelSpec, ValidationLimits
+    from store.formats.spec import ValidationLimits
 
 __all__ = [
-    # write side (this module)
-    "NAMESPACE_FIELDS",
+    # adapter versions (this module)
     "approve",
     "archive",
     "commit_version",
-    "content_digest",
-    "create_namespace",
-    "prepare_package",
     "purge",
     "record_failure",
     "register_adapter",
-    "register_base_model",
     "reject",
     "transition",
     "update_adapter_metadata",
+    # namespaces and base models, re-exported from store.tenancy
+    "NAMESPACE_FIELDS",
+    "create_namespace",
+    "register_base_model",
     "update_namespace",
+    # packaging, re-exported from store.packaging
+    "content_digest",
+    "prepare_package",
     # read side, re-exported from store.catalog
     "MAX_PAGE_SIZE",
     "SORTS",
@@ -127,7 +136,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-NAMESPACE_FIELDS = ("approval_policy", "max_bytes", "max_versions", "description")
 # Sentinel for "argument not given", so that None can mean "clear this field".
 _UNSET: Any = object()
 
@@ -137,170 +145,6 @@ def _check_coordinates(namespace: str, name: str, version: str) -> None:
         parse_coordinates(f"{namespace}/{name}@{version}")
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-
-
-def _check_quota(value: int | None, what: str) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise BadRequest(f"{what} must be a non-negative integer or null, got {value!r}")
-
-
-# --- namespaces and base models ----------------------------------------------------------
-
-
-def create_namespace(
-    session: Session,
-    name: str,
-    *,
-    approval_policy: str = "auto",
-    max_bytes: int | None = None,
-    max_versions: int | None = None,
-    actor: str,
-    description: str | None = None,
-    commit: bool = True,
-) -> Namespace:
-    """Create namespace ``name``; ``AlreadyExists`` if taken, ``BadRequest`` if malformed."""
-    try:
-        parse_coordinates(f"{name}/x@0.0.0")
-    except ValueError:
-        # Say what is wrong with the name, not with made-up coordinates around it.
-        raise BadRequest(
-            f"invalid namespace name {name!r}: 1 to 63 lowercase letters, digits, '-', '_' "
-            "or '.', starting with a letter or digit"
-        ) from None
-    parse_policy(approval_policy)
-    _check_quota(max_bytes, "max_bytes")
-    _check_quota(max_versions, "max_versions")
-    if session.get(Namespace, name) is not None:
-        raise AlreadyExists(f"namespace {name!r} already exists")
-    ns = Namespace(
-        name=name,
-        approval_policy=approval_policy,
-        max_bytes=max_bytes,
-        max_versions=max_versions,
-        description=description,
-        created_by=actor,
-    )
-    session.add(ns)
-    try:
-        commit_or_flush(session, commit)
-    except IntegrityError:
-        session.rollback()
-        raise AlreadyExists(f"namespace {name!r} already exists") from None
-    log.info("namespace.created", namespace=name, policy=approval_policy, actor=actor)
-    return ns
-
-
-def update_namespace(
-    session: Session, name: str, *, actor: str, commit: bool = True, **changes: Any
-) -> Namespace:
-    """Change a namespace's policy, quotas or description. A stricter quota does not remove
-    versions already stored; a policy change applies to versions validated afterwards."""
-    unknown = set(changes) - set(NAMESPACE_FIELDS)
-    if unknown:
-        raise BadRequest(
-            f"cannot change {sorted(unknown)} of a namespace; changeable: {list(NAMESPACE_FIELDS)}"
-        )
-    if "approval_policy" in changes:
-        parse_policy(changes["approval_policy"])
-    for key in ("max_bytes", "max_versions"):
-        if key in changes:
-            _check_quota(changes[key], key)
-    ns = get_namespace(session, name)
-    for key, value in changes.items():
-        setattr(ns, key, value)
-    commit_or_flush(session, commit)
-    log.info("namespace.updated", namespace=name, changes=sorted(changes), actor=actor)
-    return ns
-
-
-def register_base_model(
-    session: Session, name: str, hf_config: dict[str, Any], *, actor: str, commit: bool = True
-) -> BaseModel:
-    """Register base model ``name`` from its HF ``config.json``. Idempotent for the same
-    dimensions; ``AlreadyExists`` if ``name`` is registered with other dimensions;
-    ``AdapterInvalid("invalid_base_model")`` if the config is unusable."""
-    from store.formats.spec import BaseModelSpec
-
-    if not name or len(name) > 256:
-        raise BadRequest("base model name must be 1 to 256 characters")
-    spec = BaseModelSpec.from_hf_config(hf_config)
-    existing = session.get(BaseModel, name)
-    if existing is not None:
-        if base_model_spec(existing) == spec:
-            return existing
-        raise AlreadyExists(f"base model {name!r} is already registered with other dimensions")
-    row = BaseModel(name=name, config=hf_config, created_by=actor, **spec.to_dict())
-    session.add(row)
-    commit_or_flush(session, commit)
-    log.info("base_model.registered", base_model=name, actor=actor)
-    return row
-
-
-# --- packaging (files -> blobs) ----------------------------------------------------------
-
-
-def _original_files(source_dir: Path) -> list[tuple[str, Path]]:
-    """Every regular file under ``source_dir`` as (safe relative posix path, path), sorted."""
-    if not source_dir.is_dir():
-        raise AdapterInvalid("missing_file", f"adapter directory {source_dir} does not exist")
-    found: list[tuple[str, Path]] = []
-    for path in sorted(source_dir.rglob("*")):
-        if path.is_symlink():
-            # A link could point anywhere on the host; uploads are plain files only.
-            raise AdapterInvalid("unsafe_archive", f"{path.name} is a symbolic link")
-        if not path.is_file():
-            continue
-        rel = PurePosixPath(path.relative_to(source_dir).as_posix())
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise AdapterInvalid("unsafe_archive", f"unsafe file path {rel}")
-        found.append((str(rel), path))
-    if not found:
-        raise AdapterInvalid("missing_file", f"adapter directory {source_dir} is empty")
-    return found
-
-
-def content_digest(originals: dict[str, str]) -> str:
-    """The immutability key: sha256 over sorted ``path\\tsha256\\n`` of the original files."""
-    h = hashlib.sha256()
-    for path in sorted(originals):
-        h.update(f"{path}\t{originals[path]}\n".encode())
-    return h.hexdigest()
-
-
-def prepare_package(
-    blobs: BlobStore, source_dir: Path, spec: BaseModelSpec, limits: ValidationLimits
-) -> Package:
-    """Parse, validate and convert the adapter in ``source_dir``, then store its original
-    and canonical files as blobs. Nothing is uploaded unless the adapter is valid; every
-    blob is verified before this returns, so the row committed afterwards never points at
-    a missing file. Raises ``AdapterInvalid`` (final) or ``TransientError`` (retry)."""
-    from store.formats.canonical import build_manifest, manifest_digest, write_canonical
-    from store.formats.detect import load_adapter
-
-    source_dir = Path(source_dir)
-    originals = _original_files(source_dir)
-    adapter = load_adapter(source_dir, spec, limits)
-    files: list[PackageFile] = []
-    for rel, path in originals:
-        ref = blobs.put_file(path)
-        files.append(PackageFile(rel, "original", ref.sha256, ref.size, ref.key))
-    canonical: dict[str, tuple[str, int]] = {}
-    with tempfile.TemporaryDirectory(prefix="lorafleet-canonical-") as tmp:
-        for path in sorted(write_canonical(adapter, Path(tmp))):
-            ref = blobs.put_file(path)
-            files.append(PackageFile(path.name, "canonical", ref.sha256, ref.size, ref.key))
-            canonical[path.name] = (ref.sha256, ref.size)
-    manifest = build_manifest(adapter, spec, canonical)
-    return Package(
-        source_format=adapter.source_format,
-        rank=adapter.rank,
-        alpha=float(adapter.alpha),
-        target_modules=sorted(adapter.target_modules),
-        files=tuple(files),
-        manifest=manifest,
-        manifest_sha256=manifest_digest(manifest),
-        content_sha256=content_digest({f.path: f.sha256 for f in files if f.role == "original"}),
-    )
 
 
 # --- versions ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Fetching a trainer's artifact into a local directory the formats layer can read.
 
-``file://`` paths must lie under an allowed artifact root (after resolving symlinks);
+``file://`` paths must lie under an allowed artifact root: the artifact is copied from
+descriptors checked after opening (no check-then-read window), symlinks included;
 ``s3://bucket/prefix`` goes through the ``minio`` SDK; ``http(s)://`` downloads one file
 with a size cap and a timeout, refusing loopback, link-local and private hosts unless
 allowed. Final problems are ``AdapterInvalid`` (``artifact_not_allowed``,
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import stat
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
@@ -28,9 +30,8 @@ log = structlog.get_logger(__name__)
 def fetch_artifact(uri: str, workdir: Path, settings: WorkerSettings, store: StoreSettings) -> Path:
     """Make the artifact at ``uri`` available as a local directory and return it.
 
-    A ``file://`` directory under an allowed root is returned in place (not copied); a
-    single file, an S3 prefix or an HTTP download is placed under ``workdir`` (which the
-    caller owns and removes).
+    Whatever the scheme, the result is a snapshot placed under ``workdir`` (which the caller
+    owns and removes): a ``file://`` source changed after this returns cannot affect it.
     """
     parsed = urlparse(uri)
     if parsed.scheme == "file":
@@ -46,33 +47,126 @@ def _under(path: Path, roots: list[Path]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
+def _opened_path(fd: int) -> Path:
+    """Where the open file ``fd`` really is (Linux: the kernel's own answer, after every
+    symlink and rename); falls back to a path check by inode elsewhere."""
+    return Path(os.readlink(f"/proc/self/fd/{fd}"))
+
+
+def _open_checked(path: Path, roots: list[Path]) -> tuple[int, Path, os.stat_result]:
+    """Open ``path`` and verify what was opened, not what was looked at before.
+
+    Checking a path and then reading it leaves a window (a component swapped for a symlink
+    in between). Here the check is made on the open descriptor: its real location must lie
+    under ``roots`` and it must be a regular file or a directory (``O_NONBLOCK`` so a FIFO
+    cannot stall the open). Returns ``(fd, real_path, stat)``; the caller closes ``fd``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        if not _under(path.resolve(), roots):
+            raise AdapterInvalid(
+                "artifact_not_allowed", f"{path} is outside the allowed artifact roots"
+            ) from exc
+        raise AdapterInvalid("artifact_unreachable", f"{path} does not exist") from exc
+    except OSError as exc:
+        raise AdapterInvalid("artifact_unreachable", f"cannot open {path}: {exc}") from exc
+    try:
+        real = _opened_path(fd)
+        info = os.fstat(fd)
+        if not _under(real, roots):
+            raise AdapterInvalid(
+                "artifact_not_allowed", f"{path} is outside the allowed artifact roots"
+            )
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            raise AdapterInvalid(
+                "artifact_not_allowed", f"{path} is not a regular file or directory"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, real, info
+
+
+class _Budget:
+    """The artifact's size cap and file count, shared by every file of one snapshot."""
+
+    def __init__(self, max_bytes: int, max_files: int) -> None:
+        self.max_bytes, self.max_files = max_bytes, max_files
+        self.bytes = self.files = 0
+
+    def add_file(self, name: str) -> None:
+        self.files += 1
+        if self.files > self.max_files:
+            raise AdapterInvalid(
+                "file_too_large", f"artifact has over {self.max_files} files (at {name})"
+            )
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes += n
+        if self.bytes > self.max_bytes:
+            raise AdapterInvalid("file_too_large", f"artifact is over {self.max_bytes} bytes")
+
+
+def _copy_fd(fd: int, dest: Path, budget: _Budget) -> None:
+    with os.fdopen(os.dup(fd), "rb") as src, dest.open("xb") as out:
+        while chunk := src.read(1 << 20):
+            budget.add_bytes(len(chunk))
+            out.write(chunk)
+
+
+def _snapshot(
+    fd: int,
+    real: Path,
+    info: os.stat_result,
+    dest: Path,
+    roots: list[Path],
+    budget: _Budget,
+    ancestors: frozenset[tuple[int, int]] = frozenset(),
+) -> None:
+    """Copy the verified open file or directory ``fd`` to ``dest``, verifying every entry
+    the same way (a symlink inside may point elsewhere under the roots, never outside)."""
+    if stat.S_ISREG(info.st_mode):
+        budget.add_file(real.name)
+        _copy_fd(fd, dest, budget)
+        return
+    here = (info.st_dev, info.st_ino)
+    if here in ancestors:
+        raise AdapterInvalid("artifact_not_allowed", f"{real.name} links back to its own parent")
+    dest.mkdir(parents=True)
+    for name in sorted(os.listdir(fd)):
+        child_fd, child_real, child_info = _open_checked(real / name, roots)
+        try:
+            _snapshot(
+                child_fd, child_real, child_info, dest / name, roots, budget, ancestors | {here}
+            )
+        finally:
+            os.close(child_fd)
+
+
 def _fetch_file(path: Path, workdir: Path, settings: WorkerSettings) -> Path:
+    """Snapshot a ``file://`` artifact under ``workdir`` from descriptors verified after
+    opening: whatever the path, ``..`` or symlinks lead to, only what lies under the allowed
+    roots is read, and later changes to the source cannot reach the formats layer."""
     roots = settings.allowed_roots()
-    resolved = path.resolve()
-    if not _under(resolved, roots):
+    if not _under(path.resolve(), roots):
         raise AdapterInvalid(
             "artifact_not_allowed", f"{path} is outside the allowed artifact roots"
         )
-    if not resolved.exists():
-        raise AdapterInvalid("artifact_unreachable", f"{path} does not exist")
-    if resolved.is_file():
-        # The formats layer reads directories; link (or copy) the lone file into one.
-        target = workdir / "artifact" / resolved.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(resolved, target)
-        except OSError:
-            import shutil
-
-            shutil.copyfile(resolved, target)
-        return target.parent
-    # Every file inside must stay under the roots too: a symlink could reach /etc.
-    for inner in resolved.rglob("*"):
-        if inner.is_symlink() and not _under(inner.resolve(), roots):
-            raise AdapterInvalid(
-                "artifact_not_allowed", f"{inner.name} links outside the allowed artifact roots"
-            )
-    return resolved
+    fd, real, info = _open_checked(path, roots)
+    budget = _Budget(settings.artifact_max_bytes, settings.artifact_max_files)
+    try:
+        if stat.S_ISREG(info.st_mode):
+            # The formats layer reads directories: place the lone file in one.
+            target = workdir / "artifact"
+            target.mkdir(parents=True, exist_ok=True)
+            _snapshot(fd, real, info, target / (path.name or real.name), roots, budget)
+            return target
+        target = workdir / "artifact"
+        _snapshot(fd, real, info, target, roots, budget)
+        return target
+    finally:
+        os.close(fd)
 
 
 def _fetch_s3(
@@ -124,17 +218,25 @@ def _fetch_s3(
     return target
 
 
+def _allowed_hosts(settings: WorkerSettings) -> set[str]:
+    return {h.strip().lower() for h in settings.artifact_allowed_hosts.split(",") if h.strip()}
+
+
 def _check_host(host: str, port: int, settings: WorkerSettings) -> None:
     """Refuse hosts that resolve to loopback, link-local, private or reserved addresses
     (cloud metadata endpoints, in-cluster services), unless explicitly allowed."""
-    if settings.artifact_allow_private_hosts:
+    if settings.artifact_allow_private_hosts or host.lower() in _allowed_hosts(settings):
         return
+    if not host:
+        raise AdapterInvalid("artifact_not_allowed", "artifact URL has no host")
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise TransientError(f"cannot resolve {host}: {exc}") from exc
     for info in infos:
-        address = ipaddress.ip_address(info[4][0])
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
         if (
             address.is_loopback
             or address.is_link_local
@@ -149,34 +251,65 @@ def _check_host(host: str, port: int, settings: WorkerSettings) -> None:
 
 
 def _fetch_http(uri: str, workdir: Path, settings: WorkerSettings) -> Path:
+    """Download one file. Redirects are followed by hand, at most
+    ``artifact_max_redirects``, each target checked like the first URL (a public server
+    must not be able to bounce the worker to a metadata endpoint or an internal service)."""
     parsed = urlparse(uri)
-    host = parsed.hostname or ""
-    _check_host(host, parsed.port or (443 if parsed.scheme == "https" else 80), settings)
     name = PurePosixPath(unquote(parsed.path)).name or "artifact.bin"
     target = workdir / "artifact"
     target.mkdir(parents=True, exist_ok=True)
     dest = target / name
     limit = settings.artifact_max_bytes
+    url = uri
+    size = 0
     try:
-        # No redirects: a redirect could point at a host the check above would refuse.
-        with httpx.stream(
-            "GET", uri, timeout=settings.artifact_http_timeout, follow_redirects=False
-        ) as r:
-            if r.status_code >= 500 or r.status_code == 429:
-                raise TransientError(f"GET {uri}: HTTP {r.status_code}")
-            if r.status_code != 200:
-                raise AdapterInvalid("artifact_unreachable", f"GET {uri}: HTTP {r.status_code}")
-            declared = int(r.headers.get("content-length") or 0)
-            if declared > limit:
-                raise AdapterInvalid("file_too_large", f"{uri} is {declared} bytes, over {limit}")
-            size = 0
-            with dest.open("wb") as fh:
-                for chunk in r.iter_bytes(1 << 20):
-                    size += len(chunk)
-                    if size > limit:
-                        raise AdapterInvalid("file_too_large", f"{uri} is over {limit} bytes")
-                    fh.write(chunk)
+        with httpx.Client(timeout=settings.artifact_http_timeout, follow_redirects=False) as http:
+            for _hop in range(settings.artifact_max_redirects + 1):
+                here = urlparse(url)
+                if here.scheme not in ("http", "https"):
+                    raise AdapterInvalid(
+                        "artifact_not_allowed", f"redirect to a non-http URL {url!r}"
+                    )
+                _check_host(
+                    here.hostname or "",
+                    here.port or (443 if here.scheme == "https" else 80),
+                    settings,
+                )
+                with http.stream("GET", url) as r:
+                    if r.is_redirect:
+                        location = r.headers.get("location")
+                        if not location:
+                            raise AdapterInvalid(
+                                "artifact_unreachable", f"GET {url}: redirect without Location"
+                            )
+                        url = str(r.url.join(location))
+                        continue
+                    if r.status_code >= 500 or r.status_code == 429:
+                        raise TransientError(f"GET {url}: HTTP {r.status_code}")
+                    if r.status_code != 200:
+                        raise AdapterInvalid(
+                            "artifact_unreachable", f"GET {url}: HTTP {r.status_code}"
+                        )
+                    declared = int(r.headers.get("content-length") or 0)
+                    if declared > limit:
+                        raise AdapterInvalid(
+                            "file_too_large", f"{uri} is {declared} bytes, over {limit}"
+                        )
+                    with dest.open("wb") as fh:
+                        for chunk in r.iter_bytes(1 << 20):
+                            size += len(chunk)
+                            if size > limit:
+                                raise AdapterInvalid(
+                                    "file_too_large", f"{uri} is over {limit} bytes"
+                                )
+                            fh.write(chunk)
+                    break
+            else:
+                raise AdapterInvalid(
+                    "artifact_unreachable",
+                    f"GET {uri}: more than {settings.artifact_max_redirects} redirects",
+                )
     except httpx.TransportError as exc:
-        raise TransientError(f"GET {uri}: {exc}") from exc
+        raise TransientError(f"GET {url}: {exc}") from exc
     log.info("artifact_downloaded", uri=uri, bytes=size)
     return target

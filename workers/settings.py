@@ -32,6 +32,14 @@ class WorkerSettings(BaseSettings):
     artifact_allow_private_hosts: bool = Field(
         default=False, description="Allow http(s) artifacts on loopback/private/link-local hosts."
     )
+    artifact_allowed_hosts: str = Field(
+        default="",
+        description="Host names (or literal addresses) of http(s) artifact servers exempt from "
+        "the private-address check, separated by ','; every other host, redirect targets "
+        "included, is still checked.",
+    )
+    artifact_max_redirects: int = 5
+    artifact_max_files: int = 10_000
     artifact_max_bytes: int = 8 * 1024**3
     artifact_http_timeout: float = 60.0
 

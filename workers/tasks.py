@@ -22,7 +22,6 @@ import redis
 import sqlalchemy.exc
 import structlog
 from celery import Task
-from celery.exceptions import Retry
 
 from events.models import JobCompleted
 from store import registry
@@ -106,33 +105,27 @@ class PipelineTask(Task):
 class IngestTask(PipelineTask):
     """A step of the ingest chain: a final failure is recorded, never lost.
 
-    Recorded here, around the body, rather than in ``on_failure``: Celery hands
-    ``on_failure`` a pickled copy of the exception, which loses typed errors' codes.
-    ``autoretry_for`` wraps ``run`` inside this call, so a transient fault only reaches
-    the handler below once its retries are exhausted.
+    ``on_failure`` runs once the step has failed for good: at once for a final error, after
+    its retries are exhausted for a transient fault (a retry is not a failure). Celery
+    hands it a pickled copy of the exception; typed errors survive that with their code
+    (``LorafleetError.__reduce__``), and ``einfo.type`` is the original class.
     """
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().__call__(*args, **kwargs)
-        except Retry:
-            raise
-        except BaseException as exc:
-            event = _event_of(args[0]) if args else None
-            if event is not None and isinstance(exc, Exception):
-                self._record(event, exc)
-            raise
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        event = _event_of(args[0]) if args else None
+        if event is not None:
+            self._record(event, exc, getattr(einfo, "type", None) or type(exc))
 
-    def _record(self, event: JobCompleted, exc: Exception) -> None:
-        if isinstance(exc, TRANSIENT_ERRORS):
-            code, message = "retries_exhausted", f"{type(exc).__name__}: {exc}"
+    def _record(self, event: JobCompleted, exc: Exception, exc_type: type) -> None:
+        if issubclass(exc_type, TRANSIENT_ERRORS):
+            code, message = "retries_exhausted", f"{exc_type.__name__}: {exc}"
         elif isinstance(exc, LorafleetError):
             code, message = exc.code, exc.message
         else:
-            code, message = "internal_error", f"{type(exc).__name__}: {exc}"
+            code, message = "internal_error", f"{exc_type.__name__}: {exc}"
         try:
             record_pipeline_failure(
-                event, code, message, version_failed=isinstance(exc, VERSION_FAILURES)
+                event, code, message, version_failed=issubclass(exc_type, VERSION_FAILURES)
             )
         except Exception as record_exc:  # noqa: BLE001 - the reclaim sweep re-drives it later
             log.error(

@@ -5,6 +5,9 @@
   wrong and 422 ``invalid_body`` when the JSON body is; never a 5xx for bad input.
 * Starlette's own HTTP errors (unknown route, wrong method) keep their status, same shape.
 * Anything else is a 500 ``internal`` with the details in the log, not in the response.
+
+``error_responses(...)`` documents these answers in the OpenAPI schema; each router and route
+lists the statuses it really answers, all with the ``ErrorBody`` model.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from store.errors import LorafleetError
@@ -32,6 +36,37 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     422: "unprocessable",
 }
+
+
+# What each documented error status means on this API (the OpenAPI ``description``).
+_MEANINGS = {
+    400: "Bad request: a malformed parameter, form field or multipart body, or a value the "
+    "registry refuses (code bad_request, unsafe_path, duplicate_path, ...).",
+    401: "Missing, malformed, unknown or revoked bearer token (code unauthorized).",
+    403: "The token's role or scope does not allow this (code forbidden).",
+    404: "No such resource, or one the token may not see (code not_found).",
+    409: "Conflicts with what is stored: already_exists, version_conflict or illegal_transition.",
+    413: "The namespace's quota would be exceeded (code quota_exceeded).",
+    422: "The JSON body does not validate (code invalid_body), or the adapter or base model "
+    "is invalid (the AdapterInvalid code, e.g. bad_safetensors, unknown_base_model).",
+    503: "A backing service (database, blob store) is unavailable; retry later.",
+}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``statuses``, each answered with an ``ErrorBody``."""
+    return {s: {"model": ErrorBody, "description": _MEANINGS[s]} for s in statuses}
 
 
 def error_response(

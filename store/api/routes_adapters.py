@@ -17,8 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 from store import registry
 from store.api.deps import AppState, audited, get_principal, get_state
-from store.api.schemas import AdapterPatch, adapter_out, page_of
+from store.api.errors import error_responses
+from store.api.schemas import NAMESPACE_PATTERN, AdapterPatch, adapter_out, page_of
 from store.api.uploads import StagedUpload, place_files, receive_upload
+from store.approval import Status
 from store.auth import Principal
 from store.db import session_scope
 from store.errors import BadRequest, LorafleetError, NotFound
@@ -26,7 +28,7 @@ from store.formats.spec import ValidationLimits
 from store.models import AdapterVersion, Provenance
 
 log = structlog.get_logger(__name__)
-router = APIRouter(prefix="/v1/adapters")
+router = APIRouter(prefix="/v1/adapters", responses=error_responses(401))
 Caller = Annotated[Principal, Depends(get_principal)]
 State = Annotated[AppState, Depends(get_state)]
 Sort = Literal["created_at", "-created_at", "name", "-name"]
@@ -75,7 +77,7 @@ _UPLOAD_BODY = {
                 "type": "object",
                 "required": ["namespace", "name", "version", "base_model", "files"],
                 "properties": {
-                    "namespace": {"type": "string"},
+                    "namespace": {"type": "string", "pattern": NAMESPACE_PATTERN},
                     "name": {"type": "string"},
                     "version": {"type": "string", "description": "semantic version"},
                     "base_model": {"type": "string"},
@@ -97,7 +99,15 @@ _UPLOAD_BODY = {
 }
 
 
-@router.post("", status_code=201, openapi_extra={"requestBody": _UPLOAD_BODY})
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+    responses={
+        200: {"description": "The same bytes were already registered: the existing version."},
+        **error_responses(400, 403, 404, 409, 413, 422, 503),
+    },
+)
 async def upload_adapter(
     request: Request, response: Response, caller: Caller, state: State
 ) -> dict[str, Any]:
@@ -176,13 +186,13 @@ def _register(
         return _entity(session, version), created
 
 
-@router.get("")
+@router.get("", responses=error_responses(400))
 def list_adapters(
     caller: Caller,
     state: State,
     namespace: str | None = None,
     base_model: str | None = None,
-    status: str | None = None,
+    status: Status | None = None,
     search: Annotated[str | None, Query(max_length=128)] = None,
     sort: Sort = "-created_at",
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
@@ -205,7 +215,14 @@ def list_adapters(
     return page_of(data, page=page, page_size=page_size, total=total)
 
 
-@router.get("/{adapter_id}/files/{path:path}", response_model=None)
+@router.get(
+    "/{adapter_id}/files/{path:path}",
+    response_model=None,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes."},
+        **error_responses(400, 404, 503),
+    },
+)
 def download_file(
     adapter_id: str,
     path: str,
@@ -249,14 +266,14 @@ def download_file(
     )
 
 
-@router.get("/{adapter_id}")
+@router.get("/{adapter_id}", responses=error_responses(404))
 def get_adapter(adapter_id: str, caller: Caller, state: State) -> dict[str, Any]:
     """One version with its files (both roles) and provenance."""
     with session_scope(state.engine) as session:
         return _entity(session, _visible(session, caller, adapter_id))
 
 
-@router.get("/{namespace}/{name}")
+@router.get("/{namespace}/{name}", responses=error_responses(404))
 def list_versions(namespace: str, name: str, caller: Caller, state: State) -> dict[str, Any]:
     """Every version of ``namespace/name``, oldest semantic version first."""
     missing = f"adapter {namespace}/{name} not found"
@@ -269,7 +286,7 @@ def list_versions(namespace: str, name: str, caller: Caller, state: State) -> di
     return page_of(data, page=1, page_size=len(data), total=len(data))
 
 
-@router.get("/{namespace}/{name}/{version}")
+@router.get("/{namespace}/{name}/{version}", responses=error_responses(404))
 def get_version(
     namespace: str, name: str, version: str, caller: Caller, state: State
 ) -> dict[str, Any]:
@@ -278,25 +295,30 @@ def get_version(
         return _entity(session, registry.get_version(session, namespace, name, version))
 
 
-@router.patch("/{adapter_id}")
+@router.patch("/{adapter_id}", responses=error_responses(400, 403, 404, 409, 422))
 def patch_adapter(
     adapter_id: str, body: AdapterPatch, request: Request, caller: Caller, state: State
 ) -> dict[str, Any]:
     """Approve/reject/archive (writer of the namespace) and/or edit description and
-    custom fields. Illegal transitions answer 409 ``illegal_transition``."""
+    custom fields, in one transaction. 400 for an empty body, a null ``status`` or a
+    ``reason`` without a ``status``; illegal transitions answer 409 ``illegal_transition``."""
     changes = body.model_dump(exclude_unset=True)
-    if not changes:
+    edits = {k: changes[k] for k in ("description", "custom_fields") if k in changes}
+    if "status" in changes and body.status is None:
+        raise BadRequest("status cannot be null: give ready, rejected or archived")
+    if not edits and body.status is None:
         raise BadRequest("nothing to change: give status, description or custom_fields")
+    if body.reason is not None and body.status is None:
+        raise BadRequest("reason goes with a status change: give status too")
     action = f"adapter.{body.status}" if body.status else "adapter.edit"
     with audited(request, caller, action, target=adapter_id) as where:
         with session_scope(state.engine) as session:
             version = _visible(session, caller, adapter_id)
             where["namespace"] = version.namespace
             caller.require_role(version.namespace, "writer", f"adapter {adapter_id} not found")
-            edits = {k: changes[k] for k in ("description", "custom_fields") if k in changes}
             if edits:
                 version = registry.update_adapter_metadata(
-                    session, adapter_id, actor=caller.actor, **edits
+                    session, adapter_id, actor=caller.actor, commit=body.status is None, **edits
                 )
             if body.status is not None:
                 version = registry.transition(
@@ -305,7 +327,7 @@ def patch_adapter(
             return _entity(session, version)
 
 
-@router.delete("/{adapter_id}")
+@router.delete("/{adapter_id}", responses=error_responses(400, 403, 404, 409))
 def delete_adapter(
     adapter_id: str, request: Request, caller: Caller, state: State, purge: bool = False
 ) -> dict[str, Any]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from sqlmodel import Session
 
 from store import registry
 from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.errors import error_responses
 from store.api.schemas import (
+    NAMESPACE_PATTERN,
     BaseModelCreate,
     NamespaceCreate,
     NamespaceUpdate,
@@ -23,16 +25,17 @@ from store.db import session_scope
 from store.errors import NotFound
 from store.models import BaseModel
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=error_responses(401))
 Caller = Annotated[Principal, Depends(get_principal)]
 State = Annotated[AppState, Depends(get_state)]
+NamespaceName = Annotated[str, Path(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)]
 
 
 def _ns_missing(name: str) -> str:
     return f"namespace {name!r} not found"
 
 
-@router.post("/namespaces", status_code=201)
+@router.post("/namespaces", status_code=201, responses=error_responses(400, 403, 409, 422))
 def create_namespace(body: NamespaceCreate, request: Request, caller: Caller, state: State) -> dict:
     """Create a namespace (global admin)."""
     with audited(request, caller, "namespace.create", target=body.name, namespace=body.name):
@@ -51,16 +54,16 @@ def list_namespaces(caller: Caller, state: State) -> dict:
     return page_of(data, page=1, page_size=max(len(data), 1), total=len(data))
 
 
-@router.get("/namespaces/{name}")
-def get_namespace(name: str, caller: Caller, state: State) -> dict:
+@router.get("/namespaces/{name}", responses=error_responses(400, 404))
+def get_namespace(name: NamespaceName, caller: Caller, state: State) -> dict:
     caller.require_read(name, _ns_missing(name))
     with session_scope(state.engine) as session:
         return namespace_out(registry.get_namespace(session, name))
 
 
-@router.patch("/namespaces/{name}")
+@router.patch("/namespaces/{name}", responses=error_responses(400, 403, 404, 422))
 def update_namespace(
-    name: str, body: NamespaceUpdate, request: Request, caller: Caller, state: State
+    name: NamespaceName, body: NamespaceUpdate, request: Request, caller: Caller, state: State
 ) -> dict:
     """Change approval policy, quotas or description (admin of the namespace)."""
     with audited(request, caller, "namespace.update", target=name, namespace=name):
@@ -71,7 +74,14 @@ def update_namespace(
             return namespace_out(ns)
 
 
-@router.post("/base-models", status_code=201)
+@router.post(
+    "/base-models",
+    status_code=201,
+    responses={
+        200: {"description": "Already registered with the same dimensions: the existing one."},
+        **error_responses(400, 403, 409, 422),
+    },
+)
 def register_base_model(
     body: BaseModelCreate, request: Request, response: Response, caller: Caller, state: State
 ) -> dict:
@@ -102,13 +112,13 @@ def _get_base_model(session: Session, name: str) -> BaseModel:
 
 
 # ``:path`` because base model names often carry an organisation (``meta/llama-3-8b``).
-@router.get("/base-models/{name:path}")
+@router.get("/base-models/{name:path}", responses=error_responses(404))
 def get_base_model(name: str, caller: Caller, state: State) -> dict:
     with session_scope(state.engine) as session:
         return base_model_out(_get_base_model(session, name))
 
 
-@router.post("/tokens", status_code=201)
+@router.post("/tokens", status_code=201, responses=error_responses(400, 403, 404, 422))
 def mint_token(body: TokenCreate, request: Request, caller: Caller, state: State) -> dict[str, Any]:
     """Mint a bearer token: a global admin mints any; a namespace admin mints tokens of its
     namespace. The plaintext is in this answer only."""

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from store import registry
 from store.api.deps import AppState, get_principal, get_state
+from store.api.errors import error_responses
 from store.auth import Principal
 from store.db import ensure_migrated, session_scope
 from store.errors import LorafleetError
@@ -25,7 +26,15 @@ def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/v1/health/ready")
+@router.get(
+    "/v1/health/ready",
+    responses={
+        503: {
+            "description": "A dependency failed: ``checks`` says which, ``error`` says how.",
+            "content": {"application/json": {}},
+        }
+    },
+)
 def ready(state: State) -> JSONResponse:
     """200 when the database (migrated) and the blob store answer, else 503 with which failed."""
     checks: dict[str, str] = {}
@@ -57,7 +66,7 @@ def metrics(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/fleet")
+@router.get("/v1/fleet", responses=error_responses(400, 401))
 def fleet(
     base_model: Annotated[str, Query(min_length=1)],
     caller: Annotated[Principal, Depends(get_principal)],

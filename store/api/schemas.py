@@ -11,6 +11,17 @@ from pydantic import ConfigDict, Field
 from store.models import AdapterFile, AdapterVersion, BaseModel, Namespace
 
 Policy = Literal["auto", "manual"]
+# The namespace part of ``events.models.COORDINATES_RE``; the registry enforces the same.
+NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+def _not_nullable(schema: dict[str, Any]) -> None:
+    """Document a field as never null although the model lets null through, so the service
+    answers it (after a 404 for a missing resource) with a precise 400."""
+    variants = [v for v in schema.pop("anyOf", []) if v.get("type") != "null"]
+    if variants:
+        schema.update(variants[0])
+    schema.pop("default", None)
 
 
 class _Strict(Body):
@@ -18,7 +29,7 @@ class _Strict(Body):
 
 
 class NamespaceCreate(_Strict):
-    name: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)
     approval_policy: Policy = "auto"
     max_bytes: int | None = Field(default=None, ge=0)
     max_versions: int | None = Field(default=None, ge=0)
@@ -26,7 +37,7 @@ class NamespaceCreate(_Strict):
 
 
 class NamespaceUpdate(_Strict):
-    approval_policy: Policy | None = None
+    approval_policy: Policy | None = Field(default=None, json_schema_extra=_not_nullable)
     max_bytes: int | None = Field(default=None, ge=0)
     max_versions: int | None = Field(default=None, ge=0)
     description: str | None = None
@@ -46,7 +57,11 @@ class TokenCreate(_Strict):
 class AdapterPatch(_Strict):
     """A status change (approval flow) and/or metadata edits; content never changes."""
 
-    status: Literal["ready", "rejected", "archived"] | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    status: Literal["ready", "rejected", "archived"] | None = Field(
+        default=None, json_schema_extra=_not_nullable
+    )
     reason: str | None = Field(default=None, max_length=4096)
     description: str | None = None
     custom_fields: dict[str, Any] | None = None

@@ -157,7 +157,7 @@ def check(
             report.duplicated.append(f"{a.coordinates}: record names {record.adapter_id}")
 
     wanted = {a.coordinates for a in announced}
-    for coords, rows in by_coords.items():
+    for coords in by_coords:
         if coords not in wanted:
             report.unexpected.append(f"{coords}: a version nobody announced")
     for v in versions:

@@ -3,11 +3,8 @@
 
 Guaranteed (enforced): no 5xx; 2xx bodies, content types and headers match the schema;
 invalid input is refused; every error answers with a documented-by-contract status and the
-one error shape of ``store.api.errors`` (``{"error": {"code", "message"}}``).
-
-Known gap (strict xfail, reported to the API engineer): the schema documents only each
-route's success status and FastAPI's default 422, not the 400/401/403/404/409 the API really
-answers. When the API documents them, the xfail turns into a failure: drop the mark then.
+one error shape of ``store.api.errors`` (``{"error": {"code", "message"}}``); every status an
+operation answers is documented for it in the schema.
 
 Operations run one by one inside the test (``schema.parametrize``'s lazy fixture loader does
 not work with pytest 9); every failing operation is reported, not only the first. Shrinking
@@ -116,11 +113,6 @@ def test_anonymous_calls_get_401_never_5xx(fuzz_stack: LiveStack) -> None:
     assert len(labels) >= 15 and not failures, "\n\n".join(failures)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="API schema documents only 2xx + 422; the API also answers 400/401/403/404/409 "
-    "(reported to the API engineer)",
-)
 def test_every_answered_status_is_documented(fuzz_stack: LiveStack) -> None:
     checks = [st_checks.status_code_conformance]
     _, failures = fuzz_every_operation(

@@ -170,9 +170,7 @@ def test_reclaim_on_redis_6_2_dead_letters_an_entry_delivered_too_often(
     bridge = _bridge(redis62_url, pipeline_db_url, tmp_path, "live-bridge-2")
     try:
         assert bridge.reclaim(client) == 1
-        (dead,) = [
-            d for d in list_dead_letters(client) if d.source_id == entry_id.decode()
-        ]
+        (dead,) = [d for d in list_dead_letters(client) if d.source_id == entry_id.decode()]
         assert dead.deliveries == 4 and "delivered 4 times" in dead.reason
         assert client.xpending(streams.JOBS_STREAM, streams.INGEST_GROUP)["pending"] == 0
     finally:

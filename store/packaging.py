@@ -1,0 +1,87 @@
+"""Packaging: an adapter directory turned into a ``Package`` whose files are stored blobs.
+
+``prepare_package`` parses, validates and converts the adapter (``store.formats``), then
+uploads its original and canonical files, blob before row: a version committed afterwards
+(``store.registry.commit_version``) never points at a missing file. ``content_digest`` is
+the immutability key versions are compared by. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from store.errors import AdapterInvalid
+from store.models import Package, PackageFile
+
+if TYPE_CHECKING:
+    from store.blobs import BlobStore
+    from store.formats.spec import BaseModelSpec, ValidationLimits
+
+__all__ = ["content_digest", "original_files", "prepare_package"]
+
+
+def original_files(source_dir: Path) -> list[tuple[str, Path]]:
+    """Every regular file under ``source_dir`` as (safe relative posix path, path), sorted."""
+    if not source_dir.is_dir():
+        raise AdapterInvalid("missing_file", f"adapter directory {source_dir} does not exist")
+    found: list[tuple[str, Path]] = []
+    for path in sorted(source_dir.rglob("*")):
+        if path.is_symlink():
+            # A link could point anywhere on the host; uploads are plain files only.
+            raise AdapterInvalid("unsafe_archive", f"{path.name} is a symbolic link")
+        if not path.is_file():
+            continue
+        rel = PurePosixPath(path.relative_to(source_dir).as_posix())
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise AdapterInvalid("unsafe_archive", f"unsafe file path {rel}")
+        found.append((str(rel), path))
+    if not found:
+        raise AdapterInvalid("missing_file", f"adapter directory {source_dir} is empty")
+    return found
+
+
+def content_digest(originals: dict[str, str]) -> str:
+    """The immutability key: sha256 over sorted ``path\\tsha256\\n`` of the original files."""
+    h = hashlib.sha256()
+    for path in sorted(originals):
+        h.update(f"{path}\t{originals[path]}\n".encode())
+    return h.hexdigest()
+
+
+def prepare_package(
+    blobs: BlobStore, source_dir: Path, spec: BaseModelSpec, limits: ValidationLimits
+) -> Package:
+    """Parse, validate and convert the adapter in ``source_dir``, then store its original
+    and canonical files as blobs. Nothing is uploaded unless the adapter is valid; every
+    blob is verified before this returns, so the row committed afterwards never points at
+    a missing file. Raises ``AdapterInvalid`` (final) or ``TransientError`` (retry)."""
+    from store.formats.canonical import build_manifest, manifest_digest, write_canonical
+    from store.formats.detect import load_adapter
+
+    source_dir = Path(source_dir)
+    originals = original_files(source_dir)
+    adapter = load_adapter(source_dir, spec, limits)
+    files: list[PackageFile] = []
+    for rel, path in originals:
+        ref = blobs.put_file(path)
+        files.append(PackageFile(rel, "original", ref.sha256, ref.size, ref.key))
+    canonical: dict[str, tuple[str, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="lorafleet-canonical-") as tmp:
+        for path in sorted(write_canonical(adapter, Path(tmp))):
+            ref = blobs.put_file(path)
+            files.append(PackageFile(path.name, "canonical", ref.sha256, ref.size, ref.key))
+            canonical[path.name] = (ref.sha256, ref.size)
+    manifest = build_manifest(adapter, spec, canonical)
+    return Package(
+        source_format=adapter.source_format,
+        rank=adapter.rank,
+        alpha=float(adapter.alpha),
+        target_modules=sorted(adapter.target_modules),
+        files=tuple(files),
+        manifest=manifest,
+        manifest_sha256=manifest_digest(manifest),
+        content_sha256=content_digest({f.path: f.sha256 for f in files if f.role == "original"}),
+    )

@@ -1,0 +1,127 @@
+"""Tenancy: namespaces (approval policy, quotas) and the base models adapters target.
+
+The write side of both; look-ups (``get_namespace``, ``list_namespaces``,
+``get_base_model_spec``, ...) are in ``store.catalog``. ``store.registry`` re-exports every
+public name here, so ``registry.create_namespace`` keeps working. Like the registry's, each
+function commits before returning unless given ``commit=False``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from events.models import parse_coordinates
+from store.approval import parse_policy
+from store.catalog import base_model_spec, commit_or_flush, get_namespace
+from store.errors import AlreadyExists, BadRequest
+from store.models import BaseModel, Namespace
+
+__all__ = ["NAMESPACE_FIELDS", "create_namespace", "register_base_model", "update_namespace"]
+
+log = structlog.get_logger(__name__)
+
+NAMESPACE_FIELDS = ("approval_policy", "max_bytes", "max_versions", "description")
+
+
+def _check_quota(value: int | None, what: str) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise BadRequest(f"{what} must be a non-negative integer or null, got {value!r}")
+
+
+def create_namespace(
+    session: Session,
+    name: str,
+    *,
+    approval_policy: str = "auto",
+    max_bytes: int | None = None,
+    max_versions: int | None = None,
+    actor: str,
+    description: str | None = None,
+    commit: bool = True,
+) -> Namespace:
+    """Create namespace ``name``; ``AlreadyExists`` if taken, ``BadRequest`` if malformed."""
+    try:
+        parse_coordinates(f"{name}/x@0.0.0")
+    except ValueError:
+        # Say what is wrong with the name, not with made-up coordinates around it.
+        raise BadRequest(
+            f"invalid namespace name {name!r}: 1 to 63 lowercase letters, digits, '-', '_' "
+            "or '.', starting with a letter or digit"
+        ) from None
+    parse_policy(approval_policy)
+    _check_quota(max_bytes, "max_bytes")
+    _check_quota(max_versions, "max_versions")
+    if session.get(Namespace, name) is not None:
+        raise AlreadyExists(f"namespace {name!r} already exists")
+    ns = Namespace(
+        name=name,
+        approval_policy=approval_policy,
+        max_bytes=max_bytes,
+        max_versions=max_versions,
+        description=description,
+        created_by=actor,
+    )
+    session.add(ns)
+    try:
+        commit_or_flush(session, commit)
+    except IntegrityError:
+        session.rollback()
+        raise AlreadyExists(f"namespace {name!r} already exists") from None
+    log.info("namespace.created", namespace=name, policy=approval_policy, actor=actor)
+    return ns
+
+
+def update_namespace(
+    session: Session, name: str, *, actor: str, commit: bool = True, **changes: Any
+) -> Namespace:
+    """Change a namespace's policy, quotas or description. A stricter quota does not remove
+    versions already stored; a policy change applies to versions validated afterwards.
+
+    ``NotFound`` for a missing namespace comes first, before any change is judged; then
+    ``BadRequest`` for an unknown field, a null or unknown policy, or a bad quota (None
+    clears a quota or the description)."""
+    ns = get_namespace(session, name)
+    unknown = set(changes) - set(NAMESPACE_FIELDS)
+    if unknown:
+        raise BadRequest(
+            f"cannot change {sorted(unknown)} of a namespace; changeable: {list(NAMESPACE_FIELDS)}"
+        )
+    if "approval_policy" in changes:
+        if changes["approval_policy"] is None:
+            raise BadRequest("approval_policy cannot be null: give auto or manual")
+        parse_policy(changes["approval_policy"])
+    for key in ("max_bytes", "max_versions"):
+        if key in changes:
+            _check_quota(changes[key], key)
+    for key, value in changes.items():
+        setattr(ns, key, value)
+    commit_or_flush(session, commit)
+    log.info("namespace.updated", namespace=name, changes=sorted(changes), actor=actor)
+    return ns
+
+
+def register_base_model(
+    session: Session, name: str, hf_config: dict[str, Any], *, actor: str, commit: bool = True
+) -> BaseModel:
+    """Register base model ``name`` from its HF ``config.json``. Idempotent for the same
+    dimensions; ``AlreadyExists`` if ``name`` is registered with other dimensions;
+    ``AdapterInvalid("invalid_base_model")`` if the config is unusable."""
+    from store.formats.spec import BaseModelSpec
+
+    if not name or len(name) > 256:
+        raise BadRequest("base model name must be 1 to 256 characters")
+    spec = BaseModelSpec.from_hf_config(hf_config)
+    existing = session.get(BaseModel, name)
+    if existing is not None:
+        if base_model_spec(existing) == spec:
+            return existing
+        raise AlreadyExists(f"base model {name!r} is already registered with other dimensions")
+    row = BaseModel(name=name, config=hf_config, created_by=actor, **spec.to_dict())
+    session.add(row)
+    commit_or_flush(session, commit)
+    log.info("base_model.registered", base_model=name, actor=actor)
+    return row
