@@ -48,8 +48,8 @@ def _under(path: Path, roots: list[Path]) -> bool:
 
 
 def _opened_path(fd: int) -> Path:
-    """Where the open file ``fd`` really is (Linux: the kernel's own answer, after every
-    symlink and rename); falls back to a path check by inode elsewhere."""
+    """Where the open file ``fd`` really is: the kernel's own answer, after every symlink
+    and rename (Linux ``/proc``; the workers run on Linux)."""
     return Path(os.readlink(f"/proc/self/fd/{fd}"))
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from store.api import routes_adapters, routes_catalog, routes_ops
 from store.api.deps import AppState
-from store.api.errors import install_error_handlers
+from store.api.errors import document_errors, install_error_handlers
 from store.blobs import BlobStore, open_blob_store
 from store.db import ensure_migrated, make_engine
 from store.metrics import ApiMetrics
@@ -61,6 +61,7 @@ def create_app(
         metrics=metrics,
     )
     install_error_handlers(app)
+    document_errors(app)
     app.middleware("http")(metrics.middleware)
     app.include_router(routes_ops.router)
     app.include_router(routes_catalog.router)

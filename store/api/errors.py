@@ -114,6 +114,33 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal", "internal server error")
 
 
+def _drop_default_validation_answers(schema: dict[str, Any]) -> None:
+    """Remove FastAPI's automatic 422 ``HTTPValidationError`` answers: this API answers bad
+    parameters with 400 and bad bodies with 422, both as ``ErrorBody``, and documents them
+    per route."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422", {})
+            media = answer.get("content", {}).get("application/json", {})
+            if media.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                del operation["responses"]["422"]
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make ``app``'s OpenAPI schema list only the error answers the API really gives."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _drop_default_validation_answers(build())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the mapping on ``app``; call once from the app factory."""
     app.add_exception_handler(LorafleetError, _lorafleet_error)

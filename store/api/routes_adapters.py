@@ -306,10 +306,10 @@ def patch_adapter(
     edits = {k: changes[k] for k in ("description", "custom_fields") if k in changes}
     if "status" in changes and body.status is None:
         raise BadRequest("status cannot be null: give ready, rejected or archived")
-    if not edits and body.status is None:
-        raise BadRequest("nothing to change: give status, description or custom_fields")
     if body.reason is not None and body.status is None:
         raise BadRequest("reason goes with a status change: give status too")
+    if not edits and body.status is None:
+        raise BadRequest("nothing to change: give status, description or custom_fields")
     action = f"adapter.{body.status}" if body.status else "adapter.edit"
     with audited(request, caller, action, target=adapter_id) as where:
         with session_scope(state.engine) as session:

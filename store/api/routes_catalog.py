@@ -35,7 +35,7 @@ def _ns_missing(name: str) -> str:
     return f"namespace {name!r} not found"
 
 
-@router.post("/namespaces", status_code=201, responses=error_responses(400, 403, 409, 422))
+@router.post("/namespaces", status_code=201, responses=error_responses(403, 409, 422))
 def create_namespace(body: NamespaceCreate, request: Request, caller: Caller, state: State) -> dict:
     """Create a namespace (global admin)."""
     with audited(request, caller, "namespace.create", target=body.name, namespace=body.name):
@@ -79,7 +79,7 @@ def update_namespace(
     status_code=201,
     responses={
         200: {"description": "Already registered with the same dimensions: the existing one."},
-        **error_responses(400, 403, 409, 422),
+        **error_responses(403, 409, 422),
     },
 )
 def register_base_model(

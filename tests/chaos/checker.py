@@ -113,8 +113,11 @@ def check(
     client: redis.Redis,
     blobs: BlobStore,
     announced: list[Announced],
+    others: set[str] | frozenset[str] = frozenset(),
 ) -> Report:
-    """Compare what was announced with what the registry, blob store and streams hold."""
+    """Compare what was announced with what the registry, blob store and streams hold.
+    ``others``: coordinates registered outside the event path (API uploads) that the
+    caller accounts for; any other version nobody announced is unexpected."""
     by_event = {a.event_id: a for a in announced}
     report = Report(name=name, events=len(by_event))
     with engine.connect() as conn:
@@ -156,7 +159,7 @@ def check(
         elif record.adapter_id is not None and record.adapter_id != v.id:
             report.duplicated.append(f"{a.coordinates}: record names {record.adapter_id}")
 
-    wanted = {a.coordinates for a in announced}
+    wanted = {a.coordinates for a in announced} | set(others)
     for coords in by_coords:
         if coords not in wanted:
             report.unexpected.append(f"{coords}: a version nobody announced")

@@ -41,7 +41,7 @@ FAST_ENV = {
     "LORAFLEET_TASK_MAX_RETRIES": "20",
     "LORAFLEET_TASK_RETRY_BACKOFF_MAX": "4",
     # Unacknowledged task messages of a dead worker come back after this (prod 7200 s).
-    "LORAFLEET_BROKER_VISIBILITY_TIMEOUT": "20",
+    "LORAFLEET_BROKER_VISIBILITY_TIMEOUT": "10",
     "LORAFLEET_RELAY_INTERVAL_S": "1",
     "LORAFLEET_RECLAIM_INTERVAL_S": "5",
     "LORAFLEET_STUCK_RECEIVED_S": "15",
@@ -250,8 +250,15 @@ class Cluster:
             pass
         return time.monotonic() - start
 
-    def check(self, name: str, announced: list[Announced], started: float) -> Report:
-        report = check(name, self.engine, self.redis, self.blobs, announced)
+    def check(
+        self,
+        name: str,
+        announced: list[Announced],
+        started: float,
+        others: set[str] | frozenset[str] = frozenset(),
+    ) -> Report:
+        """Run the total-queue checker and stamp the report with our faults and duration."""
+        report = check(name, self.engine, self.redis, self.blobs, announced, others)
         report.faults = dict(self.faults)
         report.seconds = time.monotonic() - started
         return report

@@ -8,67 +8,25 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import sqlalchemy as sa
 from checker import REPORTS
 from cluster import Cluster
-from harness import AUTO_NS, BASE_MODEL, MANUAL_NS
+from harness import fresh_database, write_artifacts
 
-PG_ADMIN_URL = os.environ.get(
-    "LORAFLEET_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_BASE_URL = os.environ.get("LORAFLEET_TEST_REDIS", "redis://127.0.0.1:6379")
 CHAOS_REDIS_DB = int(os.environ.get("LORAFLEET_TEST_REDIS_DB", "9"))
-
-
-def base_model_config(**overrides: Any) -> dict[str, Any]:
-    """The tiny Llama every chaos test registers (the engine can load it too)."""
-    from engine.tiny import tiny_config
-
-    return tiny_config(**overrides)
-
-
-def seed_registry(db_url: str) -> None:
-    """Namespaces ``acme`` (auto approval), ``gated`` (manual) and the base model."""
-    from sqlmodel import Session
-
-    from store import registry
-    from store.db import make_engine
-
-    engine = make_engine(db_url)
-    try:
-        with Session(engine) as s:
-            registry.create_namespace(s, AUTO_NS, approval_policy="auto", actor="chaos")
-            registry.create_namespace(s, MANUAL_NS, approval_policy="manual", actor="chaos")
-            registry.register_base_model(s, BASE_MODEL, base_model_config(), actor="chaos")
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
 def chaos_db() -> Iterator[str]:
     """A brand-new, migrated and seeded PostgreSQL database (dropped afterwards)."""
-    from store.db import upgrade
-
-    name = f"lorafleet_chaos_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        upgrade(url)
-        seed_registry(url)
+    with fresh_database() as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture
@@ -86,22 +44,8 @@ def shared_redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Three valid HF PEFT adapters for the tiny model and one trained for another model
-    (refused with ``shape_mismatch``), under one allowed artifact root."""
-    from factories import random_adapter, write_hf_peft
-
-    from store.formats import BaseModelSpec
-
-    root = tmp_path_factory.mktemp("chaos-artifacts")
-    spec = BaseModelSpec.from_hf_config(base_model_config())
-    other = BaseModelSpec.from_hf_config(base_model_config(hidden_size=32, intermediate_size=64))
-    out: dict[str, Path] = {"root": root}
-    for seed in range(3):
-        out[f"valid-{seed}"] = write_hf_peft(
-            random_adapter(spec, rank=4, seed=seed), root / f"valid-{seed}"
-        )
-    out["invalid"] = write_hf_peft(random_adapter(other, rank=4, seed=9), root / "invalid")
-    return out
+    """The shared artifact directories (see ``harness.write_artifacts``)."""
+    return write_artifacts(tmp_path_factory.mktemp("chaos-artifacts"))
 
 
 @pytest.fixture

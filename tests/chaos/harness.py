@@ -2,35 +2,92 @@
 
 * ``Proc``: a subprocess in its own process group, so ``kill9()`` takes a Celery worker
   together with its prefork children, exactly like a node dying.
-* ``TcpProxy``: a TCP relay in front of PostgreSQL; ``cut()`` resets every open connection
-  and refuses new ones until ``restore()``.
-* ``RedisServer``: our own ``redis-server`` (append-only, fsync always) that can be killed
-  with SIGKILL and restarted on the same port and directory.
-* ``S3Server``: moto's S3 server on a fixed port, stopped and started again (moto keeps its
-  buckets in this process, so a restart is an outage, not a data loss).
-* ``Cluster``: the pipeline as deployed (Celery workers, ingest bridge, beat) wired by
-  ``LORAFLEET_*`` variables, plus helpers to announce events and wait for quiescence.
+* ``fresh_database`` / ``write_artifacts``: a seeded PostgreSQL database and the shared
+  adapter directories every run announces.
+* ``Announced``: one announcement and the outcome it must end with.
+
+The faults themselves are in ``faults.py``; the pipeline's processes in ``cluster.py``.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import redis
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_MODEL = "tiny-llama"
 AUTO_NS, MANUAL_NS = "acme", "gated"
+
+
+PG_ADMIN_URL = os.environ.get(
+    "LORAFLEET_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def base_model_config(**overrides: object) -> dict:
+    """The tiny Llama every chaos and load run registers (the engine can load it too)."""
+    from engine.tiny import tiny_config
+
+    return tiny_config(**overrides)  # type: ignore[arg-type]
+
+
+@contextmanager
+def fresh_database(prefix: str = "lorafleet_chaos") -> Iterator[str]:
+    """A brand-new PostgreSQL database, migrated and seeded with namespaces ``acme`` (auto
+    approval), ``gated`` (manual) and the base model; dropped afterwards."""
+    import sqlalchemy as sa
+    from sqlmodel import Session
+
+    from store import registry
+    from store.db import make_engine, upgrade
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        upgrade(url)
+        engine = make_engine(url)
+        try:
+            with Session(engine) as s:
+                registry.create_namespace(s, AUTO_NS, approval_policy="auto", actor="chaos")
+                registry.create_namespace(s, MANUAL_NS, approval_policy="manual", actor="chaos")
+                registry.register_base_model(s, BASE_MODEL, base_model_config(), actor="chaos")
+        finally:
+            engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def write_artifacts(root: Path) -> dict[str, Path]:
+    """Three valid HF PEFT adapters for the tiny model and one trained for another model
+    (refused with ``shape_mismatch``), under the artifact root ``root``."""
+    from factories import random_adapter, write_hf_peft
+
+    from store.formats import BaseModelSpec
+
+    spec = BaseModelSpec.from_hf_config(base_model_config())
+    other = BaseModelSpec.from_hf_config(base_model_config(hidden_size=32, intermediate_size=64))
+    out: dict[str, Path] = {"root": root}
+    for seed in range(3):
+        out[f"valid-{seed}"] = write_hf_peft(
+            random_adapter(spec, rank=4, seed=seed), root / f"valid-{seed}"
+        )
+    out["invalid"] = write_hf_peft(random_adapter(other, rank=4, seed=9), root / "invalid")
+    return out
 
 
 def free_port() -> int:
@@ -83,12 +140,14 @@ class Proc:
         return self
 
     def wait_ready(self, marker: bytes, timeout: float = 90.0) -> None:
-        """Wait until the log of the current start says ``marker``."""
-        wait_for(
-            lambda: self._check_alive() and marker in self._log_from(self._offset),
-            timeout,
-            f"{self.name} ready",
-        )
+        """Wait until the log of the current start says ``marker``; ``RuntimeError`` with
+        the log's tail if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while marker not in self._log_from(self._offset):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} not ready in {timeout:.0f}s:\n{self.tail()}")
+            time.sleep(0.2)
 
     def _log_from(self, offset: int) -> bytes:
         with self.log_path.open("rb") as fh:
@@ -139,186 +198,6 @@ class Proc:
         return self.log_path.read_bytes()[-n:].decode(errors="replace")
 
 
-class TcpProxy:
-    """A threaded TCP relay ``127.0.0.1:port -> upstream`` that tests can cut and restore."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.port = free_port()
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._listener: socket.socket | None = None
-        self.cuts = 0
-        self.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(128)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # listener closed: cut or shut down
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-                server.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns.update((client, server))
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                self._close(s)
-
-    def _close(self, s: socket.socket) -> None:
-        with self._lock:
-            self._conns.discard(s)
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        s.close()
-
-    def cut(self) -> None:
-        """Refuse new connections and reset every open one (the database is unreachable)."""
-        if self._listener is not None:
-            # close() alone would not wake the thread blocked in accept(), which would go
-            # on accepting on the still-referenced socket; shutdown() does.
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            conns = list(self._conns)
-        for s in conns:
-            self._close(s)
-        self.cuts += 1
-
-    def restore(self) -> None:
-        """Accept connections again."""
-        if self._listener is None:
-            self.start()
-
-    def close(self) -> None:
-        self.cut()
-
-
-class RedisServer:
-    """A ``redis-server`` of our own with an fsync-always append-only file."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        log = (self.dir / "redis.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-            ],  # fmt: skip
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        try:
-            wait_for(client.ping, 30, f"redis-server on {self.port}")
-        finally:
-            client.close()
-
-    def kill9(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def restart(self) -> None:
-        """SIGKILL and start again on the same port and directory (the AOF is replayed)."""
-        self.kill9()
-        self.start()
-        self.restarts += 1
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-class S3Server:
-    """moto's S3 server on a fixed port that can go down and come back."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self._server = None
-        self.outages = 0
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def outage(self) -> None:
-        self.stop()
-        self.outages += 1
-
-
 @dataclass
 class Announced:
     """One announcement we sent and the outcome the registry must end with."""
@@ -342,7 +221,3 @@ def worker_argv(name: str, concurrency: int = 2) -> list[str]:
 def lorafleet_argv(*args: str) -> list[str]:
     """The ``lorafleet`` CLI of this checkout."""
     return [str(Path(sys.executable).parent / "lorafleet"), *args]
-
-
-def jittered(low: float, high: float) -> float:
-    return random.uniform(low, high)

@@ -12,7 +12,7 @@ import time
 import pytest
 from checker import record
 from cluster import event_count
-from harness import RedisServer
+from faults import RedisServer
 
 pytestmark = pytest.mark.chaos
 

@@ -13,7 +13,7 @@ import uuid
 import pytest
 from checker import record
 from cluster import event_count
-from harness import S3Server
+from faults import S3Server
 
 pytestmark = pytest.mark.chaos
 

@@ -102,11 +102,18 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
+def pipeline_env() -> dict[str, str]:
+    """Extra environment for this module's worker (a module overrides it, e.g. limits)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def pipeline(
     pipeline_db_url: str,
     redis_url: str,
     s3_endpoint: str,
     tmp_path_factory: pytest.TempPathFactory,
+    pipeline_env: dict[str, str],
 ) -> Iterator[Pipeline]:
     """The whole pipeline running against this module's database."""
     from factories import tiny_hf_config
@@ -138,6 +145,7 @@ def pipeline(
         "LORAFLEET_TASK_RETRY_BACKOFF_MAX": "2",
         "LORAFLEET_LOG_FORMAT": "json",
         "PYTHONPATH": str(REPO),
+        **pipeline_env,
     }
     engine = make_engine(pipeline_db_url)
     with Session(engine) as s:

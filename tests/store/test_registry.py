@@ -341,3 +341,39 @@ def test_malformed_namespace_name_is_400_naming_the_name(session, name):
     with pytest.raises(BadRequest, match="invalid namespace name") as err:
         registry.create_namespace(session, name, actor="admin")
     assert repr(name) in err.value.message and "@" not in err.value.message
+
+
+def test_update_of_a_missing_namespace_is_not_found_before_any_change_is_judged(session):
+    for changes in ({"approval_policy": None}, {"approval_policy": "maybe"}, {"owner": "me"}):
+        with pytest.raises(NotFound):
+            registry.update_namespace(session, "nope", actor="admin", **changes)
+
+
+def test_null_approval_policy_is_a_precise_bad_request(session):
+    registry.create_namespace(session, "team-n", approval_policy="manual", actor="admin")
+    with pytest.raises(BadRequest) as info:
+        registry.update_namespace(session, "team-n", approval_policy=None, actor="admin")
+    assert "approval_policy cannot be null" in info.value.message
+    session.rollback()
+    assert registry.get_namespace(session, "team-n").approval_policy == "manual"
+    cleared = registry.update_namespace(session, "team-n", max_bytes=None, actor="admin")
+    assert cleared.max_bytes is None
+
+
+def test_packaging_and_tenancy_names_stay_importable_from_the_registry() -> None:
+    from store import packaging, tenancy
+
+    moved = {
+        packaging: ("prepare_package", "content_digest"),
+        tenancy: (
+            "create_namespace",
+            "update_namespace",
+            "register_base_model",
+            "NAMESPACE_FIELDS",
+        ),
+    }
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(registry, name) is getattr(module, name), name
+            assert name in registry.__all__, name
+    assert registry.NAMESPACE_FIELDS is tenancy.NAMESPACE_FIELDS
