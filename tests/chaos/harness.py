@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -120,21 +121,29 @@ class Proc:
         self.popen: subprocess.Popen[bytes] | None = None
         self._offset = 0
         self.kills = 0
+        # Supervision, like compose's ``restart: unless-stopped``: a process that exits
+        # while ``wanted`` is a crash, counted and restarted. The lock keeps the supervisor
+        # and a test's own kill/restart from racing.
+        self._lock = threading.RLock()
+        self.wanted = False
+        self.crashes: list[str] = []
 
     def start(self, ready_marker: bytes | None = None, timeout: float = 90.0) -> Proc:
         """Start (or restart) the process; with ``ready_marker`` wait until its log says it."""
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            self.argv,
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: kill9 takes the children too
-        )
-        log.close()
-        self._offset = offset
+        with self._lock:
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            log = self.log_path.open("ab")
+            self.popen = subprocess.Popen(
+                self.argv,
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: kill9 takes the children
+            )
+            log.close()
+            self._offset = offset
+            self.wanted = True
         if ready_marker is not None:
             self.wait_ready(ready_marker, timeout)
         return self
@@ -162,35 +171,49 @@ class Proc:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def restart_if_crashed(self) -> bool:
+        """If the process exited on its own while wanted, note why and start it again."""
+        with self._lock:
+            if not self.wanted or self.popen is None or self.popen.poll() is None:
+                return False
+            last = self.tail(600).strip().splitlines()[-1:] or [""]
+            self.crashes.append(f"exit {self.popen.returncode}: {last[0][:300]}")
+            self._killpg(signal.SIGKILL)  # orphaned children of a dead parent
+            self.start()
+            return True
+
+    def _killpg(self, sig: signal.Signals) -> None:
+        if self.popen is not None:
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+
     def kill9(self) -> None:
         """SIGKILL the whole process group: no shutdown handler runs."""
-        if self.popen is None:
-            return
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.popen.wait(timeout=30)
-        self.kills += 1
+        with self._lock:
+            if self.popen is None:
+                return
+            self.wanted = False
+            self._killpg(signal.SIGKILL)
+            self.popen.wait(timeout=30)
+            self.kills += 1
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the group, then SIGKILL what is left after ``timeout``."""
-        if self.popen is None:
-            return
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            except ProcessLookupError:
-                pass
-        try:  # children of a prefork worker may outlive a parent that exited
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if self.popen.poll() is None:
-            self.popen.wait(timeout=10)
+        with self._lock:
+            self.wanted = False
+            if self.popen is None:
+                return
+            if self.popen.poll() is None:
+                self._killpg(signal.SIGTERM)
+                try:
+                    self.popen.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._killpg(signal.SIGKILL)  # prefork children may outlive their parent
+            if self.popen.poll() is None:
+                self.popen.wait(timeout=10)
 
     def tail(self, n: int = 4000) -> str:
         if not self.log_path.exists():
