@@ -61,6 +61,6 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
     if not _configured:
         logging.basicConfig(level=level_name, format="%(levelname)s %(name)s: %(message)s")
         # One line per HTTP request from the client library is noise in CLI output.
-        for noisy in ("httpx", "httpcore", "urllib3"):
+        for noisy in ("httpx", "httpcore", "urllib3", "alembic.runtime.plugins"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         _configured = True
