@@ -24,23 +24,22 @@ from torch import Tensor, nn
 
 from store.errors import AdapterInvalid
 from store.formats import SUPPORTED_MODULES, CanonicalAdapter
+from store.formats.spec import llama_module_shapes
 
 if TYPE_CHECKING:
     from engine.model import ModelArgs
 
 
 def module_shapes(args: ModelArgs) -> dict[str, tuple[int, int]]:
-    """``module -> (in_features, out_features)`` for the seven LoRA targets of ``args``."""
-    q_out, kv_out = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
-    return {
-        "q_proj": (args.dim, q_out),
-        "k_proj": (args.dim, kv_out),
-        "v_proj": (args.dim, kv_out),
-        "o_proj": (q_out, args.dim),
-        "gate_proj": (args.dim, args.intermediate_size),
-        "up_proj": (args.dim, args.intermediate_size),
-        "down_proj": (args.intermediate_size, args.dim),
-    }
+    """``module -> (in_features, out_features)`` for the seven LoRA targets of ``args`` (the
+    same shapes the registry checks adapters against)."""
+    return llama_module_shapes(
+        hidden_size=args.dim,
+        intermediate_size=args.intermediate_size,
+        num_heads=args.n_heads,
+        num_kv_heads=args.n_kv_heads,
+        head_dim=args.head_dim,
+    )
 
 
 @dataclass

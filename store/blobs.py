@@ -13,6 +13,7 @@ import io
 import os
 import re
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -116,22 +117,44 @@ def _verified(chunks: Iterator[bytes], key: str, expected: str) -> Iterator[byte
         raise BlobCorrupt(f"blob {key} hashes to {sha.hexdigest()}, expected {expected}")
 
 
-def _download_via(store: BlobStore, key: str, dest: Path, sha256: str) -> None:
-    """Stream ``key`` into ``dest`` through a temp file; ``dest`` appears only if verified."""
-    if sha256 != _digest_of(key):
-        raise BlobCorrupt(f"blob {key} was asked for with a different digest {sha256}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
-    try:
-        with tmp.open("wb") as fh:
-            for chunk in store.iter_chunks(key):
-                fh.write(chunk)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+class StreamedBlobStore(ABC):
+    """What every backend shares: uploads go through ``_put`` (a seekable byte stream, hashed
+    first, then stored and verified); downloads stream ``iter_chunks`` into a temp file."""
+
+    def put_file(self, path: Path) -> BlobRef:
+        """Store ``path``'s bytes (no-op if a blob of that size is stored); verified before
+        it is visible."""
+        with Path(path).open("rb") as fh:
+            return self._put(fh)
+
+    def put_bytes(self, data: bytes) -> BlobRef:
+        """Store ``data``; see ``put_file``."""
+        return self._put(io.BytesIO(data))
+
+    @abstractmethod
+    def _put(self, fh: IO[bytes]) -> BlobRef: ...
+
+    @abstractmethod
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]: ...
+
+    def download(self, key: str, dest: Path, sha256: str) -> None:
+        """Write the blob to ``dest`` only if it hashes to ``sha256`` (else ``BlobCorrupt``);
+        it streams through a temp file, so ``dest`` appears only once verified."""
+        if sha256 != _digest_of(key):
+            raise BlobCorrupt(f"blob {key} was asked for with a different digest {sha256}")
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+        try:
+            with tmp.open("wb") as fh:
+                for chunk in self.iter_chunks(key):
+                    fh.write(chunk)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
-class FileBlobStore:
+class FileBlobStore(StreamedBlobStore):
     """Blobs as files under ``root/sha256/<hex>``; uploads land in ``root/tmp`` and are
     renamed into place, so a visible blob is always complete."""
 
@@ -146,15 +169,6 @@ class FileBlobStore:
     def path_for(self, key: str) -> Path:
         """The file that holds ``key`` (which need not exist)."""
         return self.root / check_key(key)
-
-    def put_file(self, path: Path) -> BlobRef:
-        """Store ``path``'s bytes (no-op if already stored); verified before it is visible."""
-        with Path(path).open("rb") as fh:
-            return self._put(fh)
-
-    def put_bytes(self, data: bytes) -> BlobRef:
-        """Store ``data``; see ``put_file``."""
-        return self._put(io.BytesIO(data))
 
     def _put(self, fh: IO[bytes]) -> BlobRef:
         sha, size, _ = _hash_stream(fh)
@@ -209,10 +223,6 @@ class FileBlobStore:
                     yield chunk
 
         return _verified(chunks(), key, _digest_of(key))
-
-    def download(self, key: str, dest: Path, sha256: str) -> None:
-        """Write the blob to ``dest`` only if it hashes to ``sha256`` (else ``BlobCorrupt``)."""
-        _download_via(self, key, Path(dest), sha256)
 
     def delete(self, key: str) -> None:
         """Remove the blob (no error if absent)."""

@@ -6,11 +6,9 @@ Same contract as ``store.blobs.FileBlobStore``: content-addressed keys, verified
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO
 
 import structlog
@@ -26,8 +24,8 @@ from store.blobs import (
     MIN_PART_SIZE,
     TOUCH_AFTER,
     BlobRef,
+    StreamedBlobStore,
     _digest_of,
-    _download_via,
     _hash_stream,
     _verified,
     blob_key,
@@ -38,7 +36,7 @@ from store.errors import NotFound, TransientError
 log = structlog.get_logger(__name__)
 
 
-class S3BlobStore:
+class S3BlobStore(StreamedBlobStore):
     """Blobs as objects ``sha256/<hex>`` in one S3/MinIO bucket (created if missing).
 
     S3 makes an object visible only once its upload completes, so no temp key is needed;
@@ -89,15 +87,6 @@ class S3BlobStore:
 
     def __repr__(self) -> str:
         return f"S3BlobStore(bucket={self.bucket!r})"
-
-    def put_file(self, path: Path) -> BlobRef:
-        """Store ``path``'s bytes (no-op if an object of that size is stored); verified."""
-        with Path(path).open("rb") as fh:
-            return self._put(fh)
-
-    def put_bytes(self, data: bytes) -> BlobRef:
-        """Store ``data``; see ``put_file``."""
-        return self._put(io.BytesIO(data))
 
     def _put(self, fh: IO[bytes]) -> BlobRef:
         sha, size, etag = _hash_stream(fh, self.part_size)
@@ -160,10 +149,6 @@ class S3BlobStore:
                     response.release_conn()
 
         return _verified(chunks(), key, expected)
-
-    def download(self, key: str, dest: Path, sha256: str) -> None:
-        """Write the object to ``dest`` only if it hashes to ``sha256`` (else ``BlobCorrupt``)."""
-        _download_via(self, key, Path(dest), sha256)
 
     def delete(self, key: str) -> None:
         """Remove the object (no error if absent)."""

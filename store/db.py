@@ -8,7 +8,7 @@ revision is not the head, with a message saying how to fix it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,14 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def _migrate(engine: Engine, url: str, step: Callable[[Config, str], None], revision: str) -> None:
+    """Run the Alembic command ``step`` to ``revision`` in one transaction on ``engine``."""
+    cfg = _alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        step(cfg, revision)
+
+
 def upgrade(url: str, revision: str = "head") -> str | None:
     """Apply the migrations to the database at ``url`` up to ``revision``; idempotent.
 
@@ -120,10 +128,7 @@ def upgrade(url: str, revision: str = "head") -> str | None:
     """
     engine = make_engine(url)
     try:
-        cfg = _alembic_config(url)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
+        _migrate(engine, url, command.upgrade, revision)
         revision_now = current_revision(engine)
         log.info("db.upgraded", url=engine.url.render_as_string(), revision=revision_now)
         return revision_now
@@ -135,10 +140,7 @@ def downgrade(url: str, revision: str) -> None:
     """Revert the database at ``url`` to ``revision`` (``base`` drops every table)."""
     engine = make_engine(url)
     try:
-        cfg = _alembic_config(url)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
+        _migrate(engine, url, command.downgrade, revision)
     finally:
         engine.dispose()
 

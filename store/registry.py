@@ -210,6 +210,36 @@ def _existing_outcome(existing: AdapterVersion, package: Package, base_model: st
         )
 
 
+def _validating_row(
+    *,
+    namespace: str,
+    name: str,
+    version: str,
+    base_model: str,
+    provenance: Provenance,
+    actor: str,
+    **fields: Any,
+) -> AdapterVersion:
+    """A new, unsaved ``validating`` version at these coordinates carrying ``provenance``;
+    ``fields`` set the rest (format, rank, digests, ... of an accepted package)."""
+    return AdapterVersion(
+        id=new_adapter_id(),
+        namespace=namespace,
+        name=name,
+        version=version,
+        base_model=base_model,
+        job_id=provenance.job_id,
+        dataset=provenance.dataset,
+        hyperparameters=dict(provenance.hyperparameters),
+        metrics=dict(provenance.metrics),
+        custom_fields=dict(provenance.custom_fields),
+        status=Status.VALIDATING.value,
+        created_by=actor,
+        updated_by=actor,
+        **fields,
+    )
+
+
 def commit_version(
     session: Session,
     package: Package,
@@ -249,29 +279,22 @@ def commit_version(
                 "adapter.replacing_failed", adapter_id=existing.id, coordinates=existing.coordinates
             )
             _delete_version(session, existing)
-        row = AdapterVersion(
-            id=new_adapter_id(),
+        row = _validating_row(
             namespace=namespace,
             name=name,
             version=version,
             base_model=base_model,
+            provenance=provenance,
+            actor=actor,
             format=package.source_format,
             rank=package.rank,
             alpha=package.alpha,
             target_modules=list(package.target_modules),
-            job_id=provenance.job_id,
-            dataset=provenance.dataset,
-            hyperparameters=dict(provenance.hyperparameters),
-            metrics=dict(provenance.metrics),
-            custom_fields=dict(provenance.custom_fields),
             description=description,
-            status=Status.VALIDATING.value,
             content_sha256=package.content_sha256,
             manifest_sha256=package.manifest_sha256,
             manifest=package.manifest,
             total_bytes=package.total_bytes,
-            created_by=actor,
-            updated_by=actor,
         )
         session.add(row)
         try:
@@ -372,20 +395,13 @@ def record_failure(
         existing.updated_at, existing.updated_by = utcnow(), actor
         commit_or_flush(session, commit)
         return existing
-    row = AdapterVersion(
-        id=new_adapter_id(),
+    row = _validating_row(
         namespace=namespace,
         name=name,
         version=version,
         base_model=base_model,
-        job_id=provenance.job_id,
-        dataset=provenance.dataset,
-        hyperparameters=dict(provenance.hyperparameters),
-        metrics=dict(provenance.metrics),
-        custom_fields=dict(provenance.custom_fields),
-        status=Status.VALIDATING.value,
-        created_by=actor,
-        updated_by=actor,
+        provenance=provenance,
+        actor=actor,
     )
     session.add(row)
     session.flush()

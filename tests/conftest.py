@@ -13,30 +13,22 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from netsupport import S3_ACCESS_KEY, S3_SECRET_KEY, free_port  # noqa: F401 (re-exported)
-
-PG_ADMIN_URL = os.environ.get(
-    "LORAFLEET_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from netsupport import (  # noqa: F401 (re-exported)
+    PG_ADMIN_URL,
+    REDIS_BASE_URL,
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    flushed_redis_db,
+    free_port,
+    fresh_postgres_database,
 )
-REDIS_BASE_URL = os.environ.get("LORAFLEET_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A brand-new PostgreSQL database for this test session (dropped afterwards)."""
-    import sqlalchemy as sa
-
-    name = f"lorafleet_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with fresh_postgres_database("lorafleet_test") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -46,17 +38,9 @@ def redis_url() -> Iterator[str]:
     The index comes from ``LORAFLEET_TEST_REDIS_DB`` (default 7) so parallel runs can be kept
     apart.
     """
-    import redis
-
     index = int(os.environ.get("LORAFLEET_TEST_REDIS_DB", "7"))
-    url = f"{REDIS_BASE_URL}/{index}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with flushed_redis_db(f"{REDIS_BASE_URL}/{index}") as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @pytest.fixture(scope="session")

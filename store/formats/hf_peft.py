@@ -149,14 +149,7 @@ def read_hf_peft(directory: Path, limits: ValidationLimits) -> CanonicalAdapter:
             "missing_weights", f"neither {SAFETENSORS_FILE} nor {BIN_FILE} is present"
         )
     weights = parse_peft_state_dict(state, source)
-    return CanonicalAdapter(
-        source_format="hf_peft",
-        rank=rank,
-        alpha=alpha,
-        target_modules=sorted({module for _, module in weights}),
-        num_layers=max(layer for layer, _ in weights) + 1,
-        weights=weights,
-    )
+    return CanonicalAdapter.from_weights("hf_peft", rank, alpha, weights)
 
 
 def peft_config_dict(adapter: CanonicalAdapter, base_model_name: str | None = None) -> dict:

@@ -89,14 +89,7 @@ def read_nemo(directory: Path, limits: ValidationLimits) -> CanonicalAdapter:
     weights = _unfuse(state, config, archive.name)
     if not weights:
         raise AdapterInvalid("missing_weights", f"{archive.name} holds no LoRA tensors")
-    return CanonicalAdapter(
-        source_format="nemo",
-        rank=rank,
-        alpha=alpha,
-        target_modules=sorted({m for _, m in weights}),
-        num_layers=max(layer for layer, _ in weights) + 1,
-        weights=weights,
-    )
+    return CanonicalAdapter.from_weights("nemo", rank, alpha, weights)
 
 
 def _parse_config(data: bytes, archive: str) -> dict[str, Any]:

@@ -29,6 +29,25 @@ ATTENTION_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
 GiB = 1024**3
 
 
+def llama_module_shapes(
+    *, hidden_size: int, intermediate_size: int, num_heads: int, num_kv_heads: int, head_dim: int
+) -> dict[str, tuple[int, int]]:
+    """``module -> (in_features, out_features)`` of the seven LoRA targets of a Llama-family
+    model with these dimensions, in ``SUPPORTED_MODULES`` order. The registry's
+    ``BaseModelSpec`` and the engine's ``ModelArgs`` both take their shapes from here."""
+    q_out = num_heads * head_dim
+    kv_out = num_kv_heads * head_dim
+    return {
+        "q_proj": (hidden_size, q_out),
+        "k_proj": (hidden_size, kv_out),
+        "v_proj": (hidden_size, kv_out),
+        "o_proj": (q_out, hidden_size),
+        "gate_proj": (hidden_size, intermediate_size),
+        "up_proj": (hidden_size, intermediate_size),
+        "down_proj": (intermediate_size, hidden_size),
+    }
+
+
 @dataclass(frozen=True)
 class BaseModelSpec:
     """The dimensions of a Llama-family base model that an adapter must match."""
@@ -92,17 +111,13 @@ class BaseModelSpec:
 
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         """``module -> (in_features, out_features)`` for every module in ``SUPPORTED_MODULES``."""
-        q_out = self.num_heads * self.head_dim
-        kv_out = self.num_kv_heads * self.head_dim
-        return {
-            "q_proj": (self.hidden_size, q_out),
-            "k_proj": (self.hidden_size, kv_out),
-            "v_proj": (self.hidden_size, kv_out),
-            "o_proj": (q_out, self.hidden_size),
-            "gate_proj": (self.hidden_size, self.intermediate_size),
-            "up_proj": (self.hidden_size, self.intermediate_size),
-            "down_proj": (self.intermediate_size, self.hidden_size),
-        }
+        return llama_module_shapes(
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that ``from_dict`` turns back into an equal spec."""
@@ -151,6 +166,25 @@ class CanonicalAdapter:
     num_layers: int
     # (layer, module) -> (A [r, in], B [out, r])
     weights: dict[tuple[int, str], tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def from_weights(
+        cls,
+        source_format: str,
+        rank: int,
+        alpha: float,
+        weights: dict[tuple[int, str], tuple[Tensor, Tensor]],
+    ) -> CanonicalAdapter:
+        """An adapter whose ``target_modules`` and ``num_layers`` are read off ``weights``
+        (which must not be empty): the modules present, and one past the highest layer."""
+        return cls(
+            source_format=source_format,
+            rank=rank,
+            alpha=alpha,
+            target_modules=sorted({module for _, module in weights}),
+            num_layers=max(layer for layer, _ in weights) + 1,
+            weights=weights,
+        )
 
     @property
     def scaling(self) -> float:

@@ -179,14 +179,7 @@ def read_trtllm(
             f"{config_path.name}: adapter sizes differ across modules: {sorted(ranks)}",
         )
     rank = ranks.pop()
-    return CanonicalAdapter(
-        source_format="trtllm",
-        rank=rank,
-        alpha=float(rank),
-        target_modules=sorted({m for _, m in weights}),
-        num_layers=max(layer for layer, _ in weights) + 1,
-        weights=weights,
-    )
+    return CanonicalAdapter.from_weights("trtllm", rank, float(rank), weights)
 
 
 def _weights_matrix(

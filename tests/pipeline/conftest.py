@@ -18,14 +18,11 @@ from pathlib import Path
 
 import pytest
 import redis
-import sqlalchemy as sa
+from netsupport import fresh_postgres_database
 from sqlmodel import Session
 
 os.environ.setdefault("LORAFLEET_TEST_REDIS_DB", "6")
 
-PG_ADMIN_URL = os.environ.get(
-    "LORAFLEET_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 S3_ACCESS_KEY = S3_SECRET_KEY = "testing"  # moto accepts any; same as tests/conftest.py
 
 from pipeline_harness import BASE_MODEL, REPO, Pipeline  # noqa: E402
@@ -36,18 +33,9 @@ def pipeline_db_url() -> Iterator[str]:
     """A brand-new, migrated PostgreSQL database for this module (dropped afterwards)."""
     from store.db import upgrade
 
-    name = f"lorafleet_pipe_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with fresh_postgres_database("lorafleet_pipe") as url:
         upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def start_worker(env: dict[str, str], log_path: Path, name: str) -> subprocess.Popen[bytes]:

@@ -8,8 +8,6 @@ the store tests' per-test cleaned databases. The server itself is the API engine
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,17 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
+from netsupport import fresh_postgres_database
 from sqlalchemy.engine import Engine
 
 from store.api.server import run_registry_api
 from store.blobs import BlobStore, open_blob_store
 from store.db import make_engine, upgrade
 from store.settings import StoreSettings
-
-PG_ADMIN_URL = os.environ.get(
-    "LORAFLEET_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 
 
 @contextmanager
@@ -38,18 +32,9 @@ def fresh_database(kind: str, directory: Path) -> Iterator[str]:
         upgrade(url)
         yield url
         return
-    name = f"lorafleet_sec_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with fresh_postgres_database("lorafleet_sec") as url:
         upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @dataclass
