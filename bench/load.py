@@ -114,7 +114,10 @@ def event_latencies(cluster: Cluster, announced: list[Any]) -> tuple[list[float]
 
 def run(events: int = 1000, uploads: int = 50, workdir: Path | None = None) -> dict[str, Any]:
     """Run the load once and return the results (see the module docstring)."""
-    root = Path(workdir or tempfile.mkdtemp(prefix="lorafleet-load-"))
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="lorafleet-load-") as tmp:
+            return run(events, uploads, Path(tmp))
+    root = Path(workdir)
     redis_server = RedisServer(root / "redis")
     redis_server.start()
     try:
@@ -141,7 +144,7 @@ def _measure(cluster: Cluster, events: int, uploads: int) -> dict[str, Any]:
     cluster.start(workers=1, bridges=1)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
-    api = cluster._proc("api", lorafleet_argv("api", "--host", "127.0.0.1", "--port", str(port)))
+    api = cluster.add_proc("api", lorafleet_argv("api", "--host", "127.0.0.1", "--port", str(port)))
     api.start()
     wait_for(
         lambda: httpx.get(f"{api_url}/v1/health/ready", timeout=2).status_code == 200,

@@ -88,7 +88,9 @@ class Cluster:
             "LORAFLEET_BLOB_URL": blob_url,
             "LORAFLEET_HOME": str(root / "home"),
             "LORAFLEET_ARTIFACT_ROOTS": str(artifacts["root"]),
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p
+            ),
             **(extra_env or {}),
         }
         self.engine = make_engine(db_url)
@@ -108,7 +110,8 @@ class Cluster:
 
     # --- processes ------------------------------------------------------------------------
 
-    def _proc(self, name: str, argv: list[str]) -> Proc:
+    def add_proc(self, name: str, argv: list[str]) -> Proc:
+        """A process with this cluster's environment, supervised and stopped with it."""
         proc = Proc(name, argv, self.env, self.logs)
         self.procs.append(proc)
         return proc
@@ -116,16 +119,16 @@ class Cluster:
     def start(self, workers: int = 1, bridges: int = 1, beat: bool = True) -> Cluster:
         """Start ``workers`` Celery workers (2 prefork processes each), bridges and beat."""
         for i in range(workers):
-            self.workers.append(self._proc(f"worker-{i}", worker_argv(f"chaos{i}")))
+            self.workers.append(self.add_proc(f"worker-{i}", worker_argv(f"chaos{i}")))
         for i in range(bridges):
-            self.bridges.append(self._proc(f"bridge-{i}", self.bridge_argv()))
+            self.bridges.append(self.add_proc(f"bridge-{i}", self.bridge_argv()))
         for w in self.workers:
             w.start(b" ready.")
         for b in self.bridges:
             b.start(b"stream_consumer_connected")
         if beat:
             schedule = self.root / "home" / f"beat-{uuid.uuid4().hex[:6]}"
-            self._proc("beat", lorafleet_argv("beat", "--schedule", str(schedule))).start()
+            self.add_proc("beat", lorafleet_argv("beat", "--schedule", str(schedule))).start()
         if not self._supervising.is_set():
             self._supervising.set()
             threading.Thread(target=self._supervise, name="supervisor", daemon=True).start()
@@ -174,27 +177,12 @@ class Cluster:
         every 10th with an adapter for another model (-> failed, ``shape_mismatch``)."""
         out = []
         for i in range(n):
+            ns, artifact = AUTO_NS, self.artifacts[f"valid-{i % 3}"]
+            expected, code = "ready", None
             if i % 10 == 9:
-                ns, artifact, expected, code = (
-                    AUTO_NS,
-                    self.artifacts["invalid"],
-                    "failed",
-                    ("shape_mismatch"),
-                )
+                artifact, expected, code = self.artifacts["invalid"], "failed", "shape_mismatch"
             elif i % 5 == 3:
-                ns, artifact, expected, code = (
-                    MANUAL_NS,
-                    self.artifacts[f"valid-{i % 3}"],
-                    ("pending"),
-                    None,
-                )
-            else:
-                ns, artifact, expected, code = (
-                    AUTO_NS,
-                    self.artifacts[f"valid-{i % 3}"],
-                    ("ready"),
-                    None,
-                )
+                ns, expected = MANUAL_NS, "pending"
             coords = f"{ns}/bot-{tag}-{i % 10}@1.{i // 10}.0"
             event = JobCompleted(
                 job_id=f"job-{tag}-{i}",
@@ -256,7 +244,7 @@ class Cluster:
 
     # --- observing --------------------------------------------------------------------------
 
-    def wait_settled(self, announced: list[Announced], timeout: float = 240.0) -> float:
+    def wait_settled(self, announced: list[Announced], timeout: float = 150.0) -> float:
         """Wait until every announcement has a final outcome and the outbox is drained;
         returns the seconds waited. On timeout the checker still runs (and reports)."""
         start = time.monotonic()

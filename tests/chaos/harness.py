@@ -27,6 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BASE_MODEL = "tiny-llama"
 AUTO_NS, MANUAL_NS = "acme", "gated"
+# The Celery app the workers run; another module can be named to try a configuration change
+# under the same faults (it must import ``workers.tasks``' app and adjust its ``conf``).
+CELERY_APP = os.environ.get("LORAFLEET_CHAOS_CELERY_APP", "workers.celery_app:app")
 
 
 PG_ADMIN_URL = os.environ.get(
@@ -235,7 +238,7 @@ class Announced:
 def worker_argv(name: str, concurrency: int = 2) -> list[str]:
     """A real Celery worker on every lorafleet queue (as ``lorafleet worker`` runs it)."""
     return [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker",
+        sys.executable, "-m", "celery", "-A", CELERY_APP, "worker",
         "-Q", "ingest,fleet,maintenance", f"--concurrency={concurrency}", "--pool=prefork",
         "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO",
     ]  # fmt: skip

@@ -13,7 +13,7 @@ from cluster import event_count
 from events import streams
 from store.models import AdapterVersion
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(480)]
 
 
 def test_clean_run_has_every_outcome_exactly_once(shared_redis_url, make_cluster):
@@ -21,7 +21,7 @@ def test_clean_run_has_every_outcome_exactly_once(shared_redis_url, make_cluster
     n = min(event_count(), 60)
     started = time.monotonic()
     sent = cluster.announce(cluster.plan(n, "ok"))
-    cluster.wait_settled(sent, timeout=180)
+    cluster.wait_settled(sent, timeout=150)
     report = record(cluster.check("no fault (control)", sent, started))
     assert report.ok, report.summary() + cluster.logs_tail()
     # The plan's mix: 1 in 10 refused, 2 in 10 waiting for approval, the rest ready.

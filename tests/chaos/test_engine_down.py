@@ -20,7 +20,7 @@ from harness import BASE_MODEL, Proc, free_port, lorafleet_argv, wait_for
 from store.client import RegistryClient
 from store.models import AdapterVersion
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(480)]
 
 ADMIN_TOKEN = "lft_chaos_admin_token_0123456789"
 
@@ -52,7 +52,7 @@ def test_engine_down_during_approvals_and_archives_serves_exactly_the_ready_set(
     cluster.start(workers=1, bridges=1)
     api_port, engine_port = free_port(), free_port()
     api_url, engine_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{engine_port}"
-    api = cluster._proc(
+    api = cluster.add_proc(
         "api", lorafleet_argv("api", "--host", "127.0.0.1", "--port", str(api_port))
     ).start()
     wait_for(lambda: healthy(api_url, "/v1/health/ready"), 60, "registry API ready")
@@ -79,7 +79,7 @@ def test_engine_down_during_approvals_and_archives_serves_exactly_the_ready_set(
 
     started = time.monotonic()
     sent = cluster.announce(cluster.plan(30, "en"))
-    cluster.wait_settled(sent, timeout=180)
+    cluster.wait_settled(sent, timeout=150)
     client = RegistryClient(api_url, ADMIN_TOKEN)
     try:
         engine.start()

@@ -15,7 +15,7 @@ from checker import record
 from cluster import event_count
 from faults import S3Server
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(480)]
 
 ACCESS_KEY = SECRET_KEY = "testing"  # moto accepts any
 
@@ -55,7 +55,7 @@ def test_s3_down_during_uploads_retries_then_registers_whole_versions(
         s3_server.start()
     thread.join(timeout=300)
     assert not thread.is_alive(), "announcer stuck"
-    cluster.wait_settled(sent, timeout=300)
+    cluster.wait_settled(sent, timeout=150)
     report = record(cluster.check("s3 endpoint down", sent, started))
     assert report.lost == [], report.summary() + cluster.logs_tail()
     assert report.duplicated == [], report.summary()

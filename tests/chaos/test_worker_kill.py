@@ -14,7 +14,7 @@ import pytest
 from checker import record
 from cluster import event_count
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(480)]
 
 
 def test_kill9_workers_mid_stream_registers_each_event_once(shared_redis_url, make_cluster):
@@ -39,7 +39,7 @@ def test_kill9_workers_mid_stream_registers_each_event_once(shared_redis_url, ma
     thread.join(timeout=300)
     assert not thread.is_alive(), "announcer stuck"
     assert len(sent) == n
-    cluster.wait_settled(sent, timeout=240)
+    cluster.wait_settled(sent, timeout=150)
     report = record(cluster.check("kill -9 celery workers", sent, started))
     assert kills >= 4
     # Some kills landed on work in flight, which the broker handed out again.
