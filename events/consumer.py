@@ -29,7 +29,8 @@ class ReconnectingLoop:
     On a transient Redis error the client is dropped, the loop sleeps with exponential
     back-off and full jitter (``initial_backoff`` .. ``max_backoff`` seconds), reconnects and
     calls ``on_connect(client)`` (e.g. to recreate a consumer group) before stepping again.
-    Any other exception propagates: a bug must not be retried forever.
+    A stream or group deleted under a blocked read (``UNBLOCKED``/``NOGROUP``) is handled the
+    same way. Any other exception propagates: a bug must not be retried forever.
     """
 
     def __init__(
@@ -77,7 +78,9 @@ class ReconnectingLoop:
                     )
                 self.step(client)
                 backoff = self.initial_backoff
-            except TRANSIENT_REDIS_ERRORS as exc:
+            except (*TRANSIENT_REDIS_ERRORS, redis.ResponseError) as exc:
+                if isinstance(exc, redis.ResponseError) and not _lost_stream(exc):
+                    raise
                 self.reconnects += 1
                 log.warning(
                     "stream_consumer_disconnected",
@@ -92,6 +95,13 @@ class ReconnectingLoop:
                 backoff = min(self.max_backoff, backoff * 2)
         if client is not None:
             client.close()
+
+
+def _lost_stream(exc: redis.ResponseError) -> bool:
+    """The stream (or its group) vanished under a blocked read: someone deleted the key, or
+    Redis restarted without it. Reconnecting reruns ``on_connect``, which recreates them."""
+    message = str(exc)
+    return message.startswith("UNBLOCKED") or message.startswith("NOGROUP")
 
 
 def _redact(url: str) -> str:

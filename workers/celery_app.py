@@ -47,6 +47,15 @@ def create_app(settings: WorkerSettings | None = None, *, redis_url: str | None 
         result_expires=settings.result_expires,
         broker_connection_retry_on_startup=True,
         task_publish_retry=True,
+        # A chain hands over to its next step by publishing; if Redis restarts at that
+        # moment, kombu's default (3 tries in ~0.6 s) gives up and strands the event until
+        # the reclaim sweep. Keep trying for about two minutes instead.
+        task_publish_retry_policy={
+            "max_retries": 60,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
         task_queues=(
             Queue(streams.INGEST_QUEUE),
             Queue(streams.FLEET_QUEUE),

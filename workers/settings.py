@@ -60,7 +60,7 @@ class WorkerSettings(BaseSettings):
     task_time_limit: int = 1800
     # Longer than the longest task (time limit + the longest retry countdown), or Redis
     # redelivers a message that a live worker is still running.
-    broker_visibility_timeout: int = 7200
+    broker_visibility_timeout: int = 2400
     result_expires: int = 3600
 
     # Beat.
@@ -69,7 +69,9 @@ class WorkerSettings(BaseSettings):
     reclaim_interval_s: float = 60.0
     # Ingest records not progressing for this long are re-enqueued (tasks touch them).
     stuck_received_s: int = 120
-    stuck_enqueued_s: int = 3600
+    # Re-driving a chain that is merely slow is harmless (every step is idempotent); this
+    # bounds how long a task message lost with a crashed Redis delays its adapter.
+    stuck_enqueued_s: int = 900
     # Versions left in uploading/validating this long are failed (``stuck``).
     stuck_version_s: int = 3600
     blob_gc_interval_s: float = 3600.0

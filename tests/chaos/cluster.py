@@ -40,11 +40,15 @@ FAST_ENV = {
     "LORAFLEET_BRIDGE_MAX_DELIVERIES": "8",
     "LORAFLEET_TASK_MAX_RETRIES": "20",
     "LORAFLEET_TASK_RETRY_BACKOFF_MAX": "4",
-    # Unacknowledged task messages of a dead worker come back after this (prod 7200 s).
+    # Unacknowledged task messages of a dead worker come back after this (prod 2400 s).
     "LORAFLEET_BROKER_VISIBILITY_TIMEOUT": "10",
     "LORAFLEET_RELAY_INTERVAL_S": "1",
     "LORAFLEET_RECLAIM_INTERVAL_S": "5",
     "LORAFLEET_STUCK_RECEIVED_S": "15",
+    # A task message Redis loses in a crash (kombu pops it, then records it as unacked:
+    # not atomic) leaves its ingest record `enqueued`; the sweep re-drives it after this
+    # (prod 900 s).
+    "LORAFLEET_STUCK_ENQUEUED_S": "30",
     "LORAFLEET_LOG_FORMAT": "json",
     "LORAFLEET_LOG_LEVEL": "INFO",
 }
