@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.protocol import (
     ChatRequest,
@@ -82,6 +83,12 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
         loc = [str(p) for p in first.get("loc", []) if p != "body"]
         message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
         return error_response(400, message, loc[0] if loc else None, "invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (a body that is not JSON, an unknown route, a wrong
+        # method) answer in OpenAI's shape too, so clients parse one error format.
+        return error_response(exc.status_code, str(exc.detail), None, None)
 
     @app.get("/v1/health/live")
     async def live() -> dict[str, str]:

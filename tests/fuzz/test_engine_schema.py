@@ -1,0 +1,126 @@
+"""Schema fuzzing of the engine's OpenAI-compatible API (schemathesis): every operation in
+the live engine's ``/openapi.json`` with generated valid and invalid inputs.
+
+Guaranteed (enforced): no 5xx, whatever the body; every error answers in OpenAI's shape
+(``{"error": {"message", "type", ...}}``) with a status the engine documents (400, 404, 422,
+429); a valid request for the base model or an adapter never fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis import checks as st_checks
+from serving_fixtures import engine_settings, live_engine, model_spec, write_adapter_dir
+
+from engine.cli import build_runtime
+from engine.tiny import init_tiny
+
+EXAMPLES = 12
+ERROR_STATUSES = {400, 404, 405, 413, 415, 422, 429}
+
+
+def openai_error_shape(ctx, response, case) -> None:  # noqa: ANN001 (schemathesis check)
+    """Every non-2xx answer is a known status with OpenAI's error body."""
+    if response.status_code < 400:
+        return
+    assert response.status_code in ERROR_STATUSES, f"unexpected status {response.status_code}"
+    error = response.json().get("error")
+    assert isinstance(error, dict), response.text
+    assert isinstance(error.get("message"), str) and isinstance(error.get("type"), str), error
+
+
+@pytest.fixture(scope="module")
+def engine_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A live engine on a tiny model serving the base model and one local adapter."""
+    root = tmp_path_factory.mktemp("engine-fuzz")
+    model_dir = init_tiny(root / "tiny")
+    peft_root = root / "loras"
+    peft_root.mkdir()
+    write_adapter_dir(peft_root, "fuzz-lora", model_spec(model_dir))
+    runtime = build_runtime(engine_settings(model_dir, peft_source=str(peft_root)))
+    with live_engine(runtime) as base:
+        yield base
+
+
+def fuzz(base: str, mode: GenerationMode, checks: list) -> tuple[list[str], list[str]]:
+    """Run ``EXAMPLES`` generated cases per operation; returns (operations, failures)."""
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    labels, failures = [], []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        labels.append(operation.label)
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        def run(case: schemathesis.Case) -> None:
+            case.call_and_validate(checks=checks, timeout=60)
+
+        try:
+            run()
+        except Unsatisfiable:
+            pass  # no invalid input exists for an operation without parameters
+        except BaseException as exc:  # noqa: BLE001 - FailureGroup is a BaseExceptionGroup
+            failures.append(f"{operation.label} [{mode.value}]: {exc}".strip()[:3000])
+    return labels, failures
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_engine_never_answers_5xx_and_errors_have_openai_shape(
+    engine_url: str, mode: GenerationMode
+) -> None:
+    checks = [st_checks.not_a_server_error, openai_error_shape]
+    labels, failures = fuzz(engine_url, mode, checks)
+    assert {"POST /v1/completions", "POST /v1/chat/completions", "GET /v1/models"} <= set(labels)
+    assert not failures, "\n\n".join(failures)
+
+
+def test_fuzzed_engine_still_serves_the_base_and_the_adapter(engine_url: str) -> None:
+    import httpx
+
+    for model in ("tiny-llama", "fuzz-lora"):
+        r = httpx.post(
+            f"{engine_url}/v1/completions",
+            json={"model": model, "prompt": "hello", "max_tokens": 4},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 4
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/v1/completions", b"{not json", 400),
+        ("POST", "/v1/chat/completions", b"\xff\xfe", 400),
+        ("GET", "/v1/no-such-route", None, 404),
+        ("DELETE", "/v1/models", None, 405),
+    ],
+)
+def test_framework_refusals_answer_in_openai_shape(
+    engine_url: str, method: str, path: str, body: bytes | None, status: int
+) -> None:
+    import httpx
+
+    r = httpx.request(
+        method,
+        f"{engine_url}{path}",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"], error
