@@ -141,6 +141,7 @@ def build_runtime(settings: EngineSettings, source: PeftSource | None = None) ->
         eos_token_ids=eos,
         decode=tokenizer.decode,
         device=device,
+        vocab_size=args.vocab_size,
     )
     return EngineRuntime(
         model_name=name,

@@ -9,6 +9,10 @@ adapter. Tokens stream to each request's ``sink`` as ``TokenDelta`` values.
 The scheduler runs the model in one background thread; ``submit`` runs in the caller's
 thread because it may load an adapter from the PEFT source (and raises ``CacheFull`` when
 the CPU cache cannot hold one more active adapter).
+
+A failure is one request's: token ids are checked against the vocabulary at ``submit`` (an
+out-of-range index on CUDA is a device assert that kills the process), and a batch whose
+step raises is retried one request at a time, so only the request that fails alone fails.
 """
 
 from __future__ import annotations
@@ -28,6 +32,20 @@ from engine.lora import LoraBatch
 from engine.sampling import SampledToken, SamplingParams, find_stop, holdback, sample
 
 log = structlog.get_logger(__name__)
+
+
+class InvalidPrompt(ValueError):
+    """A prompt this engine cannot run (too long, or a token id outside the vocabulary)."""
+
+
+def check_token_ids(ids: list[int], vocab_size: int) -> None:
+    """Raise ``InvalidPrompt`` unless every id is in ``[0, vocab_size)``."""
+    for token_id in ids:
+        if not 0 <= token_id < vocab_size:
+            raise InvalidPrompt(
+                f"token id {token_id} is out of range: this model's vocabulary has "
+                f"{vocab_size} tokens (ids 0..{vocab_size - 1})"
+            )
 
 
 @dataclass(frozen=True)
@@ -93,8 +111,10 @@ class Scheduler:
         eos_token_ids: list[int],
         decode: Callable[[list[int]], str],
         device: torch.device | str = "cpu",
+        vocab_size: int | None = None,
     ) -> None:
         self.model = model
+        self.vocab_size = vocab_size or _embedding_rows(model)
         self.cache = cache
         self.max_batch = max_batch
         self.max_seq_len = max_seq_len
@@ -117,12 +137,13 @@ class Scheduler:
 
     def submit(self, req: GenerationRequest) -> None:
         """Queue ``req``. Pins its adapter in the CPU cache first (loading it on a miss), so
-        this may block; raises ``CacheFull`` / ``UnknownAdapter`` / ``AdapterInvalid`` with
-        nothing queued or pinned."""
+        this may block; raises ``InvalidPrompt`` / ``CacheFull`` / ``UnknownAdapter`` /
+        ``AdapterInvalid`` with nothing queued or pinned."""
         if len(req.prompt_ids) >= self.max_seq_len:
-            raise ValueError(
+            raise InvalidPrompt(
                 f"prompt of {len(req.prompt_ids)} tokens does not fit {self.max_seq_len}"
             )
+        check_token_ids(req.prompt_ids, self.vocab_size)
         if req.adapter is not None:
             req._lora = self.cache.cpu.acquire(req.adapter)
         req._generator = req.params.make_generator(self.device)
@@ -215,12 +236,43 @@ class Scheduler:
         return admitted
 
     def _run(self, batch: list[GenerationRequest], *, prefill: bool) -> None:
+        """Run one forward + sample over ``batch``. If it raises, run each request alone, so
+        a request that fails (a bug, OOM, a bad input) fails only itself."""
+        try:
+            picked = self._forward(batch, prefill=prefill)
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning(
+                    "engine_step_failed_retrying_alone",
+                    batch=len(batch),
+                    prefill=prefill,
+                    error=str(exc),
+                )
+                for r in batch:
+                    if not r.finished:
+                        self._run([r], prefill=prefill)
+                return
+            log.exception("engine_step_failed", request_id=batch[0].request_id, prefill=prefill)
+            self._finish(batch[0], "error", error=f"engine error: {exc}")
+            return
+        if prefill:
+            self.prompt_tokens += sum(len(r.prompt_ids) for r in batch)
+        self.generated_tokens += len(batch)
+        self._recent.append((time.monotonic(), len(batch)))
+        while self._recent and time.monotonic() - self._recent[0][0] > 60:
+            self._recent.popleft()
+        for r, tok in zip(batch, picked, strict=True):
+            self._advance(r, tok)
+
+    def _forward(self, batch: list[GenerationRequest], *, prefill: bool) -> list[SampledToken]:
+        """One model call over ``batch`` (prefill of the prompts, or one decode token each)
+        and the sampled next tokens; raises whatever the model raises."""
         slots = torch.tensor([r._slot for r in batch], dtype=torch.long, device=self.device)
         lora = LoraBatch(slots) if any(r._slot >= 0 for r in batch) else None
         rows = torch.tensor([r._row for r in batch], dtype=torch.long, device=self.device)
         if prefill:
             width = max(len(r.prompt_ids) for r in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)  # [B, S]
             pos = torch.zeros(len(batch), width, dtype=torch.long)
             for i, r in enumerate(batch):
                 n = len(r.prompt_ids)
@@ -228,27 +280,14 @@ class Scheduler:
                 # Padding sits after the real tokens; decode overwrites it before use.
                 pos[i] = torch.arange(width)
             last = torch.tensor([len(r.prompt_ids) - 1 for r in batch], device=self.device)
-            self.prompt_tokens += sum(len(r.prompt_ids) for r in batch)
         else:
-            ids = torch.tensor([[r.output_ids[-1]] for r in batch], dtype=torch.long)
+            ids = torch.tensor([[r.output_ids[-1]] for r in batch], dtype=torch.long)  # [B, 1]
             pos = torch.tensor([[len(r.prompt_ids) + len(r.output_ids) - 1] for r in batch])
             last = None
-        try:
-            logits = self.model(
-                ids.to(self.device), pos.to(self.device), rows, lora, logit_index=last
-            )[:, -1]  # [B, V]
-            picked = sample(logits, [r.params for r in batch], [r._generator for r in batch])
-        except Exception as exc:  # a bug or OOM must fail these requests, not the engine
-            log.exception("engine_step_failed", batch=len(batch), prefill=prefill)
-            for r in batch:
-                self._finish(r, "error", error=f"engine error: {exc}")
-            return
-        self.generated_tokens += len(batch)
-        self._recent.append((time.monotonic(), len(batch)))
-        while self._recent and time.monotonic() - self._recent[0][0] > 60:
-            self._recent.popleft()
-        for r, tok in zip(batch, picked, strict=True):
-            self._advance(r, tok)
+        logits = self.model(ids.to(self.device), pos.to(self.device), rows, lora, logit_index=last)[
+            :, -1
+        ]  # [B, V]
+        return sample(logits, [r.params for r in batch], [r._generator for r in batch])
 
     def _advance(self, req: GenerationRequest, tok: SampledToken) -> None:
         p = req.params
@@ -337,3 +376,8 @@ class Scheduler:
             except Exception:  # keep serving; the failing requests were finished with error
                 log.exception("scheduler_step_crashed")
                 time.sleep(0.05)
+
+
+def _embedding_rows(model: torch.nn.Module) -> int:
+    """The vocabulary size of a model with ``tok_embeddings`` (``engine.model.Transformer``)."""
+    return int(model.tok_embeddings.num_embeddings)  # type: ignore[union-attr]

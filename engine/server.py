@@ -37,7 +37,7 @@ from engine.protocol import (
     normalize_prompts,
 )
 from engine.sampling import InvalidSamplingParams, SamplingParams
-from engine.scheduler import GenerationRequest, TokenDelta
+from engine.scheduler import GenerationRequest, InvalidPrompt, TokenDelta, check_token_ids
 from store.errors import LorafleetError
 
 if TYPE_CHECKING:
@@ -76,6 +76,10 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
     @app.exception_handler(InvalidSamplingParams)
     async def _bad_params(_: Request, exc: InvalidSamplingParams) -> JSONResponse:
         return error_response(400, exc.message, exc.param, "invalid_value")
+
+    @app.exception_handler(InvalidPrompt)
+    async def _bad_prompt(_: Request, exc: InvalidPrompt) -> JSONResponse:
+        return error_response(400, str(exc), "prompt", "invalid_value")
 
     @app.exception_handler(RequestValidationError)
     async def _bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -129,6 +133,14 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
         raise OpenAIError(
             404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
         )
+
+    def check_prompts(prompts: list[list[int]], param: str) -> None:
+        """400 for a token id outside the vocabulary, before anything reaches the model."""
+        for ids in prompts:
+            try:
+                check_token_ids(ids, runtime.scheduler.vocab_size)
+            except InvalidPrompt as exc:
+                raise OpenAIError(400, str(exc), param=param, code="invalid_value") from exc
 
     def sampling(
         body: CommonRequest, max_tokens: int | None, logprobs: int | None, prompt_len: int
@@ -341,6 +353,7 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
         if body.echo:
             raise OpenAIError(400, "echo is not supported", param="echo")
         prompts = normalize_prompts(body.prompt, tok.encode)
+        check_prompts(prompts, "prompt")
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         params = sampling(body, max_tokens, body.logprobs, max(len(p) for p in prompts))
         runtime.metrics.requests.labels("completions", "accepted").inc()
@@ -367,6 +380,7 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
             ids = tok.encode_chat(messages, add_generation_prompt=True)
         except ValueError as exc:
             raise OpenAIError(400, str(exc), param="messages") from exc
+        check_prompts([ids], "messages")
         max_tokens = body.max_completion_tokens or body.max_tokens
         top = body.top_logprobs or 0
         params = sampling(body, max_tokens, top if body.logprobs else None, len(ids))

@@ -14,7 +14,7 @@ from serving_fixtures import model_spec, peft_root, runtime_factory, write_adapt
 from engine.cache import CacheFull
 from engine.cli import EngineRuntime
 from engine.sampling import SamplingParams
-from engine.scheduler import GenerationRequest, TokenDelta
+from engine.scheduler import GenerationRequest, InvalidPrompt, TokenDelta
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 
@@ -189,3 +189,38 @@ def test_seeded_sampling_is_reproducible(
     drain(runtime)
     assert r1.output_ids == r3.output_ids
     assert r1.output_ids != r2.output_ids
+
+
+def test_out_of_vocabulary_token_ids_are_refused_at_submit(
+    runtime_factory,
+    tiny_model_dir: Path,
+    peft_root: Path,
+) -> None:
+    runtime = make(runtime_factory, tiny_model_dir, peft_root, [])
+    vocab = runtime.scheduler.vocab_size
+    for bad in ([vocab], [-5], [1, 2, 999999]):
+        with pytest.raises(InvalidPrompt, match="out of range"):
+            runtime.scheduler.submit(GenerationRequest(bad, GREEDY, Collector()))
+    assert not runtime.scheduler.has_work()
+
+
+def test_a_failing_request_fails_alone_in_prefill_and_decode(
+    runtime_factory,
+    tiny_model_dir: Path,
+    peft_root: Path,
+) -> None:
+    """A request whose forward pass raises (here: an index the embedding cannot take, put
+    past the admission check) fails by itself; its batch-mates finish normally."""
+    runtime = make(runtime_factory, tiny_model_dir, peft_root, ["a1"])
+    alone, _ = submit(runtime, "a1")
+    drain(runtime)
+    reqs = [submit(runtime, a) for a in (None, "a1", None, "a1")]
+    reqs[1][0].prompt_ids[0] = 10**6  # breaks this request's prefill
+    runtime.scheduler.step()
+    reqs[2][0].output_ids[-1] = -7  # breaks this request's next decode
+    drain(runtime)
+    finishes = [sink.finish for _, sink in reqs]
+    assert finishes == ["length", "error", "error", "length"]
+    assert "engine error" in (reqs[1][1].deltas[-1].error or "")
+    assert reqs[3][0].output_ids == alone.output_ids  # the survivors' output is unchanged
+    assert runtime.cache.cpu.pinned() == {} and runtime.scheduler.running == 0

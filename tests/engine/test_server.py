@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +123,30 @@ def test_metrics_expose_throughput_queue_and_residency(http: httpx.Client) -> No
         if line.startswith("lorafleet_engine_generated_tokens_total")
     ]
     assert float(generated[0].split()[-1]) >= 3
+
+
+def test_a_bad_token_id_is_400_and_never_fails_its_batch_mates(
+    engine: tuple[str, EngineRuntime],
+) -> None:
+    """Seven concurrent completions over real HTTP, two with ids outside the vocabulary: the
+    bad ones are 400 (OpenAI shape) and the other five complete."""
+    url, runtime = engine
+    vocab = runtime.scheduler.vocab_size
+    prompts: list[list[int]] = [[1, 2, 3]] * 7
+    prompts[1], prompts[3] = [999999], [-5]
+    body = {"model": "math", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+
+    async def all_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            calls = [client.post("/v1/completions", json={**body, "prompt": p}) for p in prompts]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(all_at_once())
+    assert [r.status_code for r in responses] == [200, 400, 200, 400, 200, 200, 200]
+    for bad in (responses[1], responses[3]):
+        assert_openai_error(bad, 400, "invalid_value", "prompt")
+        assert f"{vocab} tokens" in bad.json()["error"]["message"]
+    texts = {r.json()["choices"][0]["text"] for r in responses if r.status_code == 200}
+    assert len(texts) == 1  # greedy: every good request got the same, complete answer
+    chat = {"model": "math", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=30).status_code == 200
