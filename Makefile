@@ -4,10 +4,13 @@ PYTEST_ARGS ?=
 
 .PHONY: test chaos lint format demo venv bench
 
+# torch first, CPU build preferred (scripts/install_torch.py: PyTorch's CPU index when it
+# answers, else the configured index; it keeps a torch already at the pin), so pip never
+# pulls the CUDA wheels for lorafleet's `torch` requirement.
 venv:
 	test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q torch==2.13.0
+	.venv/bin/python scripts/install_torch.py
 	.venv/bin/pip install -q -e '.[test,bench,demo]'
 
 test:
@@ -24,12 +27,12 @@ format:
 	$(PYTHON) -m ruff format .
 	$(PYTHON) -m ruff check --fix .
 
-# The README's first command: a venv with CPU torch (pinned first, so pip never pulls the
-# CUDA wheels), lorafleet with the trainer's extras (transformers + peft), then the demo.
+# The README's first command: a venv with CPU torch (as `make venv`), lorafleet with the
+# trainer's extras (transformers + peft), then the demo.
 DEMO_ARGS ?=
 demo:
 	test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q torch==2.13.0
+	.venv/bin/python scripts/install_torch.py
 	.venv/bin/pip install -q -e '.[demo]'
 	.venv/bin/lorafleet demo $(DEMO_ARGS)
