@@ -3,7 +3,10 @@
 #
 #   docker build -t lorafleet:latest .                                   # CPU torch
 #   docker build -t lorafleet:latest-cuda \
-#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 .  # CUDA torch
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 .  # CUDA torch
+#
+# torch 2.13 publishes CUDA wheels on the cu126 (legacy: pre-Turing GPUs), cu130 (stable) and
+# cu132 (experimental) indexes; cu130 needs an NVIDIA driver >= 580 (older drivers: cu126).
 ARG PYTHON_VERSION=3.11
 
 # --- build: a virtual environment with torch first (from the chosen index), then lorafleet.
@@ -29,8 +32,8 @@ RUN pip install .
 FROM python:${PYTHON_VERSION}-slim AS runtime
 RUN groupadd --system --gid 10001 lorafleet \
  && useradd --system --uid 10001 --gid lorafleet --home-dir /var/lib/lorafleet --create-home lorafleet \
- && mkdir -p /models \
- && chown lorafleet:lorafleet /models
+ && mkdir -p /models /run/lorafleet \
+ && chown lorafleet:lorafleet /models /run/lorafleet
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

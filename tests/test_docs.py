@@ -34,3 +34,14 @@ def test_every_environment_variable_is_in_the_readme_configuration_table() -> No
 def test_readme_puts_the_two_commands_first() -> None:
     top = README.split("## ", 1)[0]
     assert "make demo" in top and "make test" in top
+
+
+def test_deploying_documents_the_required_admin_token_and_the_engines_reader_token() -> None:
+    deploying = README.split("## Deploying", 1)[1].split("\n## ", 1)[0]
+    kubernetes = (Path(__file__).resolve().parents[1] / "docs" / "deploy-kubernetes.md").read_text()
+    for text in (deploying, kubernetes):
+        assert "LORAFLEET_ADMIN_TOKEN" in text and "no default" in text
+        assert "--role reader --name engine" in text
+        assert "engine-token" in text
+        assert "whl/cu130" in text
+    assert "change-me" not in deploying + kubernetes

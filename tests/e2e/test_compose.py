@@ -7,6 +7,7 @@ everywhere, so CI catches a broken deployment file without Docker.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,7 +23,14 @@ from workers.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
-ONE_SHOT = {"minio-init", "migrate", "model-init"}
+ONE_SHOT = {"minio-init", "migrate", "model-init", "engine-token"}
+ENGINES = ("engine-cpu", "engine-gpu")
+# The indexes download.pytorch.org publishes torch 2.13 wheels on (pytorch/pytorch RELEASE.md,
+# "Release Compatibility Matrix": CUDA 12.6 and 13.0 stable, 13.2 experimental; 12.8 was
+# dropped in 2.12). This machine cannot reach the host: the table is the check.
+TORCH_2_13_INDEXES = {
+    f"https://download.pytorch.org/whl/{v}" for v in ("cpu", "cu126", "cu130", "cu132")
+}
 LORAFLEET_COMMANDS = {"api", "bridge", "worker", "beat", "db", "engine"}
 
 
@@ -43,20 +51,74 @@ def _compose_command() -> list[str]:
     pytest.fail("neither `docker compose` nor `docker-compose` is installed (see .ci/run)")
 
 
+def _compose_config(profile: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``docker compose --profile <profile> config`` under this environment, minus any
+    ``LORAFLEET_ADMIN_TOKEN`` the test run itself has."""
+    base = {k: v for k, v in os.environ.items() if k != "LORAFLEET_ADMIN_TOKEN"}
+    return subprocess.run(
+        [*_compose_command(), "-f", str(COMPOSE), "--profile", profile, "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**base, **env},
+    )
+
+
 def test_compose_config_is_valid_for_docker(compose: dict[str, Any]) -> None:
-    """``docker compose config -q`` accepts the file with every profile."""
+    """``docker compose config`` accepts the file with every profile."""
     for profile in ("cpu", "gpu"):
-        result = subprocess.run(
-            [*_compose_command(), "-f", str(COMPOSE), "--profile", profile, "config", "-q"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
+        result = _compose_config(profile, LORAFLEET_ADMIN_TOKEN="lft_compose_test")
         assert result.returncode == 0, result.stderr
     assert {"redis", "postgres", "minio", "api", "bridge", "worker", "beat"} <= set(
         compose["services"]
     )
+
+
+def test_compose_refuses_to_start_without_an_admin_token() -> None:
+    """No known default admin token: every compose command fails until one is set."""
+    for profile in ("cpu", "gpu"):
+        result = _compose_config(profile)
+        assert result.returncode != 0, result.stdout
+        assert "set LORAFLEET_ADMIN_TOKEN" in result.stderr, result.stderr
+        empty = _compose_config(profile, LORAFLEET_ADMIN_TOKEN="")
+        assert empty.returncode != 0, "an empty admin token must be refused too"
+
+
+def test_engines_get_a_reader_token_and_never_the_admin_token() -> None:
+    secret = "lft_admin_compose_test_secret"
+    result = _compose_config("gpu", LORAFLEET_ADMIN_TOKEN=secret)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    minter = services["engine-token"]
+    assert minter["environment"]["LORAFLEET_TOKEN"] == secret
+    script = " ".join(minter["command"])
+    assert "lorafleet tokens create --role reader --name engine" in script
+    assert "--namespace" not in script  # a global reader: engines serve every namespace
+    for name in ENGINES:
+        if name not in services:
+            continue
+        engine = services[name]
+        assert secret not in yaml.safe_dump(engine), f"{name} sees the admin token"
+        assert not {"LORAFLEET_DATABASE_URL", "LORAFLEET_S3_SECRET_KEY"} & set(
+            engine["environment"]
+        ), f"{name} holds registry store credentials"
+        assert engine["depends_on"]["engine-token"]["condition"] == (
+            "service_completed_successfully"
+        )
+        assert "/run/lorafleet/engine-token" in " ".join(engine["command"])
+        assert any(str(v).endswith(":/run/lorafleet:ro") for v in engine["volumes"]), name
+
+
+def test_gpu_image_torch_index_publishes_the_pinned_torch(compose: dict[str, Any]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [pin] = re.findall(r"^ARG TORCH_VERSION=(\S+)", dockerfile, flags=re.MULTILINE)
+    assert pin.startswith("2.13."), "update TORCH_2_13_INDEXES for a new torch"
+    [cpu_index] = re.findall(r"^ARG TORCH_INDEX_URL=(\S+)", dockerfile, flags=re.MULTILINE)
+    gpu_index = compose["services"]["engine-gpu"]["build"]["args"]["TORCH_INDEX_URL"]
+    assert {cpu_index, gpu_index} <= TORCH_2_13_INDEXES
+    assert gpu_index != cpu_index
+    assert gpu_index in dockerfile, "the Dockerfile's CUDA example names another index"
 
 
 def test_every_service_has_a_health_check(compose: dict[str, Any]) -> None:
@@ -123,7 +185,11 @@ def test_lorafleet_services_run_the_lorafleet_image_and_commands(compose: dict[s
         if "build" not in service:
             continue
         assert service["build"]["target"] == "runtime", name
-        assert service["command"][0] in LORAFLEET_COMMANDS, f"{name}: {service['command']}"
+        if service.get("entrypoint") == ["/bin/sh", "-c"]:  # a shell around one lorafleet call
+            [command] = re.findall(r"lorafleet (\S+)", " ".join(service["command"]))
+        else:
+            command = service["command"][0]
+        assert command in LORAFLEET_COMMANDS | {"tokens"}, f"{name}: {service['command']}"
 
 
 def test_dockerfile_is_multi_stage_and_runs_as_non_root() -> None:
