@@ -51,3 +51,18 @@ for module_name, attr, name in _SUBAPPS:
             app.registered_groups.append(group)
     else:
         app.add_typer(sub, name=name)
+
+# ``lorafleet events status`` reads the registry API, so it lives with the registry's
+# commands (``events`` imports nothing of ours) and is mounted under ``events`` here.
+_MOUNTED: list[tuple[str, str, str, str]] = [
+    ("events.cli", "app", "store.cli", "events_status"),
+]
+for group_module, group_attr, command_module, command_attr in _MOUNTED:
+    try:
+        group = getattr(importlib.import_module(group_module), group_attr)
+        command = getattr(importlib.import_module(command_module), command_attr)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (group_module, command_module):
+            raise
+        continue
+    group.command("status")(command)

@@ -1,6 +1,8 @@
 """The registry's commands: ``lorafleet db``, ``api``, ``namespaces``, ``base-models``,
-``tokens`` and ``adapters``. Everything except ``db`` and ``api`` talks to a running API
-through ``RegistryClient`` (``--url``/``LORAFLEET_API_URL``, ``--token``/``LORAFLEET_TOKEN``).
+``tokens`` and ``adapters``, and ``events_status`` (mounted by ``lorafleet.cli`` as
+``lorafleet events status``, since ``events`` imports nothing of ours). Everything except
+``db`` and ``api`` talks to a running API through ``RegistryClient``
+(``--url``/``LORAFLEET_API_URL``, ``--token``/``LORAFLEET_TOKEN``).
 The ``adapters`` group lives in ``store.cli_adapters``; the shared options and client
 plumbing in ``store.cli_api``.
 """
@@ -10,12 +12,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from store.cli_adapters import adapters_app
 from store.cli_api import DEFAULT_URL, AsJson, Token, Url, api_client, err, out, print_json
+from store.client import ApiError, RegistryClient
 
 app = typer.Typer(help="Adapter registry commands.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
@@ -183,3 +188,62 @@ def tokens_create(
     with api_client(url, token) as client:
         plaintext = client.create_token(role, namespace, name)
     out.print(plaintext, highlight=False)
+
+
+# --- ingest status (mounted as ``lorafleet events status`` by lorafleet.cli) ---------------
+
+# Exit codes of ``events status``: the newest record's outcome, so scripts can branch on it.
+STATUS_EXIT = {"done": 0, "failed": 3, "received": 4, "enqueued": 4}
+
+
+def _ingest_records(client: RegistryClient, ref: str) -> list[dict]:
+    """The ingest record with event id ``ref``, else those of job ``ref`` (newest first)."""
+    try:
+        return [client.request("GET", f"/v1/ingest/{quote(ref, safe='')}")]
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    return client.request("GET", "/v1/ingest", params={"job_id": ref})["data"]
+
+
+def _print_record(record: dict) -> None:
+    line = (
+        f"{record['status']:<8} event {record['event_id']}  job {record.get('job_id') or '-'}  "
+        f"{record.get('output_model') or '-'}"
+    )
+    if record.get("adapter_id"):
+        line += f"  adapter {record['adapter_id']}"
+    out.print(line, markup=False, highlight=False)
+    if record.get("error"):
+        error = record["error"]
+        out.print(f"  error {error['code']}: {error['message']}", markup=False, highlight=False)
+
+
+def events_status(
+    ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="EVENT_ID|JOB_ID", help="An event id, or a job id (all its announcements)."
+        ),
+    ],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """What became of an announced job: done, failed (with its error code) or in flight.
+
+    Exit code (of the newest announcement): 0 done, 3 failed, 4 still in flight; 1 when no
+    such event or job is visible to this token.
+    """
+    with api_client(url, token) as client:
+        records = _ingest_records(client, ref)
+    if not records:
+        missing = escape(f"no ingest event or job {ref!r} visible to this token")
+        err.print(f"[red]error[/red] 404 not_found: {missing}", highlight=False)
+        raise typer.Exit(1)
+    if as_json:
+        print_json(records[0] if len(records) == 1 else records)
+    else:
+        for record in records:
+            _print_record(record)
+    raise typer.Exit(STATUS_EXIT.get(records[0]["status"], 1))

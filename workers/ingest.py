@@ -18,6 +18,7 @@ from events.models import JobCompleted
 from store.models import IngestRecord, utcnow
 
 RECEIVED, ENQUEUED, DONE, FAILED = "received", "enqueued", "done", "failed"
+NOT_DONE = (RECEIVED, ENQUEUED, FAILED)  # the states a final failure may be recorded over
 RECLAIMS_KEY = "_reclaims"  # stored next to the event in ``payload``; not part of the event
 
 
@@ -66,6 +67,13 @@ def set_status(
     if only_from is not None:
         stmt = stmt.where(IngestRecord.status.in_(only_from))
     return session.execute(stmt.values(**values)).rowcount == 1
+
+
+def status_of(session: Session, event_id: str) -> str | None:
+    """The record's current status; None when there is no record of ``event_id``."""
+    return session.execute(
+        sa.select(IngestRecord.status).where(IngestRecord.event_id == event_id)
+    ).scalar_one_or_none()
 
 
 def touch(session: Session, event_id: str) -> None:

@@ -124,7 +124,7 @@ class IngestTask(PipelineTask):
         else:
             code, message = "internal_error", f"{exc_type.__name__}: {exc}"
         try:
-            record_pipeline_failure(
+            recorded = record_pipeline_failure(
                 event, code, message, version_failed=issubclass(exc_type, VERSION_FAILURES)
             )
         except Exception as record_exc:  # noqa: BLE001 - the reclaim sweep re-drives it later
@@ -136,7 +136,7 @@ class IngestTask(PipelineTask):
             )
             return
         log.warning(
-            "ingest_failed",
+            "ingest_failed" if recorded else "ingest_rerun_failed_after_done",
             event_id=event.event_id,
             adapter=event.output_model,
             code=code,
@@ -155,12 +155,18 @@ def _provenance(event: JobCompleted) -> Provenance:
 
 def record_pipeline_failure(
     event: JobCompleted, code: str, message: str, *, version_failed: bool
-) -> None:
+) -> bool:
     """Mark ``event``'s ingest record ``failed`` (and, when its files were refused, its
-    version ``failed`` with ``code``), in one transaction."""
+    version ``failed`` with ``code``), in one transaction; returns whether it did.
+
+    A record already ``done`` is left as it is (returns False): a failing re-run of a
+    finished event (the reclaim sweep re-drove a slow one, then the trainer removed its
+    artifact) never undoes what was registered."""
     namespace, name, version = event.coordinates()
     adapter_id = None
     with get_runtime().session() as session:
+        if ingest.status_of(session, event.event_id) == ingest.DONE:
+            return False
         if version_failed:
             try:
                 row = registry.record_failure(
@@ -176,14 +182,15 @@ def record_pipeline_failure(
                     commit=False,
                 )
                 adapter_id = row.id
-            except (VersionConflict, NotFound) as exc:
-                # A valid version already holds the coordinates, or no such namespace: the
-                # ingest record alone carries the failure.
+            except LorafleetError as exc:
+                # A valid version already holds the coordinates, or no such namespace (both
+                # raised before anything is written): the ingest record alone carries it.
                 log.info("version_failure_not_recorded", reason=exc.code)
-        ingest.set_status(
+        return ingest.set_status(
             session,
             event.event_id,
             ingest.FAILED,
+            only_from=ingest.NOT_DONE,
             adapter_id=adapter_id,
             error_code=code,
             error_message=message[:4000],
@@ -198,6 +205,15 @@ def package_from_dict(data: dict[str, Any]) -> Package:
     return Package(**{**data, "files": tuple(PackageFile(**f) for f in data["files"])})
 
 
+def _require_namespace(session: Any, name: str) -> None:
+    """``NotFound`` with code ``namespace_not_found`` unless namespace ``name`` exists (the
+    ingest record then says which of the event's references is missing)."""
+    try:
+        registry.get_namespace(session, name)
+    except NotFound as exc:
+        raise NotFound(exc.message, code="namespace_not_found") from None
+
+
 @app.task(base=IngestTask, bind=True, name=f"{TASK_MODULE}.package")
 def package(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     """Fetch the artifact, detect its format, convert it and store its blobs."""
@@ -205,7 +221,7 @@ def package(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
     with rt.session() as session:
         ingest.touch(session, event.event_id)
-        registry.get_namespace(session, event.namespace)
+        _require_namespace(session, event.namespace)
         spec = registry.get_base_model_spec(session, event.base_model)
     with tempfile.TemporaryDirectory(prefix="lorafleet-fetch-") as tmp:
         source = fetch_artifact(event.artifact_uri, Path(tmp), rt.settings, rt.store)

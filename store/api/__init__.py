@@ -1,7 +1,8 @@
 """The registry's REST API (FastAPI): ``create_app`` is its composition root.
 
 Routes live by concern: ``routes_catalog`` (namespaces, base models, tokens),
-``routes_adapters`` (versions, approval, files), ``routes_ops`` (health, metrics, fleet).
+``routes_adapters`` (versions, approval, files), ``routes_ingest`` (what became of each
+trainer announcement), ``routes_ops`` (health, metrics, fleet).
 Every error leaves through ``errors`` in one JSON shape.
 
 Auth: every route needs a bearer token except ``/v1/health/*`` and ``/metrics`` (aggregate
@@ -14,7 +15,7 @@ import structlog
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from store.api import routes_adapters, routes_catalog, routes_ops
+from store.api import routes_adapters, routes_catalog, routes_ingest, routes_ops
 from store.api.deps import AppState
 from store.api.errors import document_errors, install_error_handlers
 from store.blobs import BlobStore, open_blob_store
@@ -68,3 +69,4 @@ def create_app(
     app.include_router(routes_adapters.router)
     log.info("api.created", database=engine.url.render_as_string(), blobs=repr(blobs))
     return app
+    app.include_router(routes_ingest.router)
