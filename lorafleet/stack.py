@@ -263,16 +263,18 @@ class Stack:
         }
 
     def engine_env(self) -> dict[str, str]:
-        """The engine's environment: NIM's own variable names, the registry as PEFT source."""
+        """The engine's environment: NIM's own variable names, the registry as PEFT source.
+
+        The engine's limits (``NIM_MAX_GPU_LORAS``, ``NIM_MAX_CPU_LORAS``,
+        ``NIM_MAX_LORA_RANK``) are not set here: the user's environment (or ``extra_env``)
+        reaches the engine as given, and without them the engine's own documented
+        defaults apply (``engine.settings.EngineSettings``)."""
         return {
             **self.env(),
             "NIM_PEFT_SOURCE": self.api_url,
             "NIM_PEFT_SOURCE_TOKEN": self.admin_token,
             "NIM_SERVED_MODEL_NAME": self.config.base_model,
             "NIM_PEFT_REFRESH_INTERVAL": str(self.config.refresh_interval),
-            "NIM_MAX_GPU_LORAS": "4",
-            "NIM_MAX_CPU_LORAS": "8",
-            "NIM_MAX_LORA_RANK": "32",
         }
 
     def _admin_token(self) -> str:

@@ -31,9 +31,12 @@ def _processes_of(home: Path) -> list[int]:
     return found
 
 
-def _start_up(home: Path, api_port: int, engine_port: int) -> subprocess.Popen[str]:
-    """``lorafleet up`` with its terminal output in ``home/../up.out`` (a file, not a pipe
-    nobody reads: a full pipe would stall the stack)."""
+def _start_up(
+    home: Path, api_port: int, engine_port: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``lorafleet up`` (in ``env``, default this process's environment) with its terminal
+    output in ``home/../up.out`` (a file, not a pipe nobody reads: a full pipe would stall
+    the stack)."""
     code = "from lorafleet.cli import app; app()"
     args = [
         "up",
@@ -47,7 +50,11 @@ def _start_up(home: Path, api_port: int, engine_port: int) -> subprocess.Popen[s
     home.parent.mkdir(parents=True, exist_ok=True)
     with open(home.parent / "up.out", "w") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", code, *args], stdout=out, stderr=subprocess.STDOUT, text=True
+            [sys.executable, "-c", code, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
 
 
@@ -125,3 +132,73 @@ def test_killing_the_supervisor_leaves_no_orphans(tmp_path: Path) -> None:
     for pid in left:  # never leave them behind for the next test, but fail on them
         os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+def _environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().partition("=")[::2] for item in raw if b"=" in item)
+
+
+def _engine_pid(home: Path) -> int:
+    for pid in _processes_of(home):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"engine" in argv and b"serve" in argv:
+            return pid
+    raise AssertionError("no engine process found")
+
+
+def _capacity(metrics: str, level: str) -> float:
+    line = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith("lorafleet_engine_lora_capacity") and f'level="{level}"' in line
+    )
+    return float(line.split()[-1])
+
+
+def _registered_base_model(home: Path) -> None:
+    """Give ``up``'s default home its tiny model, already registered as a base model (an
+    engine refuses to serve a name the registry lacks); ``up`` reuses both."""
+    import json
+
+    from sqlmodel import Session
+
+    from engine.tiny import init_tiny
+    from store import registry
+    from store.db import make_engine, upgrade
+
+    model_dir = home / "models" / "tiny-llama"
+    init_tiny(model_dir)
+    url = f"sqlite:///{home / 'lorafleet.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with Session(engine) as session:
+        config = json.loads((model_dir / "config.json").read_text())
+        registry.register_base_model(session, "tiny-llama", config, actor="test")
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_up_hands_the_users_engine_limits_to_the_engine(tmp_path: Path) -> None:
+    home = tmp_path / "lf"
+    _registered_base_model(home)
+    api_port, engine_port = free_port(), free_port()
+    env = {**os.environ, "NIM_MAX_LORA_RANK": "48", "NIM_MAX_GPU_LORAS": "3"}
+    env.pop("NIM_MAX_CPU_LORAS", None)  # unset: the engine's own default (16) applies
+    proc = _start_up(home, api_port, engine_port, env)
+    try:
+        engine = f"http://127.0.0.1:{engine_port}"
+        _wait_healthy(proc, tmp_path / "up.out", f"{engine}/v1/health/ready")
+        environ = _environ_of(_engine_pid(home))
+        assert (environ["NIM_MAX_LORA_RANK"], environ["NIM_MAX_GPU_LORAS"]) == ("48", "3")
+        assert "NIM_MAX_CPU_LORAS" not in environ
+        metrics = httpx.get(f"{engine}/metrics", timeout=5).text
+        assert (_capacity(metrics, "gpu"), _capacity(metrics, "cpu")) == (3, 16)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert _wait_gone(home) == []
