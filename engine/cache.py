@@ -94,6 +94,21 @@ def check_adapter(adapter: object, spec: BaseModelSpec, max_rank: int) -> None:
             )
 
 
+def check_listed(rank: int | None, base_model: str | None, *, served: str, max_rank: int) -> None:
+    """Raise ``AdapterInvalid`` when what the source lists about an adapter (its rank and
+    base model, before any download) already shows this engine cannot serve it."""
+    if base_model is not None and base_model != served:
+        raise AdapterInvalid(
+            "unknown_base_model",
+            f"adapter is for base model {base_model!r}, this engine serves {served!r}",
+        )
+    if rank is not None and rank > max_rank:
+        raise AdapterInvalid(
+            "rank_too_large",
+            f"adapter rank {rank} is larger than this engine's NIM_MAX_LORA_RANK={max_rank}",
+        )
+
+
 class CpuCache:
     """LRU of up to ``capacity`` canonical adapters in host memory, keyed by served name.
 

@@ -16,25 +16,34 @@ import structlog
 import torch
 import typer
 
-from engine.cache import AdapterCache, CpuCache, GpuSlots, check_adapter
+from engine.cache import AdapterCache, CpuCache, GpuSlots, check_adapter, check_listed
 from engine.metrics import EngineMetrics
 from engine.refresh import Reconciler, RefreshSubscriber
 from engine.scheduler import Scheduler
 from engine.settings import EngineSettings
-from engine.source import Catalog, LocalDirectorySource, PeftSource, RegistrySource
+from engine.source import (
+    Catalog,
+    LocalDirectorySource,
+    PeftSource,
+    RegistrySource,
+    UnknownBaseModel,
+    catalog_loader,
+)
 from store.formats import BaseModelSpec, ValidationLimits
 
 log = structlog.get_logger(__name__)
 
 app = typer.Typer(help="The multi-LoRA inference engine.", no_args_is_help=True)
 
+FIRST_RECONCILE_RETRY_S = 2.0  # seconds between tries while no reconciliation has succeeded
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
 class EngineRuntime:
-    """Everything one engine serves with. ``ready`` turns true once ``start`` has loaded the
-    adapter catalog and the model thread runs."""
+    """Everything one engine serves with. ``ready`` is true once ``start`` has run and a
+    reconciliation with the PEFT source has succeeded; until then ``not_ready_reason`` says
+    why (the first reconciliation is retried in the background)."""
 
     model_name: str
     tokenizer: object
@@ -46,7 +55,7 @@ class EngineRuntime:
     refresh_interval: float | None = None
     redis_url: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
-    ready: bool = False
+    started: bool = False
     subscriber: RefreshSubscriber | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -54,11 +63,30 @@ class EngineRuntime:
     def __post_init__(self) -> None:
         self.metrics = EngineMetrics(self.scheduler, self.cache, self.catalog)
 
+    @property
+    def ready(self) -> bool:
+        """Started, and the served set came from a successful reconciliation."""
+        return self.started and self.reconciler.synced
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why the engine is not ready (None when it is)."""
+        if not self.started:
+            return "the engine is starting"
+        if not self.reconciler.synced:
+            return (
+                "no successful reconciliation with the PEFT source yet: "
+                f"{self.reconciler.last_error or 'in progress'}"
+            )
+        return None
+
     def start(self) -> None:
-        """Reconcile with the source, start the model thread, the refresh subscriber (when a
-        Redis URL is set) and periodic reconciliation (when an interval is set)."""
+        """Check the source (``UnknownBaseModel`` is fatal), reconcile with it, start the model
+        thread, the refresh subscriber (when a Redis URL is set) and periodic reconciliation
+        (when an interval is set). A failed first reconciliation is retried until it works."""
         self._stop.clear()
-        self.reconciler.reconcile()
+        self.reconciler.source.verify()
+        first = self.reconciler.reconcile()
         self.scheduler.start()
         if self.redis_url:
             self.subscriber = RefreshSubscriber(
@@ -70,12 +98,37 @@ class EngineRuntime:
             self._spawn(
                 "lorafleet-reconcile", lambda: self.reconciler.run_periodic(interval, self._stop)
             )
-        self.ready = True
-        log.info("engine_ready", model=self.model_name, adapters=len(self.catalog.names()))
+        if not first.ok:
+            self._spawn("lorafleet-first-reconcile", self._retry_until_synced)
+        self.started = True
+        self._warn_without_live_source()
+        log.info(
+            "engine_started",
+            model=self.model_name,
+            ready=self.ready,
+            adapters=len(self.catalog.names()),
+            unservable=len(self.catalog.refusals()),
+        )
+
+    def _retry_until_synced(self) -> None:
+        delay = min(self.refresh_interval or FIRST_RECONCILE_RETRY_S, FIRST_RECONCILE_RETRY_S)
+        while not self.reconciler.synced and not self._stop.wait(delay):
+            if self.reconciler.reconcile().ok:
+                log.info("engine_ready", model=self.model_name, adapters=len(self.catalog.names()))
+
+    def _warn_without_live_source(self) -> None:
+        if self.redis_url or self.refresh_interval:
+            return
+        log.warning(
+            "engine_no_live_source",
+            model=self.model_name,
+            hint="neither LORAFLEET_REDIS_URL nor NIM_PEFT_REFRESH_INTERVAL is set: adapters "
+            "approved or removed after this start are not seen until the engine restarts",
+        )
 
     def stop(self) -> None:
         """Stop every background thread; in-flight requests finish with ``abort``."""
-        self.ready = False
+        self.started = False
         self._stop.set()
         self.scheduler.stop()
         for thread in self._threads:
@@ -89,8 +142,10 @@ class EngineRuntime:
 
 
 def make_source(settings: EngineSettings, model_name: str, spec: BaseModelSpec) -> PeftSource:
-    """The PEFT source ``NIM_PEFT_SOURCE`` names (an empty local source when unset)."""
-    limits = ValidationLimits(max_rank=max(settings.max_lora_rank, 1))
+    """The PEFT source ``NIM_PEFT_SOURCE`` names (an empty local source when unset). It
+    parses with the registry's format limits; the engine's own (``NIM_MAX_LORA_RANK``) are
+    checked after, so a refusal names the setting."""
+    limits = ValidationLimits()
     if settings.source_is_registry():
         from store.client import RegistryClient
 
@@ -102,10 +157,15 @@ def make_source(settings: EngineSettings, model_name: str, spec: BaseModelSpec) 
     return LocalDirectorySource(root, spec, limits)
 
 
-def build_runtime(settings: EngineSettings, source: PeftSource | None = None) -> EngineRuntime:
-    """Load the model in ``LORAFLEET_ENGINE_MODEL_DIR`` and wire every engine part."""
+def read_spec(model_dir: Path) -> BaseModelSpec:
+    """The ``BaseModelSpec`` of the HF model in ``model_dir`` (its ``config.json`` only)."""
     import json
 
+    return BaseModelSpec.from_hf_config(json.loads((Path(model_dir) / "config.json").read_text()))
+
+
+def build_runtime(settings: EngineSettings, source: PeftSource | None = None) -> EngineRuntime:
+    """Load the model in ``LORAFLEET_ENGINE_MODEL_DIR`` and wire every engine part."""
     from engine.lora import LoraWeights
     from engine.model import load_model
     from engine.tokenizer import Tokenizer
@@ -122,14 +182,14 @@ def build_runtime(settings: EngineSettings, source: PeftSource | None = None) ->
     )
     model.attach_lora(weights)
     tokenizer = Tokenizer(model_dir)
-    spec = BaseModelSpec.from_hf_config(json.loads((model_dir / "config.json").read_text()))
+    spec = read_spec(model_dir)
     name = settings.resolved_model_name()
+    max_rank = settings.max_lora_rank
     catalog = Catalog()
     source = source or make_source(settings, name, spec)
     cpu = CpuCache(
         settings.max_cpu_loras,
-        lambda adapter: source.fetch(catalog.get(adapter)),
-        validate=lambda adapter: check_adapter(adapter, spec, settings.max_lora_rank),
+        catalog_loader(catalog, source, lambda adapter: check_adapter(adapter, spec, max_rank)),
     )
     cache = AdapterCache(cpu, GpuSlots(weights, settings.max_gpu_loras))
     eos = sorted(set(args.eos_token_ids) | set(tokenizer.eos_ids))
@@ -149,7 +209,12 @@ def build_runtime(settings: EngineSettings, source: PeftSource | None = None) ->
         scheduler=scheduler,
         cache=cache,
         catalog=catalog,
-        reconciler=Reconciler(source, catalog, cache),
+        reconciler=Reconciler(
+            source,
+            catalog,
+            cache,
+            fit=lambda e: check_listed(e.rank, e.base_model, served=name, max_rank=max_rank),
+        ),
         max_seq_len=settings.max_seq_len,
         refresh_interval=settings.peft_refresh_interval,
         redis_url=settings.redis_url,
@@ -169,7 +234,15 @@ def serve(
 
     overrides = {k: v for k, v in {"model_dir": model_dir, "host": host, "port": port}.items() if v}
     settings = EngineSettings(**overrides)
-    runtime = build_runtime(settings)
+    if settings.model_dir is None:
+        raise typer.BadParameter("LORAFLEET_ENGINE_MODEL_DIR is not set")
+    source = make_source(settings, settings.resolved_model_name(), read_spec(settings.model_dir))
+    try:
+        source.verify()  # before loading the model: a wrong served name fails fast
+    except UnknownBaseModel as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    runtime = build_runtime(settings, source)
     uvicorn.run(create_app(runtime), host=settings.host, port=settings.port, log_level="warning")
 
 

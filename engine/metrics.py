@@ -4,6 +4,7 @@ so neither knows about Prometheus."""
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -59,6 +60,16 @@ class _EngineCollector(Collector):
             "Adapters this engine can serve.",
             value=len(self.catalog.names()),
         )
+        unservable = GaugeMetricFamily(
+            f"{PREFIX}_unservable_adapters",
+            "Adapters the source offers that this engine cannot serve, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(
+            Tally(r.code for r in self.catalog.refusals().values()).items()
+        ):
+            unservable.add_metric([reason], count)
+        yield unservable
         capacity = GaugeMetricFamily(
             f"{PREFIX}_lora_capacity", "Adapters each cache level holds.", labels=["level"]
         )

@@ -9,16 +9,18 @@ reconciles at start, after every event for its base model, and every
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
 import structlog
 
 from engine.cache import AdapterCache
-from engine.source import Catalog, PeftSource
+from engine.source import AdapterEntry, Catalog, PeftSource
 from events.consumer import ReconnectingLoop
 from events.models import FleetRefresh, decode
 from events.streams import REFRESH_STREAM
+from store.errors import AdapterInvalid
 
 log = structlog.get_logger(__name__)
 
@@ -30,20 +32,37 @@ class ReconcileResult:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
     generation: int | None = None
     ok: bool = True
+    error: str | None = None
 
 
 class Reconciler:
-    """Makes the ``Catalog`` (and the caches) equal to the source's current listing."""
+    """Makes the ``Catalog`` (and the caches) equal to the source's current listing. ``fit``
+    raises ``AdapterInvalid`` for a listed entry this engine cannot serve (rank, base model):
+    such an entry is recorded as refused, never served."""
 
-    def __init__(self, source: PeftSource, catalog: Catalog, cache: AdapterCache | None) -> None:
+    def __init__(
+        self,
+        source: PeftSource,
+        catalog: Catalog,
+        cache: AdapterCache | None,
+        fit: Callable[[AdapterEntry], None] | None = None,
+    ) -> None:
         self.source = source
         self.catalog = catalog
         self.cache = cache
+        self.fit = fit
         self._lock = threading.Lock()  # one reconciliation at a time
         self.reconciliations = 0
         self.failures = 0
+        self.last_error: str | None = None
+
+    @property
+    def synced(self) -> bool:
+        """True once a reconciliation has succeeded."""
+        return self.reconciliations > 0
 
     def reconcile(self) -> ReconcileResult:
         """List the source and apply the difference. A source that cannot be reached leaves
@@ -51,34 +70,54 @@ class Reconciler:
         with self._lock:
             try:
                 listing = self.source.list()
-            except Exception as exc:  # registry down, network: try again next time
+            except Exception as exc:  # registry down, network, 401: try again next time
                 self.failures += 1
+                self.last_error = str(exc)
                 log.warning("reconcile_failed", error=str(exc))
-                return ReconcileResult(ok=False)
+                return ReconcileResult(ok=False, error=str(exc))
             result = ReconcileResult(generation=listing.generation)
-            current = set(self.catalog.names())
-            for name in current - set(listing.entries):
+            known = set(self.catalog.names()) | set(self.catalog.refusals())
+            for name in known - set(listing.entries):
                 self.catalog.remove(name)
                 self._evict(name)
                 result.removed.append(name)
-            for name, entry in listing.entries.items():
-                old = self.catalog.put(entry)
-                if old is None:
-                    result.added.append(name)
-                elif old.fingerprint != entry.fingerprint:
-                    self._evict(name)  # the bytes changed: reload on next use
-                    result.changed.append(name)
+            for entry in listing.entries.values():
+                self._apply(entry, result)
             self.catalog.generation = listing.generation
             self.reconciliations += 1
-        if result.added or result.removed or result.changed:
+            self.last_error = None
+        if result.added or result.removed or result.changed or result.refused:
             log.info(
                 "reconciled",
                 added=result.added,
                 removed=result.removed,
                 changed=result.changed,
+                refused=result.refused,
                 generation=result.generation,
             )
         return result
+
+    def _apply(self, entry: AdapterEntry, result: ReconcileResult) -> None:
+        """Serve, re-serve or refuse one listed entry. A refusal stands until the entry's
+        fingerprint changes (same bytes, same verdict)."""
+        refused = self.catalog.refusals().get(entry.name)
+        if refused is not None and refused.entry.fingerprint == entry.fingerprint:
+            return
+        try:
+            if self.fit is not None:
+                self.fit(entry)
+        except AdapterInvalid as exc:
+            self.catalog.refuse(entry, exc.code, exc.message)
+            self._evict(entry.name)
+            result.refused.append(entry.name)
+            log.warning("adapter_unservable", adapter=entry.name, code=exc.code, reason=exc.message)
+            return
+        old = self.catalog.put(entry)
+        if old is None:
+            result.added.append(entry.name)
+        elif old.fingerprint != entry.fingerprint:
+            self._evict(entry.name)  # the bytes changed: reload on next use
+            result.changed.append(entry.name)
 
     def apply_event(self, event: FleetRefresh) -> None:
         """Act on a refresh hint, then reconcile. ``evict`` stops serving at once (before the

@@ -100,9 +100,16 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
 
     @app.get("/v1/health/ready")
     async def ready() -> JSONResponse:
-        if runtime.ready:
-            return JSONResponse({"object": "health.response", "message": "ready"})
-        return JSONResponse({"object": "health.response", "message": "not ready"}, status_code=503)
+        # 503 with the reason until a reconciliation succeeded; adapters the source offers
+        # but this engine cannot serve are listed with their reason either way.
+        body = {"object": "health.response", "message": "ready" if runtime.ready else "not ready"}
+        if not runtime.ready:
+            body["reason"] = runtime.not_ready_reason
+        body["unservable"] = [
+            {"model": name, "code": r.code, "reason": r.message}
+            for name, r in sorted(runtime.catalog.refusals().items())
+        ]
+        return JSONResponse(body, status_code=200 if runtime.ready else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -126,13 +133,11 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
         return {"object": "list", "data": data}
 
     def resolve(model: str) -> str | None:
+        """None for the base model, else the adapter; 404 ``model_not_found`` for a name
+        that is not served (saying why when this engine refused the adapter)."""
         if model == runtime.model_name:
             return None
-        if model in runtime.catalog:
-            return model
-        raise OpenAIError(
-            404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
-        )
+        return runtime.catalog.get(model).name
 
     def check_prompts(prompts: list[list[int]], param: str) -> None:
         """400 for a token id outside the vocabulary, before anything reaches the model."""

@@ -5,8 +5,9 @@
 * ``LocalDirectorySource``: NIM's layout, one adapter per sub-directory in any of the three
   formats; the served name is the directory name.
 
-A source only lists and fetches; the ``Catalog`` holds what is servable right now and the
-refresh reconciler (``engine/refresh.py``) keeps it in step with the source.
+A source only lists and fetches; the ``Catalog`` holds what is servable right now (and,
+apart, what this engine refused and why) and the refresh reconciler (``engine/refresh.py``)
+keeps it in step with the source.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +24,7 @@ from typing import Protocol
 import structlog
 
 from engine.cache import UnknownAdapter
-from store.errors import AdapterInvalid
+from store.errors import AdapterInvalid, LorafleetError
 from store.formats import BaseModelSpec, CanonicalAdapter, ValidationLimits, load_adapter
 
 log = structlog.get_logger(__name__)
@@ -47,25 +49,64 @@ class Listing:
     generation: int | None = None
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """An adapter the source offers that this engine cannot serve, with the reason
+    (``code`` is the ``AdapterInvalid`` code, e.g. ``rank_too_large``)."""
+
+    entry: AdapterEntry
+    code: str
+    message: str
+
+
+class UnservableAdapter(UnknownAdapter):
+    """A request for an adapter this engine refused: 404 like an unknown model (it is not in
+    ``/v1/models``), with the reason in the message."""
+
+
+class UnknownBaseModel(LorafleetError):
+    """The registry has no base model under this engine's served name: a configuration
+    error (``NIM_SERVED_MODEL_NAME``) the engine refuses to start with."""
+
+    code = "unknown_base_model"
+    http_status = 404
+
+
+class SourceUnavailable(LorafleetError):
+    """The source could not be listed right now (unreachable, 401/403, 5xx); retried."""
+
+    code = "peft_source_unavailable"
+    http_status = 503
+
+
 class PeftSource(Protocol):
     """What the reconciler and the CPU cache need from a source."""
 
+    def verify(self) -> None: ...
     def list(self) -> Listing: ...
     def fetch(self, entry: AdapterEntry) -> CanonicalAdapter: ...
 
 
 class Catalog:
-    """The adapters this engine serves right now (``/v1/models``), thread-safe."""
+    """The adapters this engine serves right now (``/v1/models``) and those it refused,
+    thread-safe. A name is in at most one of the two."""
 
     def __init__(self) -> None:
         self._entries: dict[str, AdapterEntry] = {}
+        self._refused: dict[str, Refusal] = {}
         self._lock = threading.Lock()
         self.generation: int | None = None
 
     def get(self, name: str) -> AdapterEntry:
-        """The entry for ``name``; ``UnknownAdapter`` when it is not servable."""
+        """The entry for ``name``; ``UnknownAdapter`` when it is not servable (its subclass
+        ``UnservableAdapter``, saying why, when this engine refused it)."""
         with self._lock:
             entry = self._entries.get(name)
+            refusal = self._refused.get(name)
+        if refusal is not None:
+            raise UnservableAdapter(
+                f"The model `{name}` cannot be served by this engine: {refusal.message}"
+            )
         if entry is None:
             raise UnknownAdapter(f"The model `{name}` does not exist.")
         return entry
@@ -80,16 +121,54 @@ class Catalog:
             return sorted(self._entries)
 
     def put(self, entry: AdapterEntry) -> AdapterEntry | None:
-        """Add or replace ``entry``; returns the entry it replaced."""
+        """Serve ``entry`` (clearing any refusal of its name); returns the entry it replaced."""
         with self._lock:
+            self._refused.pop(entry.name, None)
             old = self._entries.get(entry.name)
             self._entries[entry.name] = entry
             return old
 
-    def remove(self, name: str) -> AdapterEntry | None:
-        """Stop serving ``name``; returns the removed entry."""
+    def refuse(self, entry: AdapterEntry, code: str, message: str) -> None:
+        """Stop serving ``entry.name`` and record why this engine cannot."""
         with self._lock:
+            self._entries.pop(entry.name, None)
+            self._refused[entry.name] = Refusal(entry, code, message)
+
+    def refusals(self) -> dict[str, Refusal]:
+        """``name -> Refusal`` of every adapter the source offers and this engine refused."""
+        with self._lock:
+            return dict(self._refused)
+
+    def remove(self, name: str) -> AdapterEntry | None:
+        """Forget ``name`` (served or refused); returns the removed served entry."""
+        with self._lock:
+            self._refused.pop(name, None)
             return self._entries.pop(name, None)
+
+
+def catalog_loader(
+    catalog: Catalog,
+    source: PeftSource,
+    check: Callable[[CanonicalAdapter], None],
+) -> Callable[[str], CanonicalAdapter]:
+    """The CPU cache's loader: fetch ``name`` from ``source`` and ``check`` that this engine
+    can serve it. An ``AdapterInvalid`` (from the parse or the check) marks it refused in the
+    catalog (until its fingerprint changes) and raises ``UnservableAdapter``."""
+
+    def load(name: str) -> CanonicalAdapter:
+        entry = catalog.get(name)
+        try:
+            adapter = source.fetch(entry)
+            check(adapter)
+        except AdapterInvalid as exc:
+            catalog.refuse(entry, exc.code, exc.message)
+            log.warning("adapter_unservable", adapter=name, code=exc.code, reason=exc.message)
+            raise UnservableAdapter(
+                f"The model `{name}` cannot be served by this engine: {exc.message}"
+            ) from exc
+        return adapter
+
+    return load
 
 
 class LocalDirectorySource:
@@ -101,6 +180,9 @@ class LocalDirectorySource:
         self.root = Path(root)
         self.spec = spec
         self.limits = limits or ValidationLimits()
+
+    def verify(self) -> None:
+        """Nothing to check up front: a missing directory is an empty source (logged)."""
 
     def list(self) -> Listing:
         """Every non-hidden sub-directory that holds at least one file. Broken adapters are
@@ -144,9 +226,31 @@ class RegistrySource:
         self.limits = limits or ValidationLimits()
         self.download_dir = Path(download_dir or tempfile.mkdtemp(prefix="lorafleet-engine-"))
 
+    def verify(self) -> None:
+        """Raise ``UnknownBaseModel`` when the registry answers 404 for this engine's base
+        model (``GET /v1/base-models/{name}``). Other failures (unreachable, 401) are not
+        decided here: listing reports them and is retried."""
+        from store.client import ApiError
+
+        try:
+            self.client.get_base_model(self.base_model)  # type: ignore[attr-defined]
+        except ApiError as exc:
+            if exc.status == 404:
+                raise self._unknown_base_model() from exc
+            log.warning("peft_source_verify_failed", error=str(exc))
+
     def list(self) -> Listing:
-        """The fleet state: ``{generation, adapters}`` from ``GET /v1/fleet``."""
-        state = self.client.fleet(self.base_model)  # type: ignore[attr-defined]
+        """The fleet state: ``{generation, adapters}`` from ``GET /v1/fleet``. Raises
+        ``UnknownBaseModel`` on 404 ``unknown_base_model``, ``SourceUnavailable`` on any
+        other refusal (the message names ``LORAFLEET_TOKEN`` on 401/403)."""
+        from store.client import ApiError
+
+        try:
+            state = self.client.fleet(self.base_model)  # type: ignore[attr-defined]
+        except ApiError as exc:
+            if exc.status == 404 and exc.code == "unknown_base_model":
+                raise self._unknown_base_model() from exc
+            raise SourceUnavailable(_unavailable_message(self.client, exc)) from exc
         entries: dict[str, AdapterEntry] = {}
         for item in state.get("adapters", []):
             name = f"{item['namespace']}/{item['name']}@{item['version']}"
@@ -176,6 +280,25 @@ class RegistrySource:
             return load_adapter(dest, self.spec, self.limits)
         finally:
             shutil.rmtree(dest, ignore_errors=True)  # the CPU cache holds the tensors
+
+    def _unknown_base_model(self) -> UnknownBaseModel:
+        return UnknownBaseModel(
+            f"the registry has no base model {self.base_model!r}: set NIM_SERVED_MODEL_NAME "
+            f"to a registered base model (lorafleet base-models list) or register it"
+        )
+
+
+def _unavailable_message(client: object, exc: object) -> str:
+    url = getattr(client, "base_url", "the registry")
+    status = getattr(exc, "status", 0)
+    if status in (401, 403):
+        return (
+            f"{url} refused the engine's token ({exc}): set LORAFLEET_TOKEN to a global "
+            f"reader token"
+        )
+    if status == 0:
+        return f"{url} is unreachable ({exc}): is the registry API up?"
+    return f"{url} answered {exc}"
 
 
 def _directory_fingerprint(path: Path) -> str | None:

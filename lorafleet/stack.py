@@ -190,6 +190,7 @@ class Stack:
         self._launch(self._cli("worker", worker_args, env, ready_line=r"ready\."), wait=False)
         beat_args = ["beat", "--schedule", str(self.home / "celerybeat-schedule")]
         self._launch(self._cli("beat", beat_args, env), wait=False)
+        self._register_base_model()  # the engine refuses a served name the registry lacks
         engine_args = ["engine", "serve", "--model-dir", str(self.model_dir)]
         engine_args += f"--host 127.0.0.1 --port {cfg.engine_port}".split()
         engine_probe = http_ok(f"{self.engine_url}/v1/health/ready")
@@ -276,6 +277,19 @@ class Stack:
             "NIM_SERVED_MODEL_NAME": self.config.base_model,
             "NIM_PEFT_REFRESH_INTERVAL": str(self.config.refresh_interval),
         }
+
+    def _register_base_model(self) -> None:
+        """Register the model the engine serves (idempotent: the same dimensions are 200)."""
+        import json
+
+        from store.client import ApiError, RegistryClient
+
+        config = json.loads((self.model_dir / "config.json").read_text())
+        try:
+            with RegistryClient(self.api_url, self.admin_token) as client:
+                client.register_base_model(self.config.base_model, config)
+        except ApiError as exc:
+            raise StackError(f"registering base model {self.config.base_model!r}: {exc}") from exc
 
     def _admin_token(self) -> str:
         # Kept across runs so a CLI session started after `lorafleet up` can reuse it.

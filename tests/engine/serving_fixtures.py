@@ -129,5 +129,53 @@ def runtime_factory() -> Iterator[Callable[..., EngineRuntime]]:
 
     yield make
     for runtime in made:
-        if runtime.ready:
+        if runtime.started:
             runtime.stop()
+
+
+@contextmanager
+def registry_api(tmp_path: Path, model_dir: Path, *, admin_token: str | None = None):  # type: ignore[no-untyped-def]
+    """A live registry API (SQLite under ``tmp_path``, filesystem blobs) with namespace
+    ``acme`` (auto approval) and base model ``tiny-llama``; yields ``(base_url, admin
+    client, admin token)``. Entering it again with the same ``tmp_path`` and token serves
+    the same state."""
+    from store.api.server import run_registry_api
+    from store.client import ApiError, RegistryClient
+    from store.db import upgrade
+    from store.settings import StoreSettings
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade(url)
+    settings = StoreSettings(
+        home=tmp_path / "home",
+        database_url=url,
+        blob_url=f"file://{tmp_path / 'blobs'}",
+        admin_token=admin_token,
+    )
+    with run_registry_api(settings) as (base_url, token), RegistryClient(base_url, token) as admin:
+        try:
+            admin.create_namespace("acme", approval_policy="auto")
+            admin.register_base_model(
+                "tiny-llama", json.loads((model_dir / "config.json").read_text())
+            )
+        except ApiError as exc:
+            if exc.status != 409:  # already there: a second entry into the same state
+                raise
+        yield base_url, admin, token
+
+
+@pytest.fixture
+def registry(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Any, str]]:
+    """``registry_api`` for one test."""
+    with registry_api(tmp_path, tiny_model_dir) as live:
+        yield live
+
+
+def upload(
+    admin: Any, tmp_path: Path, spec: BaseModelSpec, name: str, seed: int, rank: int = 4
+) -> dict:
+    """Upload a ``strong_adapter`` as ``acme/<name>@1.0.0`` for ``tiny-llama``."""
+    src = write_adapter_dir(tmp_path / "uploads", name, spec, rank=rank, seed=seed)
+    return admin.upload_adapter(
+        src, namespace="acme", name=name, version="1.0.0", base_model="tiny-llama"
+    )

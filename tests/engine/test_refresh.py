@@ -1,5 +1,8 @@
 """Refresh: local-directory rescans, Redis refresh events, and registry reconciliation."""
 
+# Fixtures imported from serving_fixtures are used as parameters.
+# ruff: noqa: F401, F811
+
 from __future__ import annotations
 
 import json
@@ -15,6 +18,8 @@ from serving_fixtures import (
     live_engine,
     model_ids,
     model_spec,
+    registry,
+    upload,
     wait_until,
     write_adapter_dir,
 )
@@ -97,35 +102,6 @@ def test_refresh_events_load_and_evict_without_restart(
 
 
 # -- the registry as the PEFT source ---------------------------------------------------------
-
-
-@pytest.fixture
-def registry(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, object]]:
-    """A live registry API (SQLite, filesystem blobs) with namespace ``acme`` (auto approval)
-    and base model ``tiny-llama``."""
-    from store.api.server import run_registry_api
-    from store.client import RegistryClient
-    from store.db import upgrade
-    from store.settings import StoreSettings
-
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
-    upgrade(url)
-    settings = StoreSettings(
-        home=tmp_path / "home", database_url=url, blob_url=f"file://{tmp_path / 'blobs'}"
-    )
-    with run_registry_api(settings) as (base_url, token), RegistryClient(base_url, token) as admin:
-        admin.create_namespace("acme", approval_policy="auto")
-        admin.register_base_model(
-            "tiny-llama", json.loads((tiny_model_dir / "config.json").read_text())
-        )
-        yield base_url, admin, token
-
-
-def upload(admin: object, tmp_path: Path, spec: object, name: str, seed: int) -> dict:
-    src = write_adapter_dir(tmp_path / "uploads", name, spec, seed=seed)
-    return admin.upload_adapter(
-        src, namespace="acme", name=name, version="1.0.0", base_model="tiny-llama"
-    )
 
 
 def test_registry_source_converges_at_start_and_follows_events(
