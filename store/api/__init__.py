@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from store.api import routes_adapters, routes_catalog, routes_ingest, routes_ops
 from store.api.deps import AppState
+from store.api.docs import install_docs
 from store.api.errors import document_errors, install_error_handlers
 from store.blobs import BlobStore, open_blob_store
 from store.db import ensure_migrated, make_engine
@@ -53,6 +54,8 @@ def create_app(
         version="1",
         description="Adapter registry: namespaces, base models, LoRA adapter versions, "
         "approval, file downloads and the fleet view engines reconcile against.",
+        docs_url=None,  # served by store.api.docs from local assets, not a CDN
+        redoc_url=None,
     )
     app.state.lorafleet = AppState(
         settings=settings,
@@ -63,10 +66,11 @@ def create_app(
     )
     install_error_handlers(app)
     document_errors(app)
+    install_docs(app)
     app.middleware("http")(metrics.middleware)
     app.include_router(routes_ops.router)
     app.include_router(routes_catalog.router)
     app.include_router(routes_adapters.router)
+    app.include_router(routes_ingest.router)
     log.info("api.created", database=engine.url.render_as_string(), blobs=repr(blobs))
     return app
-    app.include_router(routes_ingest.router)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
 import structlog
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
 from store import registry
@@ -38,7 +40,21 @@ def get_state(request: Request) -> AppState:
     return request.app.state.lorafleet
 
 
-def get_principal(request: Request) -> Principal:
+# The OpenAPI ``bearer`` security scheme (``/docs``' Authorize button), declared by every route
+# that depends on ``get_principal``. ``auto_error=False``: ``authenticate`` gives the 401s.
+bearer_scheme = HTTPBearer(
+    scheme_name="bearer",
+    bearerFormat="lft_...",
+    description="A registry token: the bootstrap LORAFLEET_ADMIN_TOKEN or one minted with "
+    "`lorafleet tokens create` (POST /v1/tokens).",
+    auto_error=False,
+)
+
+
+def get_principal(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+) -> Principal:
     """The authenticated caller; ``Unauthorized`` (401) without a valid bearer token."""
     state = get_state(request)
     with session_scope(state.engine) as session:

@@ -18,7 +18,15 @@ from starlette.concurrency import run_in_threadpool
 from store import registry
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
-from store.api.schemas import NAMESPACE_PATTERN, AdapterPatch, adapter_out, page_of
+from store.api.schemas import (
+    NAMESPACE_PATTERN,
+    AdapterDeleted,
+    AdapterList,
+    AdapterOut,
+    AdapterPatch,
+    adapter_out,
+    page_of,
+)
 from store.api.uploads import StagedUpload, place_files, receive_upload
 from store.approval import Status
 from store.auth import Principal
@@ -102,9 +110,13 @@ _UPLOAD_BODY = {
 @router.post(
     "",
     status_code=201,
+    response_model=AdapterOut,
     openapi_extra={"requestBody": _UPLOAD_BODY},
     responses={
-        200: {"description": "The same bytes were already registered: the existing version."},
+        200: {
+            "description": "The same bytes were already registered: the existing version.",
+            "model": AdapterOut,
+        },
         **error_responses(400, 403, 404, 409, 413, 422, 503),
     },
 )
@@ -186,7 +198,7 @@ def _register(
         return _entity(session, version), created
 
 
-@router.get("", responses=error_responses(400))
+@router.get("", response_model=AdapterList, responses=error_responses(400))
 def list_adapters(
     caller: Caller,
     state: State,
@@ -266,14 +278,14 @@ def download_file(
     )
 
 
-@router.get("/{adapter_id}", responses=error_responses(404))
+@router.get("/{adapter_id}", response_model=AdapterOut, responses=error_responses(404))
 def get_adapter(adapter_id: str, caller: Caller, state: State) -> dict[str, Any]:
     """One version with its files (both roles) and provenance."""
     with session_scope(state.engine) as session:
         return _entity(session, _visible(session, caller, adapter_id))
 
 
-@router.get("/{namespace}/{name}", responses=error_responses(404))
+@router.get("/{namespace}/{name}", response_model=AdapterList, responses=error_responses(404))
 def list_versions(namespace: str, name: str, caller: Caller, state: State) -> dict[str, Any]:
     """Every version of ``namespace/name``, oldest semantic version first."""
     missing = f"adapter {namespace}/{name} not found"
@@ -286,7 +298,13 @@ def list_versions(namespace: str, name: str, caller: Caller, state: State) -> di
     return page_of(data, page=1, page_size=len(data), total=len(data))
 
 
-@router.get("/{namespace}/{name}/{version}", responses=error_responses(404))
+@router.get(
+    "/{namespace}/{name}/{version}",
+    response_model=AdapterOut,
+    description="One version by its coordinates (``namespace/name@version``), with its files "
+    "(both roles) and provenance; 404 when it does not exist or the caller may not see it.",
+    responses=error_responses(404),
+)
 def get_version(
     namespace: str, name: str, version: str, caller: Caller, state: State
 ) -> dict[str, Any]:
@@ -295,7 +313,9 @@ def get_version(
         return _entity(session, registry.get_version(session, namespace, name, version))
 
 
-@router.patch("/{adapter_id}", responses=error_responses(400, 403, 404, 409, 422))
+@router.patch(
+    "/{adapter_id}", response_model=AdapterOut, responses=error_responses(400, 403, 404, 409, 422)
+)
 def patch_adapter(
     adapter_id: str, body: AdapterPatch, request: Request, caller: Caller, state: State
 ) -> dict[str, Any]:
@@ -327,7 +347,11 @@ def patch_adapter(
             return _entity(session, version)
 
 
-@router.delete("/{adapter_id}", responses=error_responses(400, 403, 404, 409))
+@router.delete(
+    "/{adapter_id}",
+    response_model=AdapterOut | AdapterDeleted,
+    responses=error_responses(400, 403, 404, 409),
+)
 def delete_adapter(
     adapter_id: str, request: Request, caller: Caller, state: State, purge: bool = False
 ) -> dict[str, Any]:

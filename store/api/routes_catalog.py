@@ -13,9 +13,14 @@ from store.api.errors import error_responses
 from store.api.schemas import (
     NAMESPACE_PATTERN,
     BaseModelCreate,
+    BaseModelList,
+    BaseModelOut,
     NamespaceCreate,
+    NamespaceList,
+    NamespaceOut,
     NamespaceUpdate,
     TokenCreate,
+    TokenOut,
     base_model_out,
     namespace_out,
     page_of,
@@ -35,7 +40,12 @@ def _ns_missing(name: str) -> str:
     return f"namespace {name!r} not found"
 
 
-@router.post("/namespaces", status_code=201, responses=error_responses(403, 409, 422))
+@router.post(
+    "/namespaces",
+    status_code=201,
+    response_model=NamespaceOut,
+    responses=error_responses(403, 409, 422),
+)
 def create_namespace(body: NamespaceCreate, request: Request, caller: Caller, state: State) -> dict:
     """Create a namespace (global admin)."""
     with audited(request, caller, "namespace.create", target=body.name, namespace=body.name):
@@ -45,7 +55,7 @@ def create_namespace(body: NamespaceCreate, request: Request, caller: Caller, st
             return namespace_out(ns)
 
 
-@router.get("/namespaces")
+@router.get("/namespaces", response_model=NamespaceList)
 def list_namespaces(caller: Caller, state: State) -> dict:
     """The namespaces the caller can see."""
     with session_scope(state.engine) as session:
@@ -54,14 +64,19 @@ def list_namespaces(caller: Caller, state: State) -> dict:
     return page_of(data, page=1, page_size=max(len(data), 1), total=len(data))
 
 
-@router.get("/namespaces/{name}", responses=error_responses(400, 404))
+@router.get("/namespaces/{name}", response_model=NamespaceOut, responses=error_responses(400, 404))
 def get_namespace(name: NamespaceName, caller: Caller, state: State) -> dict:
+    """One namespace (reader of it); 404 when it does not exist or the caller may not see it."""
     caller.require_read(name, _ns_missing(name))
     with session_scope(state.engine) as session:
         return namespace_out(registry.get_namespace(session, name))
 
 
-@router.patch("/namespaces/{name}", responses=error_responses(400, 403, 404, 422))
+@router.patch(
+    "/namespaces/{name}",
+    response_model=NamespaceOut,
+    responses=error_responses(400, 403, 404, 422),
+)
 def update_namespace(
     name: NamespaceName, body: NamespaceUpdate, request: Request, caller: Caller, state: State
 ) -> dict:
@@ -77,8 +92,12 @@ def update_namespace(
 @router.post(
     "/base-models",
     status_code=201,
+    response_model=BaseModelOut,
     responses={
-        200: {"description": "Already registered with the same dimensions: the existing one."},
+        200: {
+            "description": "Already registered with the same dimensions: the existing one.",
+            "model": BaseModelOut,
+        },
         **error_responses(403, 409, 422),
     },
 )
@@ -97,8 +116,9 @@ def register_base_model(
             return base_model_out(row)
 
 
-@router.get("/base-models")
+@router.get("/base-models", response_model=BaseModelList)
 def list_base_models(caller: Caller, state: State) -> dict:
+    """Every registered base model (any token: base models are shared by all namespaces)."""
     with session_scope(state.engine) as session:
         data = [base_model_out(bm) for bm in registry.list_base_models(session)]
     return page_of(data, page=1, page_size=max(len(data), 1), total=len(data))
@@ -112,13 +132,19 @@ def _get_base_model(session: Session, name: str) -> BaseModel:
 
 
 # ``:path`` because base model names often carry an organisation (``meta/llama-3-8b``).
-@router.get("/base-models/{name:path}", responses=error_responses(404))
+@router.get("/base-models/{name:path}", response_model=BaseModelOut, responses=error_responses(404))
 def get_base_model(name: str, caller: Caller, state: State) -> dict:
+    """One base model by name (which may hold a ``/``, e.g. ``meta/llama-3-8b``)."""
     with session_scope(state.engine) as session:
         return base_model_out(_get_base_model(session, name))
 
 
-@router.post("/tokens", status_code=201, responses=error_responses(400, 403, 404, 422))
+@router.post(
+    "/tokens",
+    status_code=201,
+    response_model=TokenOut,
+    responses=error_responses(400, 403, 404, 422),
+)
 def mint_token(body: TokenCreate, request: Request, caller: Caller, state: State) -> dict[str, Any]:
     """Mint a bearer token: a global admin mints any; a namespace admin mints tokens of its
     namespace. The plaintext is in this answer only."""

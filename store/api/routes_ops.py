@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from store import registry
 from store.api.deps import AppState, get_principal, get_state
 from store.api.errors import error_responses
+from store.api.schemas import FleetView, Liveness, Readiness
 from store.auth import Principal
 from store.db import ensure_migrated, session_scope
 from store.errors import LorafleetError
@@ -20,7 +21,7 @@ router = APIRouter()
 State = Annotated[AppState, Depends(get_state)]
 
 
-@router.get("/v1/health/live")
+@router.get("/v1/health/live", response_model=Liveness)
 def live() -> dict[str, str]:
     """The process answers (no dependencies checked; no auth)."""
     return {"status": "ok"}
@@ -28,10 +29,11 @@ def live() -> dict[str, str]:
 
 @router.get(
     "/v1/health/ready",
+    response_model=Readiness,
     responses={
         503: {
             "description": "A dependency failed: ``checks`` says which, ``error`` says how.",
-            "content": {"application/json": {}},
+            "model": Readiness,
         }
     },
 )
@@ -66,7 +68,7 @@ def metrics(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/fleet", responses=error_responses(400, 401))
+@router.get("/v1/fleet", response_model=FleetView, responses=error_responses(400, 401))
 def fleet(
     base_model: Annotated[str, Query(min_length=1)],
     caller: Annotated[Principal, Depends(get_principal)],
