@@ -236,6 +236,8 @@ def serve(
     settings = EngineSettings(**overrides)
     if settings.model_dir is None:
         raise typer.BadParameter("LORAFLEET_ENGINE_MODEL_DIR is not set")
+    if not (Path(settings.model_dir) / "config.json").is_file():
+        raise typer.BadParameter(f"{settings.model_dir} has no config.json (a HF model directory)")
     source = make_source(settings, settings.resolved_model_name(), read_spec(settings.model_dir))
     try:
         source.verify()  # before loading the model: a wrong served name fails fast
