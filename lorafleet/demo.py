@@ -150,31 +150,56 @@ def pull(
         typer.Option(envvar="LORAFLEET_REDIS_URL", help="Refresh events (with --watch)."),
     ] = None,
     interval: Annotated[float, typer.Option(help="Resync period with --watch (s).")] = 30.0,
+    max_lora_rank: Annotated[
+        int | None,
+        typer.Option(
+            envvar="NIM_MAX_LORA_RANK",
+            min=1,
+            help="Skip (and report) adapters of a higher rank: the NIM's NIM_MAX_LORA_RANK. "
+            "Default: no limit.",
+        ),
+    ] = None,
 ) -> None:
     """Materialise ready adapters as one directory each (``ns--name--version``, HF PEFT
-    files), atomically, removing the ones no longer ready. For stock NIM and vLLM."""
+    files, 0644), atomically, removing the ones no longer ready. For stock NIM and vLLM.
+
+    An unregistered base model, or a directory already pulled for another base model, is an
+    error (exit 1) and nothing is removed."""
     from store.client import ApiError, RegistryClient
-    from store.pull import PullResult, pull_adapters, watch_adapters
+    from store.pull import PullError, PullResult, pull_adapters, watch_adapters
 
     selectors = set(adapter) if adapter else None
+    reported: dict[str, str] = {}
 
     def show(result: PullResult) -> None:
         for name in result.added:
             typer.echo(f"+ {dest / name}")
         for name in result.removed:
             typer.echo(f"- {dest / name}")
+        for name, reason in sorted(result.skipped.items()):
+            typer.echo(f"! {dest / name} skipped: {reason}")
+        reported.clear()
+        reported.update(result.skipped)
+        skipped = f", {len(result.skipped)} skipped" if result.skipped else ""
         typer.echo(
             f"{len(result.added) + len(result.kept)} adapter(s) in {dest} "
-            f"(generation {result.generation})"
+            f"(generation {result.generation}){skipped}"
         )
+
+    def fail(exc: ApiError | PullError) -> typer.Exit:
+        typer.echo(f"error: {exc}", err=True)
+        return typer.Exit(1)
 
     with RegistryClient(url, token=token) as client:
         if not watch:
             try:
-                show(pull_adapters(client, base_model, dest, selectors=selectors))
-            except ApiError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(1) from None
+                show(
+                    pull_adapters(
+                        client, base_model, dest, selectors=selectors, max_rank=max_lora_rank
+                    )
+                )
+            except (ApiError, PullError) as exc:
+                raise fail(exc) from None
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -187,7 +212,10 @@ def pull(
                 selectors=selectors,
                 interval=interval,
                 stop=stop,
-                on_result=lambda r: show(r) if r.changed else None,
+                on_result=lambda r: show(r) if r.changed or r.skipped != reported else None,
+                max_rank=max_lora_rank,
             )
+        except (ApiError, PullError) as exc:
+            raise fail(exc) from None
         except KeyboardInterrupt:
             stop.set()

@@ -170,14 +170,19 @@ def adapters_archive(
 @adapters_app.command("pull")
 def adapters_pull(
     ref: Ref,
-    directory: Annotated[Path, typer.Argument(help="Where to write the files.")],
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write the files (absent or an empty directory).")
+    ],
     original: Annotated[
         bool, typer.Option("--original", help="The uploaded files instead of canonical HF PEFT.")
     ] = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Download an adapter version's files, each verified against its sha256."""
+    """Download an adapter version's files, each verified against its sha256.
+
+    The directory appears complete or not at all (files are staged beside it, then renamed
+    into place); files are 0644, directories 0755."""
     role = "original" if original else "canonical"
     with api_client(url, token) as client:
         entity = client.resolve(ref)

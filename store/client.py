@@ -3,7 +3,13 @@
 Every non-2xx answer becomes ``ApiError(status, code, message)`` carrying the API's error
 code. Uploads stream files from disk (httpx reads them in chunks) and downloads stream to a
 temp file that is verified against its sha256 before it is moved into place, so a partial
-or corrupt download never looks like an adapter.
+or corrupt download never looks like an adapter. A whole adapter is downloaded into a hidden
+staging directory next to its destination and renamed into place once every file is
+verified: on any failure nothing is left at the destination.
+
+Downloaded files are world-readable (``0644``) and directories ``0755``, set explicitly
+(whatever the umask): the reader is often another uid (a stock NIM runs as uid 1000, the
+lorafleet image as 10001).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -21,6 +28,10 @@ import httpx
 
 Progress = Callable[[int], None]  # called with the number of bytes just transferred
 
+FILE_MODE = 0o644  # downloaded files: readable by the serving process, whichever its uid
+DIR_MODE = 0o755
+ROLES = ("canonical", "original")
+
 
 class ApiError(Exception):
     """An error answer from the registry API (or a transport failure, status 0)."""
@@ -30,6 +41,38 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
+    """``mkdir -p path``, every directory it creates set to ``mode`` (not left to the umask).
+    ``NotADirectoryError`` when ``path`` or an ancestor is a file."""
+    path = Path(path)
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # created concurrently (or a file: caught below)
+        os.chmod(directory, mode)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a directory")
+
+
+def _check_destination(dest: Path) -> None:
+    """A whole-adapter destination must be absent or an empty directory (never merged into)."""
+    if dest.is_dir():
+        if any(dest.iterdir()):
+            raise ApiError(
+                0,
+                "destination_not_empty",
+                f"{dest} exists and is not empty: remove it or choose another directory",
+            )
+    elif dest.exists() or dest.is_symlink():
+        raise ApiError(0, "not_a_directory", f"{dest} exists and is not a directory")
 
 
 class _CountingReader:
@@ -219,16 +262,30 @@ class RegistryClient:
         dest: Path,
         *,
         sha256: str | None = None,
+        role: str | None = None,
         progress: Progress | None = None,
     ) -> Path:
-        """Stream one file to ``dest``; verified against ``sha256`` (or the ETag) first."""
+        """Stream one file to ``dest`` (mode 0644); verified against ``sha256`` (or the ETag)
+        first. ``role`` (``canonical`` or ``original``) picks between the two files an
+        adapter may have at one path; the server's default is canonical."""
+        if role is not None and role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            make_dirs(dest.parent)
+        except (NotADirectoryError, FileExistsError):
+            raise ApiError(0, "not_a_directory", f"{dest.parent} is not a directory") from None
         url = f"/v1/adapters/{quote(adapter_id)}/files/{quote(path)}"
+        params = {"role": role} if role else None
         digest = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         try:
-            with os.fdopen(fd, "wb") as out, self._http.stream("GET", url) as response:
+            # mkstemp creates 0600: the serving process (another uid) could not read it.
+            os.fchmod(fd, FILE_MODE)
+            with (
+                os.fdopen(fd, "wb") as out,
+                self._http.stream("GET", url, params=params) as response,
+            ):
                 if not response.is_success:
                     response.read()
                     self._raise_for(response)
@@ -257,21 +314,45 @@ class RegistryClient:
         progress: Progress | None = None,
     ) -> Path:
         """Download every file of one role (canonical HF PEFT by default, else the uploaded
-        originals) into ``dest``, each verified against its sha256. Returns ``dest``."""
+        originals) into ``dest``, each verified against its sha256. Returns ``dest``.
+
+        ``dest`` must not exist or be an empty directory. The files land in a hidden staging
+        directory beside it that is renamed to ``dest`` once all are verified, so ``dest``
+        appears complete or not at all (``ApiError`` and nothing left behind on failure).
+        """
         entity = self.get_adapter(adapter_id)
         role = "canonical" if canonical else "original"
-        dest = Path(dest)
-        for f in entity["files"]:
-            if f["role"] != role:
-                continue
+        files = [f for f in entity["files"] if f["role"] == role]
+        for f in files:
             rel = PurePosixPath(f["path"])
             if rel.is_absolute() or ".." in rel.parts:  # never trust a server with our disk
                 raise ApiError(0, "unsafe_path", f"server sent unsafe path {f['path']!r}")
-            self.download_file(
-                adapter_id,
-                f["path"],
-                dest.joinpath(*rel.parts),
-                sha256=f["sha256"],
-                progress=progress,
-            )
+        if not files:
+            raise ApiError(0, "no_files", f"adapter {adapter_id} has no {role} files")
+        dest = Path(dest)
+        _check_destination(dest)
+        try:
+            make_dirs(dest.parent)
+        except (NotADirectoryError, FileExistsError):
+            raise ApiError(0, "not_a_directory", f"{dest.parent} is not a directory") from None
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+        try:
+            os.chmod(staging, DIR_MODE)  # mkdtemp makes 0700; this becomes ``dest``
+            for f in files:
+                self.download_file(
+                    adapter_id,
+                    f["path"],
+                    staging.joinpath(*PurePosixPath(f["path"]).parts),
+                    sha256=f["sha256"],
+                    role=role,
+                    progress=progress,
+                )
+            _check_destination(dest)
+            try:
+                os.replace(staging, dest)  # replaces an empty directory atomically
+            except OSError as exc:
+                raise ApiError(0, "destination_not_empty", f"{dest}: {exc.strerror}") from None
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
         return dest

@@ -8,6 +8,14 @@ verified, then renamed into place, so a NIM refresh never sees half an adapter. 
 that are no longer ready are removed the same way. Only directories this tool created are
 ever touched (they are listed in ``.lorafleet-pull.json``), so hand-placed adapters survive.
 
+Files are written ``0644`` and directories ``0755`` whatever the umask: NIM runs as another
+uid (1000) than the lorafleet image (10001). The state file also records the base model: a
+directory filled for one base model is never switched to another (a typo would otherwise
+replace the whole served set), and an unregistered base model is an error from the registry
+(404 ``unknown_base_model``), so nothing is removed. Told the target's limits
+(``max_rank``: NIM's ``NIM_MAX_LORA_RANK``), adapters it could not load are skipped and
+reported, never written.
+
 ``watch`` keeps the directory in sync: it reconciles after every fleet refresh event for the
 base model and, since events are only hints, every ``interval`` seconds regardless.
 """
@@ -26,7 +34,7 @@ from pathlib import Path
 
 import structlog
 
-from store.client import RegistryClient
+from store.client import DIR_MODE, FILE_MODE, ApiError, RegistryClient, make_dirs
 
 log = structlog.get_logger(__name__)
 
@@ -43,14 +51,25 @@ def adapter_dir_name(namespace: str, name: str, version: str) -> str:
     return f"{namespace}--{name}--{version}"
 
 
+class PullError(Exception):
+    """A pull that must not proceed (wrong directory, another base model): nothing changed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
 @dataclass
 class PullResult:
-    """What one reconciliation did."""
+    """What one reconciliation did. ``skipped``: directory name -> why the target cannot
+    take that adapter (it is not written, and removed if an earlier pull wrote it)."""
 
     generation: int
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -65,19 +84,70 @@ def _wanted(adapter: dict, selectors: set[str] | None) -> bool:
     return bool({adapter["id"], coords, family, adapter["namespace"]} & selectors)
 
 
-def _read_state(dest: Path) -> dict[str, dict]:
+def _read_state_file(dest: Path) -> dict:
     try:
-        return json.loads((dest / STATE_FILE).read_text())["adapters"]
-    except (FileNotFoundError, ValueError, KeyError):
+        data = json.loads((dest / STATE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
-def _write_state(dest: Path, state: dict[str, dict], generation: int) -> None:
+def _read_state(dest: Path) -> dict[str, dict]:
+    adapters = _read_state_file(dest).get("adapters")
+    return adapters if isinstance(adapters, dict) else {}
+
+
+def _write_state(dest: Path, state: dict[str, dict], generation: int, base_model: str) -> None:
     # Atomic replace: a crash mid-write must not forget which directories are ours.
     fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{STATE_FILE}.")
+    os.fchmod(fd, FILE_MODE)
+    doc = {"base_model": base_model, "generation": generation, "adapters": state}
     with os.fdopen(fd, "w") as fh:
-        json.dump({"generation": generation, "adapters": state}, fh, indent=2, sort_keys=True)
+        json.dump(doc, fh, indent=2, sort_keys=True)
     os.replace(tmp, dest / STATE_FILE)
+
+
+def _prepare_dest(dest: Path) -> None:
+    """Create ``dest`` (0755) if needed; refuse a file."""
+    if dest.exists() and not dest.is_dir():
+        raise PullError("not_a_directory", f"{dest} exists and is not a directory")
+    if not dest.exists():
+        try:
+            make_dirs(dest)
+        except (NotADirectoryError, FileExistsError):
+            raise PullError("not_a_directory", f"{dest} cannot be created") from None
+
+
+def _check_base_model(dest: Path, base_model: str) -> None:
+    """Refuse a directory pulled for another base model (before anything is removed)."""
+    recorded = _read_state_file(dest).get("base_model")
+    if recorded and recorded != base_model:
+        raise PullError(
+            "base_model_mismatch",
+            f"{dest} holds adapters of base model {recorded!r} (see {dest / STATE_FILE}), "
+            f"not {base_model!r}: refusing to replace them. Use another --dest for "
+            f"{base_model!r}, or delete the directories listed in {STATE_FILE} and the file "
+            "itself to start over.",
+        )
+
+
+def _fix_modes(root: Path) -> None:
+    """Make a directory this tool wrote readable by another uid (0755 dirs, 0644 files):
+    directories pulled by older versions kept ``mkstemp``'s 0600."""
+    for path in (root, *root.rglob("*")):
+        if path.is_symlink():
+            continue
+        mode = DIR_MODE if path.is_dir() else FILE_MODE
+        if path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+
+
+def _skip_reason(adapter: dict, max_rank: int | None) -> str | None:
+    """Why the target cannot take ``adapter`` (None when it can)."""
+    rank = adapter.get("rank")
+    if max_rank is not None and isinstance(rank, int) and rank > max_rank:
+        return f"rank {rank} exceeds the target's max LoRA rank {max_rank}"
+    return None
 
 
 def _remove(dest: Path, dirname: str) -> None:
@@ -99,26 +169,44 @@ def pull_adapters(
     *,
     selectors: set[str] | None = None,
     canonical: bool = True,
+    max_rank: int | None = None,
 ) -> PullResult:
     """Make ``dest`` hold exactly the ready adapters of ``base_model`` (restricted to
-    ``selectors``: ids, ``ns/name@version``, ``ns/name`` or ``ns``).
+    ``selectors``: ids, ``ns/name@version``, ``ns/name`` or ``ns``) that the target can take
+    (rank at most ``max_rank``; the others are in ``result.skipped`` with the reason).
 
     Guarantees: a directory appears only once all its files are downloaded and verified
     (sha256); a directory that is no longer wanted disappears in one rename; directories
-    not created by this function are never modified. Idempotent.
+    not created by this function are never modified; files are 0644, directories 0755.
+    Idempotent. Raises ``PullError`` for a ``dest`` pulled for another base model and
+    ``ApiError`` (404 ``unknown_base_model`` for an unregistered one) before touching
+    anything.
     """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    _prepare_dest(dest)
+    # The registry first: for a typo, "unknown base model, did you mean ..." says more than
+    # "this directory holds another base model".
     fleet = client.fleet(base_model)
+    _check_base_model(dest, base_model)
     generation = int(fleet.get("generation", 0))
     result = PullResult(generation=generation)
     state = _read_state(dest)
     wanted: dict[str, dict] = {}
     for adapter in fleet.get("adapters", []):
-        if _wanted(adapter, selectors):
-            wanted[adapter_dir_name(adapter["namespace"], adapter["name"], adapter["version"])] = (
-                adapter
+        if not _wanted(adapter, selectors):
+            continue
+        dirname = adapter_dir_name(adapter["namespace"], adapter["name"], adapter["version"])
+        reason = _skip_reason(adapter, max_rank)
+        if reason is not None:
+            result.skipped[dirname] = reason
+            log.warning(
+                "adapter_skipped",
+                adapter=f"{adapter['namespace']}/{adapter['name']}@{adapter['version']}",
+                dir=str(dest / dirname),
+                reason=reason,
             )
+            continue
+        wanted[dirname] = adapter
 
     for dirname, adapter in sorted(wanted.items()):
         known = state.get(dirname)
@@ -127,6 +215,7 @@ def pull_adapters(
             and known.get("manifest_sha256") == adapter.get("manifest_sha256")
             and (dest / dirname).is_dir()
         ):
+            _fix_modes(dest / dirname)
             result.kept.append(dirname)
             continue
         staging = dest / STAGING_DIR
@@ -134,6 +223,7 @@ def pull_adapters(
         workdir = Path(tempfile.mkdtemp(dir=staging, prefix="pull-"))
         try:
             client.download_adapter(adapter["id"], workdir / dirname, canonical=canonical)
+            os.chmod(workdir / dirname, DIR_MODE)
             if (dest / dirname).exists():
                 _remove(dest, dirname)
             os.replace(workdir / dirname, dest / dirname)
@@ -144,18 +234,18 @@ def pull_adapters(
             "adapter": f"{adapter['namespace']}/{adapter['name']}@{adapter['version']}",
             "manifest_sha256": adapter.get("manifest_sha256"),
         }
-        _write_state(dest, state, generation)
+        _write_state(dest, state, generation, base_model)
         result.added.append(dirname)
         log.info("adapter_pulled", adapter=state[dirname]["adapter"], dir=str(dest / dirname))
 
     for dirname in sorted(set(state) - set(wanted)):
         _remove(dest, dirname)
         adapter_name = state.pop(dirname).get("adapter")
-        _write_state(dest, state, generation)
+        _write_state(dest, state, generation, base_model)
         result.removed.append(dirname)
         log.info("adapter_removed", adapter=adapter_name, dir=str(dest / dirname))
 
-    _write_state(dest, state, generation)
+    _write_state(dest, state, generation, base_model)
     shutil.rmtree(dest / STAGING_DIR, ignore_errors=True)
     return result
 
@@ -170,23 +260,36 @@ def watch_adapters(
     interval: float = 30.0,
     stop: threading.Event | None = None,
     on_result: Callable[[PullResult], None] | None = None,
+    max_rank: int | None = None,
 ) -> None:
     """Keep ``dest`` in sync until ``stop`` is set: reconcile now, after each refresh event
     for ``base_model`` (when ``redis_url`` is given) and every ``interval`` seconds.
 
     A failed reconciliation (registry down) is logged and retried on the next tick; it never
-    removes adapters that are already in place.
+    removes adapters that are already in place. A misconfiguration is raised instead: a
+    ``PullError`` at any time, and on the first reconciliation a 4xx from the registry
+    (unknown base model, bad token), so a sidecar with a typo fails instead of syncing
+    nothing forever.
     """
     stop = stop or threading.Event()
     due = threading.Event()
     due.set()
+    first = {"pending": True}
 
     def reconcile() -> None:
         try:
-            result = pull_adapters(client, base_model, dest, selectors=selectors)
+            result = pull_adapters(client, base_model, dest, selectors=selectors, max_rank=max_rank)
+        except PullError:
+            raise
+        except ApiError as exc:
+            if first["pending"] and 400 <= exc.status < 500:
+                raise
+            log.warning("pull_failed", base_model=base_model, error=str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - keep serving what we have; retry later
             log.warning("pull_failed", base_model=base_model, error=str(exc))
             return
+        first["pending"] = False
         if on_result is not None:
             on_result(result)
 
@@ -200,14 +303,17 @@ def watch_adapters(
         )
         listener.start()
     next_tick = time.monotonic()
-    while not stop.is_set():
-        if due.is_set() or time.monotonic() >= next_tick:
-            due.clear()
-            reconcile()
-            next_tick = time.monotonic() + interval
-        due.wait(timeout=max(0.05, min(1.0, next_tick - time.monotonic())))
-    if listener is not None:
-        listener.join(timeout=5)
+    try:
+        while not stop.is_set():
+            if due.is_set() or time.monotonic() >= next_tick:
+                due.clear()
+                reconcile()
+                next_tick = time.monotonic() + interval
+            due.wait(timeout=max(0.05, min(1.0, next_tick - time.monotonic())))
+    finally:
+        if listener is not None:
+            stop.set()  # also on a raised misconfiguration: the listener must end with us
+            listener.join(timeout=5)
 
 
 def _listen(redis_url: str, base_model: str, due: threading.Event, stop: threading.Event) -> None:

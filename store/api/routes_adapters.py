@@ -231,7 +231,10 @@ def list_adapters(
     "/{adapter_id}/files/{path:path}",
     response_model=None,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes."},
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The file's bytes; ``X-Lorafleet-Role`` says which role was sent.",
+        },
         **error_responses(400, 404, 503),
     },
 )
@@ -241,24 +244,41 @@ def download_file(
     request: Request,
     caller: Caller,
     state: State,
-    canonical: bool | None = None,
+    role: Annotated[
+        Literal["canonical", "original"] | None,
+        Query(
+            description="Which file at ``path``: ``canonical`` (the HF PEFT files engines "
+            "load; the default) or ``original`` (the bytes as uploaded). An upload and its "
+            "canonical form often share a path (``adapter_config.json``)."
+        ),
+    ] = None,
+    canonical: Annotated[
+        bool | None,
+        Query(deprecated=True, description="Older spelling: ``false`` is ``role=original``."),
+    ] = None,
 ) -> StreamingResponse | dict[str, Any]:
-    """Stream one file of a version from the blob store; ``ETag`` is its sha256. With two
-    files at the same path (original and canonical) ``canonical`` picks; default canonical.
+    """Stream one file of a version from the blob store; ``ETag`` is its sha256. An adapter
+    may hold two files at one path (the uploaded original and the canonical HF PEFT one):
+    ``role`` picks, canonical by default; 404 when the version has no file of that role there.
 
     ``/v1/adapters/{namespace}/files/{version}`` (an adapter *named* ``files``) also lands
     here; anything that is not an adapter id is answered as those coordinates."""
     if not adapter_id.startswith("ad_") and "/" not in path:
         return get_version(adapter_id, "files", path, caller, state)  # type: ignore[return-value]
+    if canonical is not None:
+        legacy = "canonical" if canonical else "original"
+        if role is not None and role != legacy:
+            raise BadRequest(f"role={role} contradicts canonical={str(canonical).lower()}")
+        role = legacy
     with audited(request, caller, "adapter.download", target=f"{adapter_id}/{path}") as where:
         with session_scope(state.engine) as session:
             version = _visible(session, caller, adapter_id)
             where["namespace"] = version.namespace
-            role = None if canonical is None else ("canonical" if canonical else "original")
             files = registry.list_files(session, adapter_id, role)
         matches = [f for f in files if f.path == path]
         if not matches:
-            raise NotFound(f"adapter {adapter_id} has no file {path!r}")
+            which = f"{role} file" if role else "file"
+            raise NotFound(f"adapter {adapter_id} has no {which} {path!r}")
         chosen = next((f for f in matches if f.role == "canonical"), matches[0])
         where["target"] = f"{adapter_id}/{chosen.role}/{path}"
         chunks = state.blobs.iter_chunks(chosen.blob_key)

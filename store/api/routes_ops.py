@@ -68,7 +68,18 @@ def metrics(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/fleet", response_model=FleetView, responses=error_responses(400, 401))
+@router.get(
+    "/v1/fleet",
+    response_model=FleetView,
+    responses={
+        **error_responses(400, 401, 404),
+        404: {
+            **error_responses(404)[404],
+            "description": "``base_model`` is not registered (code unknown_base_model; the "
+            "message names the closest registered base model).",
+        },
+    },
+)
 def fleet(
     base_model: Annotated[str, Query(min_length=1)],
     caller: Annotated[Principal, Depends(get_principal)],
@@ -76,8 +87,30 @@ def fleet(
 ) -> dict[str, Any]:
     """``{"generation": N, "adapters": [...]}``: the ready versions of ``base_model`` with
     their canonical file digests. Engines use a global reader token and see every tenant;
-    a namespace token sees only its own namespace's adapters."""
+    a namespace token sees only its own namespace's adapters.
+
+    An unregistered ``base_model`` is 404 ``unknown_base_model``, never an empty list: a typo
+    in an engine's or ``lorafleet pull``'s configuration must fail, not serve (or delete)
+    everything."""
+    import difflib
+
+    from store.errors import NotFound
+    from store.models import BaseModel
+
     with session_scope(state.engine) as session:
+        if session.get(BaseModel, base_model) is None:
+            known = [m.name for m in registry.list_base_models(session)]
+            close = difflib.get_close_matches(base_model, known, n=1, cutoff=0.6)
+            if close:
+                hint = f"; did you mean {close[0]!r}?"
+            elif known:
+                shown = ", ".join(repr(k) for k in known[:10])
+                hint = f"; registered: {shown}{', ...' if len(known) > 10 else ''}"
+            else:
+                hint = "; no base model is registered yet (lorafleet base-models add)"
+            raise NotFound(
+                f"base model {base_model!r} is not registered{hint}", code="unknown_base_model"
+            )
         view = registry.fleet_state(session, base_model)
     visible = caller.visible_namespaces()
     if visible is not None:

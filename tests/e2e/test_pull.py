@@ -1,9 +1,14 @@
 """``lorafleet pull`` against a live registry API: NIM's LOCAL_PEFT_DIRECTORY layout, atomic
-updates, removal of adapters that stop being ready, and ``--watch`` driven by refresh events."""
+updates, removal of adapters that stop being ready, and ``--watch`` driven by refresh events;
+files another uid can read, a typo'd or switched base model that removes nothing, and
+adapters above the target's max rank skipped and reported."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import stat
 import subprocess
 import sys
 import threading
@@ -19,9 +24,16 @@ from events import streams
 from events.models import FleetRefresh
 from events.publisher import publish
 from store.api.server import run_registry_api
-from store.client import RegistryClient
+from store.client import ApiError, RegistryClient
 from store.formats import load_adapter
-from store.pull import STATE_FILE, PullResult, adapter_dir_name, pull_adapters, watch_adapters
+from store.pull import (
+    STATE_FILE,
+    PullError,
+    PullResult,
+    adapter_dir_name,
+    pull_adapters,
+    watch_adapters,
+)
 from store.settings import StoreSettings
 
 BASE = "tiny"
@@ -116,12 +128,119 @@ def test_pull_command_prints_what_it_did(registry, tmp_path: Path) -> None:
     assert "401" in denied.stderr
 
 
-def _lorafleet(args: list[str]) -> subprocess.CompletedProcess[str]:
+def _lorafleet(
+    args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real command line, in its own process."""
     code = "from lorafleet.cli import app; app()"
     return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
+
+
+def _served(dest: Path) -> list[str]:
+    return sorted(p.name for p in dest.iterdir() if not p.name.startswith("."))
+
+
+def test_pulled_files_are_readable_by_another_uid_whatever_the_umask(
+    registry, tmp_path: Path
+) -> None:
+    """NIM runs as uid 1000, the lorafleet image as 10001: 0644 files, 0755 directories."""
+    admin, _, _ = registry
+    dest = tmp_path / "loras"
+    previous = os.umask(0o077)
+    try:
+        pull_adapters(admin, BASE, dest)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o755
+    for dirname in _served(dest):
+        assert stat.S_IMODE((dest / dirname).stat().st_mode) == 0o755, dirname
+        for f in (dest / dirname).iterdir():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    assert stat.S_IMODE((dest / STATE_FILE).stat().st_mode) == 0o644
+    # A directory an older version left 0600 is repaired on the next pull.
+    weights = dest / _served(dest)[0] / "adapter_model.safetensors"
+    weights.chmod(0o600)
+    again = pull_adapters(admin, BASE, dest)
+    assert again.added == [] and stat.S_IMODE(weights.stat().st_mode) == 0o644
+
+
+def test_an_unknown_base_model_is_an_error_that_removes_nothing(registry, tmp_path: Path) -> None:
+    admin, base_url, token = registry
+    dest = tmp_path / "loras"
+    pull_adapters(admin, BASE, dest)
+    before = _served(dest)
+    state_before = (dest / STATE_FILE).read_text()
+    with pytest.raises(ApiError) as typo:
+        pull_adapters(admin, "tinny", dest)
+    assert (typo.value.status, typo.value.code) == (404, "unknown_base_model")
+    assert "did you mean 'tiny'?" in typo.value.message
+    assert _served(dest) == before and len(before) == 2
+    assert (dest / STATE_FILE).read_text() == state_before
+
+    args = ["pull", "--dest", str(dest), "--base-model", "tinny", "--url", base_url]
+    result = _lorafleet([*args, "--token", token])
+    assert result.returncode == 1
+    assert "unknown_base_model" in result.stderr and "did you mean 'tiny'?" in result.stderr
+    assert _served(dest) == before
+    watched = _lorafleet([*args, "--token", token, "--watch", "--interval", "0.1"])
+    assert watched.returncode == 1 and "unknown_base_model" in watched.stderr
+    assert _served(dest) == before
+
+
+def test_a_directory_is_never_switched_to_another_base_model(registry, tmp_path: Path) -> None:
+    admin, base_url, token = registry
+    admin.register_base_model("other", tiny_hf_config())
+    dest = tmp_path / "loras"
+    pull_adapters(admin, BASE, dest)
+    before = _served(dest)
+    assert json.loads((dest / STATE_FILE).read_text())["base_model"] == BASE
+    with pytest.raises(PullError) as switched:
+        pull_adapters(admin, "other", dest)
+    assert switched.value.code == "base_model_mismatch"
+    assert _served(dest) == before
+    result = _lorafleet(
+        ["pull", "--dest", str(dest), "--base-model", "other", "--url", base_url, "--token", token]
+    )
+    assert result.returncode == 1, result.stdout
+    assert "base_model_mismatch" in result.stderr and repr(BASE) in result.stderr
+    assert _served(dest) == before
+    assert json.loads((dest / STATE_FILE).read_text())["base_model"] == BASE
+    # Another directory for the other base model is fine.
+    assert pull_adapters(admin, "other", tmp_path / "other").added == []
+
+
+def test_pull_skips_and_reports_adapters_above_the_targets_max_rank(
+    registry, tmp_path: Path
+) -> None:
+    admin, base_url, token = registry
+    src = write_hf_peft(random_adapter(seed=9, rank=8), tmp_path / "src" / "big")
+    admin.upload_adapter(src, namespace="acme", name="big", version="1.0.0", base_model=BASE)
+    big = adapter_dir_name("acme", "big", "1.0.0")
+    dest = tmp_path / "loras"
+    result = pull_adapters(admin, BASE, dest, max_rank=4)
+    assert big not in result.added and big not in _served(dest)
+    assert "rank 8" in result.skipped[big] and "4" in result.skipped[big]
+    assert len(result.added) == 2
+    # A limit lowered after a pull takes out what the target can no longer load.
+    assert big in pull_adapters(admin, BASE, dest).added
+    assert big in pull_adapters(admin, BASE, dest, max_rank=4).removed
+    assert big not in _served(dest)
+
+    other = tmp_path / "nim"
+    args = ["pull", "--dest", str(other), "--base-model", BASE, "--url", base_url]
+    cli = _lorafleet([*args, "--token", token], env={"NIM_MAX_LORA_RANK": "4"})
+    assert cli.returncode == 0, cli.stderr
+    assert f"! {other / big} skipped: rank 8 exceeds" in cli.stdout
+    assert "2 adapter(s)" in cli.stdout and "1 skipped" in cli.stdout
+    assert big not in _served(other)
+    flag = _lorafleet([*args, "--token", token, "--max-lora-rank", "8"])
+    assert flag.returncode == 0 and big in _served(other)
 
 
 def test_watch_follows_refresh_events(registry, tmp_path: Path, redis_url: str) -> None:

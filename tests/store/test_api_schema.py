@@ -60,7 +60,7 @@ def test_schema_documents_each_routes_errors_in_the_error_shape(
     assert statuses("/v1/namespaces/{name}", "patch") == {
         "200", "400", "401", "403", "404", "422"
     }  # fmt: skip
-    assert statuses("/v1/fleet", "get") == {"200", "400", "401"}
+    assert statuses("/v1/fleet", "get") == {"200", "400", "401", "404"}
     assert statuses("/v1/health/live", "get") == {"200"}
     assert statuses("/v1/health/ready", "get") == {"200", "503"}
 

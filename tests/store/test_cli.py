@@ -107,3 +107,44 @@ def test_root_cli_mounts_store_commands() -> None:
         assert group in result.output
     upload_help = runner.invoke(root, ["adapters", "upload", "--help"])
     assert upload_help.exit_code == 0 and "--base-model" in upload_help.output
+
+
+def test_cli_pull_original_gets_the_uploaded_files_and_fails_without_leftovers(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    import stat
+
+    live_registry.admin.register_base_model("tiny", tiny_hf_config())
+    live_registry.admin.create_namespace("acme", approval_policy="auto")
+    src = write_hf_peft(random_adapter(seed=3), tmp_path / "adapter")
+    # As an HF Trainer writes it: same path as the canonical config, different bytes.
+    config = json.loads((src / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "meta-llama/tiny"
+    (src / "adapter_config.json").write_text(json.dumps(config, indent=4))
+    entity = live_registry.admin.upload_adapter(
+        src, namespace="acme", name="bot", version="1.0.0", base_model="tiny"
+    )
+
+    out = tmp_path / "original"
+    code, output = _run(live_registry, "adapters", "pull", "acme/bot@1.0.0", str(out), "--original")
+    assert code == 0, output
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
+    for path in src.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes()
+        assert stat.S_IMODE((out / path.name).stat().st_mode) == 0o644
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+
+    # A download that fails (a corrupted blob) leaves no partial directory.
+    weights = next(
+        f
+        for f in entity["files"]
+        if f["role"] == "canonical" and f["path"] == "adapter_model.safetensors"
+    )
+    blob = live_registry.blobs.path_for(f"sha256/{weights['sha256']}")
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
+    broken = tmp_path / "broken"
+    code, output = _run(live_registry, "adapters", "pull", "acme/bot@1.0.0", str(broken))
+    assert code == 1 and "digest_mismatch" in output
+    assert not broken.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

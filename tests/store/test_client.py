@@ -97,3 +97,138 @@ def test_etag_matches_the_sha256_the_client_verifies(
             continue
         path = live_registry.admin.download_file(entity["id"], f["path"], tmp_path / f["path"])
         assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"]
+
+
+def _trainer_style_adapter(reg: LiveRegistry, tmp_path: Path) -> tuple[dict, Path]:
+    """A ready adapter whose uploaded ``adapter_config.json`` differs from the canonical one
+    at the same path (an HF Trainer writes keys the registry's canonical form drops)."""
+    import json
+
+    reg.admin.register_base_model("tiny", tiny_hf_config())
+    reg.admin.create_namespace("acme", approval_policy="auto")
+    src = write_hf_peft(random_adapter(seed=6), tmp_path / "trainer-src")
+    config = json.loads((src / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "meta-llama/tiny"
+    (src / "adapter_config.json").write_text(json.dumps(config, indent=4))
+    entity = reg.admin.upload_adapter(
+        src, namespace="acme", name="trainer", version="1.0.0", base_model="tiny"
+    )
+    by_role = {
+        f["role"]: f["sha256"] for f in entity["files"] if f["path"] == "adapter_config.json"
+    }
+    assert by_role["original"] != by_role["canonical"], "the case this test is about"
+    return entity, src
+
+
+def test_original_files_download_even_when_they_share_a_path_with_canonical_ones(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    import httpx
+
+    entity, src = _trainer_style_adapter(live_registry, tmp_path)
+    out = live_registry.admin.download_adapter(entity["id"], tmp_path / "out", canonical=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
+    for path in src.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes()
+    # The route addresses either file at the shared path with ``role``.
+    url = f"{live_registry.base_url}/v1/adapters/{entity['id']}/files/adapter_config.json"
+    headers = {"Authorization": f"Bearer {live_registry.admin_token}"}
+    original = httpx.get(url, params={"role": "original"}, headers=headers)
+    assert original.status_code == 200 and original.headers["x-lorafleet-role"] == "original"
+    assert original.content == (src / "adapter_config.json").read_bytes()
+    canonical = httpx.get(url, headers=headers)
+    assert canonical.headers["x-lorafleet-role"] == "canonical"
+    assert canonical.content != original.content
+    bad = httpx.get(url, params={"role": "nope"}, headers=headers)
+    assert bad.status_code == 400
+    contradiction = httpx.get(
+        url, params={"role": "original", "canonical": "true"}, headers=headers
+    )
+    assert contradiction.status_code == 400
+    missing = httpx.get(
+        url.replace("adapter_config.json", "adapter_model.bin"),
+        params={"role": "original"},
+        headers=headers,
+    )
+    assert missing.status_code == 404
+
+
+def test_a_failed_adapter_download_leaves_nothing_at_the_destination(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    entity, _ = _ready_adapter(live_registry, tmp_path)
+    weights = next(
+        f
+        for f in entity["files"]
+        if f["role"] == "canonical" and f["path"] == "adapter_model.safetensors"
+    )
+    blob = live_registry.blobs.path_for(f"sha256/{weights['sha256']}")
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    parent = tmp_path / "pulled"
+    parent.mkdir()
+    with pytest.raises(ApiError) as err:
+        live_registry.admin.download_adapter(entity["id"], parent / "bot")
+    assert err.value.code == "digest_mismatch"
+    assert list(parent.iterdir()) == [], "no partial directory, no staging left behind"
+
+
+def test_downloads_are_world_readable_whatever_the_umask(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    import os
+    import stat
+
+    entity, _ = _ready_adapter(live_registry, tmp_path)
+    previous = os.umask(0o077)
+    try:
+        out = live_registry.admin.download_adapter(entity["id"], tmp_path / "a" / "b" / "out")
+        single = live_registry.admin.download_file(
+            entity["id"], "adapter_config.json", tmp_path / "c" / "adapter_config.json"
+        )
+    finally:
+        os.umask(previous)
+    for directory in (tmp_path / "a", tmp_path / "a" / "b", out, tmp_path / "c"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755, directory
+    for path in [*out.iterdir(), single]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_adapter_download_refuses_a_file_or_a_non_empty_directory(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    entity, _ = _ready_adapter(live_registry, tmp_path)
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    with pytest.raises(ApiError) as not_dir:
+        live_registry.admin.download_adapter(entity["id"], a_file)
+    assert not_dir.value.code == "not_a_directory" and a_file.read_text() == "mine"
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("keep")
+    with pytest.raises(ApiError) as not_empty:
+        live_registry.admin.download_adapter(entity["id"], full)
+    assert not_empty.value.code == "destination_not_empty"
+    assert [p.name for p in full.iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = live_registry.admin.download_adapter(entity["id"], empty)
+    assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_fleet_of_an_unregistered_base_model_is_404_with_a_suggestion(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    _ready_adapter(live_registry, tmp_path)
+    live_registry.admin.register_base_model("tiny-llama", tiny_hf_config())
+    with pytest.raises(ApiError) as typo:
+        live_registry.admin.fleet("tiny-lama")
+    assert (typo.value.status, typo.value.code) == (404, "unknown_base_model")
+    assert "did you mean 'tiny-llama'?" in typo.value.message
+    with pytest.raises(ApiError) as far:
+        live_registry.admin.fleet("mistral-7b")
+    assert far.value.code == "unknown_base_model" and "'tiny'" in far.value.message
+    assert len(live_registry.admin.fleet("tiny")["adapters"]) == 1
