@@ -2,8 +2,9 @@
 
 Both levels are LRU; an adapter in use by a running request is pinned and never evicted.
 The CPU cache's capacity bounds the number of distinct adapters among all active requests:
-one more gives ``CacheFull`` (the server answers HTTP 429). An adapter that does not fit
-this engine (rank above ``NIM_MAX_LORA_RANK``, another base model, wrong shapes) is refused
+one more gives ``CacheFull`` (the server answers HTTP 429). Whether an adapter fits this
+engine is decided before it gets here (``store.formats.validate_adapter``, when the PEFT
+source parses it); ``LoraWeights.load_slot`` only guards its buffers' capacity, refusing
 with ``AdapterInvalid`` before anything is copied, so a slot is never half-loaded.
 
 The cache knows nothing about HTTP or the model's math: it calls a ``loader`` to fetch an
@@ -21,8 +22,7 @@ from typing import Protocol
 
 import structlog
 
-from store.errors import AdapterInvalid, LorafleetError
-from store.formats.spec import SUPPORTED_MODULES, BaseModelSpec
+from store.errors import LorafleetError
 
 log = structlog.get_logger(__name__)
 
@@ -59,56 +59,6 @@ class LevelStats:
     load_seconds: float = 0.0
 
 
-def check_adapter(adapter: object, spec: BaseModelSpec, max_rank: int) -> None:
-    """Raise ``AdapterInvalid`` unless ``adapter`` can be served on ``spec`` at ``max_rank``.
-
-    Checks everything ``load_slot`` relies on, so a refused adapter never touches a slot.
-    """
-    rank = int(adapter.rank)  # type: ignore[attr-defined]
-    if rank < 1:
-        raise AdapterInvalid("invalid_rank", f"adapter rank {rank} is not positive")
-    if rank > max_rank:
-        raise AdapterInvalid(
-            "rank_too_large",
-            f"adapter rank {rank} is larger than this engine's NIM_MAX_LORA_RANK={max_rank}",
-        )
-    num_layers = int(adapter.num_layers)  # type: ignore[attr-defined]
-    if num_layers != spec.num_layers:
-        raise AdapterInvalid(
-            "shape_mismatch",
-            f"adapter has {num_layers} layers, the base model has {spec.num_layers}",
-        )
-    shapes = spec.module_shapes()
-    weights: dict = adapter.weights  # type: ignore[attr-defined]
-    for (layer, module), (a, b) in weights.items():
-        if module not in SUPPORTED_MODULES:
-            raise AdapterInvalid("unsupported_module", f"module {module!r} is not supported")
-        if not 0 <= layer < spec.num_layers:
-            raise AdapterInvalid("shape_mismatch", f"layer {layer} is out of range")
-        in_f, out_f = shapes[module]
-        if tuple(a.shape) != (rank, in_f) or tuple(b.shape) != (out_f, rank):
-            raise AdapterInvalid(
-                "shape_mismatch",
-                f"layer {layer} {module}: A {tuple(a.shape)} / B {tuple(b.shape)}, expected "
-                f"A ({rank}, {in_f}) / B ({out_f}, {rank}) for this base model",
-            )
-
-
-def check_listed(rank: int | None, base_model: str | None, *, served: str, max_rank: int) -> None:
-    """Raise ``AdapterInvalid`` when what the source lists about an adapter (its rank and
-    base model, before any download) already shows this engine cannot serve it."""
-    if base_model is not None and base_model != served:
-        raise AdapterInvalid(
-            "unknown_base_model",
-            f"adapter is for base model {base_model!r}, this engine serves {served!r}",
-        )
-    if rank is not None and rank > max_rank:
-        raise AdapterInvalid(
-            "rank_too_large",
-            f"adapter rank {rank} is larger than this engine's NIM_MAX_LORA_RANK={max_rank}",
-        )
-
-
 class CpuCache:
     """LRU of up to ``capacity`` canonical adapters in host memory, keyed by served name.
 
@@ -117,16 +67,9 @@ class CpuCache:
     unpinned one.
     """
 
-    def __init__(
-        self,
-        capacity: int,
-        loader: Callable[[str], object],
-        *,
-        validate: Callable[[object], None] | None = None,
-    ) -> None:
+    def __init__(self, capacity: int, loader: Callable[[str], object]) -> None:
         self.capacity = capacity
         self._loader = loader
-        self._validate = validate
         self._entries: OrderedDict[str, object] = OrderedDict()
         self._pins: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -220,8 +163,6 @@ class CpuCache:
                     self.stats.misses += 1
             started = time.perf_counter()
             adapter = self._loader(name)
-            if self._validate is not None:
-                self._validate(adapter)
             elapsed = time.perf_counter() - started
             with self._lock:
                 self._entries[name] = adapter

@@ -16,7 +16,7 @@ import structlog
 import torch
 import typer
 
-from engine.cache import AdapterCache, CpuCache, GpuSlots, check_adapter, check_listed
+from engine.cache import AdapterCache, CpuCache, GpuSlots
 from engine.metrics import EngineMetrics
 from engine.refresh import Reconciler, RefreshSubscriber
 from engine.scheduler import Scheduler
@@ -28,8 +28,9 @@ from engine.source import (
     RegistrySource,
     UnknownBaseModel,
     catalog_loader,
+    check_entry,
 )
-from store.formats import BaseModelSpec, ValidationLimits
+from store.formats import BaseModelSpec
 
 log = structlog.get_logger(__name__)
 
@@ -143,9 +144,9 @@ class EngineRuntime:
 
 def make_source(settings: EngineSettings, model_name: str, spec: BaseModelSpec) -> PeftSource:
     """The PEFT source ``NIM_PEFT_SOURCE`` names (an empty local source when unset). It
-    parses with the registry's format limits; the engine's own (``NIM_MAX_LORA_RANK``) are
-    checked after, so a refusal names the setting."""
-    limits = ValidationLimits()
+    validates every adapter it parses against ``spec`` and the engine's limits
+    (``EngineSettings.adapter_limits``: a rank refusal names ``NIM_MAX_LORA_RANK``)."""
+    limits = settings.adapter_limits()
     if settings.source_is_registry():
         from store.client import RegistryClient
 
@@ -184,13 +185,10 @@ def build_runtime(settings: EngineSettings, source: PeftSource | None = None) ->
     tokenizer = Tokenizer(model_dir)
     spec = read_spec(model_dir)
     name = settings.resolved_model_name()
-    max_rank = settings.max_lora_rank
+    limits = settings.adapter_limits()
     catalog = Catalog()
     source = source or make_source(settings, name, spec)
-    cpu = CpuCache(
-        settings.max_cpu_loras,
-        catalog_loader(catalog, source, lambda adapter: check_adapter(adapter, spec, max_rank)),
-    )
+    cpu = CpuCache(settings.max_cpu_loras, catalog_loader(catalog, source))
     cache = AdapterCache(cpu, GpuSlots(weights, settings.max_gpu_loras))
     eos = sorted(set(args.eos_token_ids) | set(tokenizer.eos_ids))
     scheduler = Scheduler(
@@ -213,7 +211,7 @@ def build_runtime(settings: EngineSettings, source: PeftSource | None = None) ->
             source,
             catalog,
             cache,
-            fit=lambda e: check_listed(e.rank, e.base_model, served=name, max_rank=max_rank),
+            fit=lambda entry: check_entry(entry, name, limits),
         ),
         max_seq_len=settings.max_seq_len,
         refresh_interval=settings.peft_refresh_interval,

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from store.errors import AdapterInvalid
-from store.formats import SUPPORTED_MODULES, CanonicalAdapter
+from store.formats import CanonicalAdapter
 from store.formats.spec import llama_module_shapes
 
 if TYPE_CHECKING:
@@ -180,42 +180,35 @@ class LoraWeights(nn.Module):
         """Bytes one slot occupies across all layers and modules."""
         return sum(a[0].nbytes + self.B[k][0].nbytes for k, a in self.A.items())
 
-    def validate(self, adapter: CanonicalAdapter) -> None:
-        """Raise ``AdapterInvalid`` (``rank_too_large``, ``invalid_rank``, ``shape_mismatch``,
-        ``unsupported_module``) unless every pair of ``adapter`` fits these buffers."""
+    def _check_capacity(self, adapter: CanonicalAdapter) -> None:
+        """Raise ``AdapterInvalid`` unless every pair of ``adapter`` fits these buffers (rank
+        at most ``max_rank``, a buffer for its layer and module, matching widths). Whether the
+        adapter fits the base model is ``store.formats.validate_adapter``'s call, made when
+        the adapter was fetched; this guard only keeps a slot from being half-loaded."""
         r = adapter.rank
-        if r < 1:
-            raise AdapterInvalid("invalid_rank", f"rank {r} is not positive")
-        if r > self.max_rank:
+        if not 1 <= r <= self.max_rank:
             raise AdapterInvalid(
-                "rank_too_large", f"rank {r} exceeds the engine's max_rank {self.max_rank}"
+                "rank_too_large", f"rank {r} does not fit a slot of max_rank {self.max_rank}"
             )
-        for (layer, module), (a, b) in adapter.weights.items():
-            if module not in SUPPORTED_MODULES:
-                raise AdapterInvalid(
-                    "unsupported_module", f"module {module!r} is not a LoRA target"
-                )
-            if not 0 <= layer < self.n_layers:
-                raise AdapterInvalid(
-                    "shape_mismatch",
-                    f"layer {layer} out of range for a {self.n_layers}-layer model",
-                )
-            n_in, n_out = self.shapes[module]
+        for key, (a, b) in adapter.weights.items():
+            if key not in self.A:
+                raise AdapterInvalid("shape_mismatch", f"no LoRA buffer for layer/module {key}")
+            n_out, n_in = self.B[key].shape[1], self.A[key].shape[2]
             if tuple(a.shape) != (r, n_in) or tuple(b.shape) != (n_out, r):
                 raise AdapterInvalid(
                     "shape_mismatch",
-                    f"layer {layer} {module}: A {tuple(a.shape)} B {tuple(b.shape)}, "
-                    f"expected A {(r, n_in)} B {(n_out, r)}",
+                    f"{key}: A {tuple(a.shape)} B {tuple(b.shape)}, slot takes A {(r, n_in)} "
+                    f"B {(n_out, r)}",
                 )
 
     @torch.no_grad()
     def load_slot(self, slot: int, adapter: CanonicalAdapter) -> None:
-        """Copy ``adapter`` into ``slot``. The whole adapter is validated first; on
+        """Copy ``adapter`` into ``slot``. The whole adapter is checked against the buffers first; on
         ``AdapterInvalid`` the slot is left exactly as it was (never half-loaded). Modules and
         layers the adapter does not target are zero in the slot."""
         if not 0 <= slot < self.n_slots:
             raise IndexError(f"slot {slot} out of range [0, {self.n_slots})")
-        self.validate(adapter)
+        self._check_capacity(adapter)
         self.clear_slot(slot)
         r = adapter.rank
         for key, (a, b) in adapter.weights.items():

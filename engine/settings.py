@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from store.formats import ValidationLimits
+
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
@@ -98,6 +100,11 @@ class EngineSettings(BaseSettings):
     def source_is_registry(self) -> bool:
         """True when ``NIM_PEFT_SOURCE`` names a registry URL rather than a directory."""
         return bool(self.peft_source) and self.peft_source.startswith(("http://", "https://"))
+
+    def adapter_limits(self) -> ValidationLimits:
+        """The limits every adapter this engine takes in is validated with (the registry's
+        format limits, with ``NIM_MAX_LORA_RANK`` as the rank cap and named in refusals)."""
+        return ValidationLimits(max_rank=self.max_lora_rank, rank_setting="NIM_MAX_LORA_RANK")
 
     def resolved_device(self) -> str:
         """The torch device to run on: ``auto`` becomes ``cuda`` when one is visible."""

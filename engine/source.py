@@ -26,6 +26,7 @@ import structlog
 from engine.cache import UnknownAdapter
 from store.errors import AdapterInvalid, LorafleetError
 from store.formats import BaseModelSpec, CanonicalAdapter, ValidationLimits, load_adapter
+from store.formats.validate import check_rank
 
 log = structlog.get_logger(__name__)
 
@@ -146,20 +147,28 @@ class Catalog:
             return self._entries.pop(name, None)
 
 
-def catalog_loader(
-    catalog: Catalog,
-    source: PeftSource,
-    check: Callable[[CanonicalAdapter], None],
-) -> Callable[[str], CanonicalAdapter]:
-    """The CPU cache's loader: fetch ``name`` from ``source`` and ``check`` that this engine
-    can serve it. An ``AdapterInvalid`` (from the parse or the check) marks it refused in the
-    catalog (until its fingerprint changes) and raises ``UnservableAdapter``."""
+def check_entry(entry: AdapterEntry, served: str, limits: ValidationLimits) -> None:
+    """Raise ``AdapterInvalid`` when what the source lists about ``entry`` (its base model and
+    rank, before any download) already shows this engine cannot serve it. The rank is judged
+    by ``store.formats``' own rule; the full fit is ``validate_adapter``, run on fetch."""
+    if entry.base_model is not None and entry.base_model != served:
+        raise AdapterInvalid(
+            "unknown_base_model",
+            f"adapter is for base model {entry.base_model!r}, this engine serves {served!r}",
+        )
+    if entry.rank is not None:
+        check_rank(entry.rank, limits, "registry listing")
+
+
+def catalog_loader(catalog: Catalog, source: PeftSource) -> Callable[[str], CanonicalAdapter]:
+    """The CPU cache's loader: fetch ``name`` from ``source`` (which parses and validates it
+    against this engine's base model and limits). An ``AdapterInvalid`` marks it refused in
+    the catalog (until its fingerprint changes) and raises ``UnservableAdapter``."""
 
     def load(name: str) -> CanonicalAdapter:
         entry = catalog.get(name)
         try:
             adapter = source.fetch(entry)
-            check(adapter)
         except AdapterInvalid as exc:
             catalog.refuse(entry, exc.code, exc.message)
             log.warning("adapter_unservable", adapter=name, code=exc.code, reason=exc.message)
@@ -201,7 +210,8 @@ class LocalDirectorySource:
         return Listing(entries)
 
     def fetch(self, entry: AdapterEntry) -> CanonicalAdapter:
-        """Parse and validate the adapter (shapes against the base model when known)."""
+        """Parse and validate the adapter against ``limits`` (and the base model's shapes
+        when known); ``AdapterInvalid`` when it does not fit."""
         path = self.root / entry.name
         if not path.is_dir():
             raise UnknownAdapter(f"The model `{entry.name}` does not exist.")
@@ -264,13 +274,9 @@ class RegistrySource:
         return Listing(entries, generation=state.get("generation"))
 
     def fetch(self, entry: AdapterEntry) -> CanonicalAdapter:
-        """Download the canonical files (sha256-verified by the client) and parse them."""
-        if entry.base_model is not None and entry.base_model != self.base_model:
-            raise AdapterInvalid(
-                "unknown_base_model",
-                f"adapter {entry.name} is for base model {entry.base_model!r}, "
-                f"this engine serves {self.base_model!r}",
-            )
+        """Download the canonical files (sha256-verified by the client), parse and validate
+        them (``AdapterInvalid`` when the adapter does not fit)."""
+        check_entry(entry, self.base_model, self.limits)
         dest = self.download_dir / (entry.adapter_id or _safe(entry.name))
         if dest.exists():
             shutil.rmtree(dest)  # a partial download from an earlier attempt

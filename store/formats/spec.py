@@ -143,6 +143,9 @@ class ValidationLimits:
     # Symlinked files are refused by default (an uploaded directory must not reach outside
     # itself); an operator's local adapter tree (e.g. a HF hub cache snapshot) may allow them.
     follow_symlinks: bool = False
+    # The setting ``max_rank`` comes from (e.g. an engine's ``NIM_MAX_LORA_RANK``): a
+    # ``rank_too_large`` refusal names it, so the reader knows which knob to turn.
+    rank_setting: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> ValidationLimits:

@@ -13,9 +13,12 @@ def check_rank(rank: object, limits: ValidationLimits, source: str) -> int:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise AdapterInvalid("invalid_rank", f"{source}: rank {rank!r} is not an integer >= 1")
     if rank > limits.max_rank:
-        raise AdapterInvalid(
-            "rank_too_large", f"{source}: rank {rank} exceeds the limit of {limits.max_rank}"
+        limit = (
+            f"{limits.rank_setting}={limits.max_rank}"
+            if limits.rank_setting
+            else f"the limit of {limits.max_rank}"
         )
+        raise AdapterInvalid("rank_too_large", f"{source}: rank {rank} exceeds {limit}")
     return rank
 
 

@@ -8,12 +8,26 @@ import pytest
 import torch
 from factories import random_adapter, tiny_hf_config, tiny_spec
 
-from engine.cache import CacheFull, CpuCache, GpuSlots, check_adapter
+from engine.cache import CacheFull, CpuCache, GpuSlots
 from engine.lora import LoraWeights
 from engine.model import ModelArgs
+from engine.settings import EngineSettings
 from store.errors import AdapterInvalid
+from store.formats import validate_adapter
 
 SPEC = tiny_spec()
+LIMITS = EngineSettings(max_lora_rank=8).adapter_limits()
+
+
+def validated(loader):  # type: ignore[no-untyped-def]
+    """``loader`` as the PEFT source runs it: every adapter validated before the cache."""
+
+    def load(name: str) -> object:
+        adapter = loader(name)
+        validate_adapter(adapter, SPEC, LIMITS)
+        return adapter
+
+    return load
 
 
 def make_cpu(capacity: int, validate: bool = False) -> tuple[CpuCache, list[str]]:
@@ -23,8 +37,7 @@ def make_cpu(capacity: int, validate: bool = False) -> tuple[CpuCache, list[str]
         loaded.append(name)
         return random_adapter(SPEC, rank=2, seed=len(loaded))
 
-    check = (lambda a: check_adapter(a, SPEC, max_rank=8)) if validate else None
-    return CpuCache(capacity, loader, validate=check), loaded
+    return CpuCache(capacity, validated(loader) if validate else loader), loaded
 
 
 def make_slots(n_slots: int = 2, max_rank: int = 8) -> tuple[GpuSlots, LoraWeights]:
@@ -95,7 +108,7 @@ def test_cpu_cache_refuses_an_invalid_adapter_without_caching_or_pinning() -> No
     def loader(name: str) -> object:
         return random_adapter(SPEC, rank=16)  # above max_rank=8
 
-    cpu = CpuCache(2, loader, validate=lambda a: check_adapter(a, SPEC, max_rank=8))
+    cpu = CpuCache(2, validated(loader))
     with pytest.raises(AdapterInvalid) as excinfo:
         cpu.acquire("big")
     assert excinfo.value.code == "rank_too_large"
@@ -108,13 +121,13 @@ def test_cpu_cache_refuses_an_invalid_adapter_without_caching_or_pinning() -> No
     [
         (random_adapter(SPEC, rank=16), "rank_too_large"),
         (random_adapter(tiny_spec(hidden_size=32, intermediate_size=64), rank=2), "shape_mismatch"),
-        (random_adapter(SPEC, rank=2, layers=1), "shape_mismatch"),
+        (random_adapter(SPEC, rank=2, layers=SPEC.num_layers + 1), "shape_mismatch"),
     ],
     ids=["rank", "other-base-model", "layer-count"],
 )
 def test_check_adapter_refuses_what_does_not_fit(adapter: object, code: str) -> None:
     with pytest.raises(AdapterInvalid) as excinfo:
-        check_adapter(adapter, SPEC, max_rank=8)
+        validate_adapter(adapter, SPEC, LIMITS)
     assert excinfo.value.code == code
 
 
