@@ -8,20 +8,11 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from netsupport import (  # noqa: F401 (re-exported)
-    PG_ADMIN_URL,
-    REDIS_BASE_URL,
-    S3_ACCESS_KEY,
-    S3_SECRET_KEY,
-    flushed_redis_db,
-    free_port,
-    fresh_postgres_database,
-)
+from support.services import flushed_redis_db, free_port, fresh_postgres_database, redis_db_url
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +29,7 @@ def redis_url() -> Iterator[str]:
     The index comes from ``LORAFLEET_TEST_REDIS_DB`` (default 7) so parallel runs can be kept
     apart.
     """
-    index = int(os.environ.get("LORAFLEET_TEST_REDIS_DB", "7"))
-    with flushed_redis_db(f"{REDIS_BASE_URL}/{index}") as url:
+    with flushed_redis_db(redis_db_url(7)) as url:
         yield url
 
 

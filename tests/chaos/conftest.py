@@ -13,13 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from checker import REPORTS
 from cluster import Cluster
 from harness import fresh_database, write_artifacts
-
-REDIS_BASE_URL = os.environ.get("LORAFLEET_TEST_REDIS", "redis://127.0.0.1:6379")
-CHAOS_REDIS_DB = int(os.environ.get("LORAFLEET_TEST_REDIS_DB", "9"))
+from support.services import flushed_redis_db, redis_db_url
 
 
 @pytest.fixture
@@ -32,14 +29,8 @@ def chaos_db() -> Iterator[str]:
 @pytest.fixture
 def shared_redis_url() -> Iterator[str]:
     """Our DB index of the machine's Redis, flushed before and after."""
-    url = f"{REDIS_BASE_URL}/{CHAOS_REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with flushed_redis_db(redis_db_url(9)) as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @pytest.fixture(scope="session")

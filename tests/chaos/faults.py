@@ -19,7 +19,8 @@ import threading
 from pathlib import Path
 
 import redis
-from harness import free_port, wait_for
+from harness import wait_for
+from support.services import free_port
 
 
 class TcpProxy:

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from support.services import fresh_postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_MODEL = "tiny-llama"
@@ -30,11 +30,6 @@ AUTO_NS, MANUAL_NS = "acme", "gated"
 # The Celery app the workers run; another module can be named to try a configuration change
 # under the same faults (it must import ``workers.tasks``' app and adjust its ``conf``).
 CELERY_APP = os.environ.get("LORAFLEET_CHAOS_CELERY_APP", "workers.celery_app:app")
-
-
-PG_ADMIN_URL = os.environ.get(
-    "LORAFLEET_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 
 
 def base_model_config(**overrides: object) -> dict:
@@ -48,18 +43,12 @@ def base_model_config(**overrides: object) -> dict:
 def fresh_database(prefix: str = "lorafleet_chaos") -> Iterator[str]:
     """A brand-new PostgreSQL database, migrated and seeded with namespaces ``acme`` (auto
     approval), ``gated`` (manual) and the base model; dropped afterwards."""
-    import sqlalchemy as sa
     from sqlmodel import Session
 
     from store import registry
     from store.db import make_engine, upgrade
 
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with fresh_postgres_database(prefix) as url:
         upgrade(url)
         engine = make_engine(url)
         try:
@@ -70,10 +59,6 @@ def fresh_database(prefix: str = "lorafleet_chaos") -> Iterator[str]:
         finally:
             engine.dispose()
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def write_artifacts(root: Path) -> dict[str, Path]:
@@ -92,13 +77,6 @@ def write_artifacts(root: Path) -> dict[str, Path]:
         )
     out["invalid"] = write_hf_peft(random_adapter(other, rank=4, seed=9), root / "invalid")
     return out
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:

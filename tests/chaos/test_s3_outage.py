@@ -14,10 +14,9 @@ import pytest
 from checker import record
 from cluster import event_count
 from faults import S3Server
+from support.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(480)]
-
-ACCESS_KEY = SECRET_KEY = "testing"  # moto accepts any
 
 
 @pytest.fixture
@@ -38,8 +37,8 @@ def test_s3_down_during_uploads_retries_then_registers_whole_versions(
         blob_url=f"s3://chaos-{uuid.uuid4().hex[:10]}",
         extra_env={
             "LORAFLEET_S3_ENDPOINT": s3_server.endpoint,
-            "LORAFLEET_S3_ACCESS_KEY": ACCESS_KEY,
-            "LORAFLEET_S3_SECRET_KEY": SECRET_KEY,
+            "LORAFLEET_S3_ACCESS_KEY": S3_ACCESS_KEY,
+            "LORAFLEET_S3_SECRET_KEY": S3_SECRET_KEY,
             "LORAFLEET_S3_SECURE": "false",
         },
     )

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from netsupport import free_port
+from support.services import free_port
 
 from lorafleet.demo_flow import ADAPTERS, BASE_MODEL, DemoOptions, run_demo
 from lorafleet.stack import Stack

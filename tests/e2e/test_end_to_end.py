@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from minio import Minio
-from netsupport import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
+from support.services import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
 
 from events.publisher import announce_job_completed
 from lorafleet.demo_flow import ADAPTERS, PROMPT, complete

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from netsupport import free_port
+from support.services import free_port
 
 
 def _processes_of(home: Path) -> list[int]:

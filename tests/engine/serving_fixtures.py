@@ -8,7 +8,6 @@ directory on ``sys.path``); fixtures imported into a test module are found by py
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,18 +19,12 @@ import httpx
 import pytest
 import uvicorn
 from factories import random_adapter, write_hf_peft
+from support.services import free_port
 
 from engine.cli import EngineRuntime, build_runtime
 from engine.server import create_app
 from engine.settings import EngineSettings
 from store.formats import BaseModelSpec, CanonicalAdapter
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def model_spec(model_dir: Path) -> BaseModelSpec:

@@ -20,7 +20,6 @@ import httpx
 import pytest
 from serving_fixtures import (
     engine_settings,
-    free_port,
     live_engine,
     model_ids,
     model_spec,
@@ -33,6 +32,7 @@ from serving_fixtures import (
     write_adapter_dir,
 )
 from structlog.testing import capture_logs
+from support.services import free_port
 
 from engine.cli import EngineRuntime, build_runtime
 from engine.source import UnknownBaseModel

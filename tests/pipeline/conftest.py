@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from netsupport import fresh_postgres_database
 from sqlmodel import Session
+from support.services import S3_ACCESS_KEY, S3_SECRET_KEY, fresh_postgres_database
 
 os.environ.setdefault("LORAFLEET_TEST_REDIS_DB", "6")
-
-S3_ACCESS_KEY = S3_SECRET_KEY = "testing"  # moto accepts any; same as tests/conftest.py
 
 from pipeline_harness import BASE_MODEL, REPO, Pipeline  # noqa: E402
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from netsupport import free_port
 from pipeline_harness import BASE_MODEL
 from sqlmodel import Session
+from support.services import free_port
 
 from events import streams
 from events.models import JobCompleted

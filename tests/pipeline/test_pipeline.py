@@ -11,6 +11,7 @@ from pathlib import Path
 
 from factories import random_adapter, tiny_spec, write_hf_peft
 from pipeline_harness import BASE_MODEL, Pipeline
+from support.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
 from events import streams
 from events.dlq import list_dead_letters, replay
@@ -243,8 +244,6 @@ def test_unsent_outbox_row_is_published_by_the_relay_once(pipeline: Pipeline) ->
 def test_s3_artifact_is_fetched_from_the_object_store(
     pipeline: Pipeline, s3_endpoint: str, s3_bucket: str
 ) -> None:
-    from netsupport import S3_ACCESS_KEY, S3_SECRET_KEY
-
     event = _announce(
         pipeline,
         "acme/from-s3@1.0.0",

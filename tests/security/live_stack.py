@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from netsupport import fresh_postgres_database
 from sqlalchemy.engine import Engine
+from support.services import fresh_postgres_database
 
 from store.api.server import run_registry_api
 from store.blobs import BlobStore, open_blob_store

@@ -16,13 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from support.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
 from store.models import Package, PackageFile
 from store.settings import StoreSettings
-
-# Same credentials as tests/conftest.py (moto accepts any; kept identical for clarity).
-S3_ACCESS_KEY = "testing"
-S3_SECRET_KEY = "testing"
 
 _engines: dict[str, Engine] = {}
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.services import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
 
 from store.blobs import (
     MIN_PART_SIZE,
@@ -23,14 +23,6 @@ from store.blobs import (
 from store.blobs_s3 import S3BlobStore
 from store.errors import BadRequest, NotFound, TransientError
 from store.settings import StoreSettings
-
-S3_ACCESS_KEY = S3_SECRET_KEY = "testing"  # as in tests/conftest.py (moto accepts any)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _corrupt(store, key: str, data: bytes) -> None:

@@ -10,14 +10,12 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from netsupport import fresh_postgres_database
 from sqlmodel import SQLModel
+from support.services import free_port, fresh_postgres_database
 
 import store.models  # noqa: F401
 from store.db import downgrade, ensure_migrated, head_revision, make_engine, upgrade
 from store.errors import DatabaseNotMigrated
-
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -26,7 +24,7 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    with fresh_postgres_database("lorafleet_mig", admin_url=PG_ADMIN_URL) as url:
+    with fresh_postgres_database("lorafleet_mig") as url:
         yield url
 
 
@@ -104,8 +102,4 @@ def test_unreachable_database_is_a_transient_error(free_port_number: int) -> Non
 
 @pytest.fixture
 def free_port_number() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()

@@ -1,7 +1,8 @@
-"""Plain helpers shared by test modules (import as ``from netsupport import ...``).
+"""The services tests run against: the machine's PostgreSQL and Redis, moto's S3 (its
+credentials), and free TCP ports. Import as ``from support.services import ...``.
 
-Kept out of ``conftest.py`` because several directories have a conftest of their own and
-``from conftest import`` would pick whichever was imported first.
+``LORAFLEET_TEST_PG_ADMIN`` and ``LORAFLEET_TEST_REDIS`` point at other servers;
+``LORAFLEET_TEST_REDIS_DB`` picks the Redis DB index of a run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# moto accepts any credentials; every suite uses these.
 S3_ACCESS_KEY = "testing"
 S3_SECRET_KEY = "testing"
 
@@ -48,6 +50,13 @@ def fresh_postgres_database(
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def redis_db_url(default_index: int) -> str:
+    """The URL of this run's Redis DB index: ``LORAFLEET_TEST_REDIS_DB``, else
+    ``default_index``."""
+    index = int(os.environ.get("LORAFLEET_TEST_REDIS_DB", str(default_index)))
+    return f"{REDIS_BASE_URL}/{index}"
 
 
 @contextmanager
