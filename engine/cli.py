@@ -1,222 +1,15 @@
-"""``lorafleet engine ...`` and the engine's composition root.
-
-``build_runtime(settings)`` wires model, tokenizer, LoRA slots, caches, PEFT source,
-reconciler and scheduler; ``EngineRuntime.start``/``stop`` run the background parts (model
-thread, refresh subscriber, periodic reconciliation). ``serve`` puts the HTTP API on top.
-"""
+"""``lorafleet engine ...``: the engine's commands. The wiring is ``engine/runtime.py``; the
+HTTP API is ``engine/server.py``."""
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
-import torch
 import typer
 
-from engine.cache import AdapterCache, CpuCache, GpuSlots
-from engine.metrics import EngineMetrics
-from engine.refresh import Reconciler, RefreshSubscriber
-from engine.scheduler import Scheduler
 from engine.settings import EngineSettings
-from engine.source import (
-    Catalog,
-    LocalDirectorySource,
-    PeftSource,
-    RegistrySource,
-    UnknownBaseModel,
-    catalog_loader,
-    check_entry,
-)
-from store.formats import BaseModelSpec
-
-log = structlog.get_logger(__name__)
 
 app = typer.Typer(help="The multi-LoRA inference engine.", no_args_is_help=True)
-
-FIRST_RECONCILE_RETRY_S = 2.0  # seconds between tries while no reconciliation has succeeded
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class EngineRuntime:
-    """Everything one engine serves with. ``ready`` is true once ``start`` has run and a
-    reconciliation with the PEFT source has succeeded; until then ``not_ready_reason`` says
-    why (the first reconciliation is retried in the background)."""
-
-    model_name: str
-    tokenizer: object
-    scheduler: Scheduler
-    cache: AdapterCache
-    catalog: Catalog
-    reconciler: Reconciler
-    max_seq_len: int
-    refresh_interval: float | None = None
-    redis_url: str | None = None
-    created: int = field(default_factory=lambda: int(time.time()))
-    started: bool = False
-    subscriber: RefreshSubscriber | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.metrics = EngineMetrics(self.scheduler, self.cache, self.catalog)
-
-    @property
-    def ready(self) -> bool:
-        """Started, and the served set came from a successful reconciliation."""
-        return self.started and self.reconciler.synced
-
-    @property
-    def not_ready_reason(self) -> str | None:
-        """Why the engine is not ready (None when it is)."""
-        if not self.started:
-            return "the engine is starting"
-        if not self.reconciler.synced:
-            return (
-                "no successful reconciliation with the PEFT source yet: "
-                f"{self.reconciler.last_error or 'in progress'}"
-            )
-        return None
-
-    def start(self) -> None:
-        """Check the source (``UnknownBaseModel`` is fatal), reconcile with it, start the model
-        thread, the refresh subscriber (when a Redis URL is set) and periodic reconciliation
-        (when an interval is set). A failed first reconciliation is retried until it works."""
-        self._stop.clear()
-        self.reconciler.source.verify()
-        first = self.reconciler.reconcile()
-        self.scheduler.start()
-        if self.redis_url:
-            self.subscriber = RefreshSubscriber(
-                self.redis_url, self.model_name, self.reconciler, stop=self._stop
-            )
-            self._spawn("lorafleet-refresh", self.subscriber.run)
-        if self.refresh_interval:
-            interval = self.refresh_interval
-            self._spawn(
-                "lorafleet-reconcile", lambda: self.reconciler.run_periodic(interval, self._stop)
-            )
-        if not first.ok:
-            self._spawn("lorafleet-first-reconcile", self._retry_until_synced)
-        self.started = True
-        self._warn_without_live_source()
-        log.info(
-            "engine_started",
-            model=self.model_name,
-            ready=self.ready,
-            adapters=len(self.catalog.names()),
-            unservable=len(self.catalog.refusals()),
-        )
-
-    def _retry_until_synced(self) -> None:
-        delay = min(self.refresh_interval or FIRST_RECONCILE_RETRY_S, FIRST_RECONCILE_RETRY_S)
-        while not self.reconciler.synced and not self._stop.wait(delay):
-            if self.reconciler.reconcile().ok:
-                log.info("engine_ready", model=self.model_name, adapters=len(self.catalog.names()))
-
-    def _warn_without_live_source(self) -> None:
-        if self.redis_url or self.refresh_interval:
-            return
-        log.warning(
-            "engine_no_live_source",
-            model=self.model_name,
-            hint="neither LORAFLEET_REDIS_URL nor NIM_PEFT_REFRESH_INTERVAL is set: adapters "
-            "approved or removed after this start are not seen until the engine restarts",
-        )
-
-    def stop(self) -> None:
-        """Stop every background thread; in-flight requests finish with ``abort``."""
-        self.started = False
-        self._stop.set()
-        self.scheduler.stop()
-        for thread in self._threads:
-            thread.join(timeout=10)
-        self._threads.clear()
-
-    def _spawn(self, name: str, target: object) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
-        thread.start()
-        self._threads.append(thread)
-
-
-def make_source(settings: EngineSettings, model_name: str, spec: BaseModelSpec) -> PeftSource:
-    """The PEFT source ``NIM_PEFT_SOURCE`` names (an empty local source when unset). It
-    validates every adapter it parses against ``spec`` and the engine's limits
-    (``EngineSettings.adapter_limits``: a rank refusal names ``NIM_MAX_LORA_RANK``)."""
-    limits = settings.adapter_limits()
-    if settings.source_is_registry():
-        from store.client import RegistryClient
-
-        client = RegistryClient(settings.peft_source, token=settings.token)  # type: ignore[arg-type]
-        return RegistrySource(
-            client, model_name, spec, download_dir=settings.download_dir, limits=limits
-        )
-    root = Path(settings.peft_source) if settings.peft_source else Path(".lorafleet/loras")
-    return LocalDirectorySource(root, spec, limits)
-
-
-def read_spec(model_dir: Path) -> BaseModelSpec:
-    """The ``BaseModelSpec`` of the HF model in ``model_dir`` (its ``config.json`` only)."""
-    import json
-
-    return BaseModelSpec.from_hf_config(json.loads((Path(model_dir) / "config.json").read_text()))
-
-
-def build_runtime(settings: EngineSettings, source: PeftSource | None = None) -> EngineRuntime:
-    """Load the model in ``LORAFLEET_ENGINE_MODEL_DIR`` and wire every engine part."""
-    from engine.lora import LoraWeights
-    from engine.model import load_model
-    from engine.tokenizer import Tokenizer
-
-    if settings.model_dir is None:
-        raise typer.BadParameter("LORAFLEET_ENGINE_MODEL_DIR is not set")
-    model_dir = Path(settings.model_dir)
-    device = settings.resolved_device()
-    dtype = _DTYPES[settings.dtype] if settings.dtype else None
-    model, args = load_model(model_dir, device, dtype)
-    model.setup_caches(settings.max_batch, settings.max_seq_len)
-    weights = LoraWeights(
-        args, settings.max_gpu_loras, settings.max_lora_rank, device, model.output.weight.dtype
-    )
-    model.attach_lora(weights)
-    tokenizer = Tokenizer(model_dir)
-    spec = read_spec(model_dir)
-    name = settings.resolved_model_name()
-    limits = settings.adapter_limits()
-    catalog = Catalog()
-    source = source or make_source(settings, name, spec)
-    cpu = CpuCache(settings.max_cpu_loras, catalog_loader(catalog, source))
-    cache = AdapterCache(cpu, GpuSlots(weights, settings.max_gpu_loras))
-    eos = sorted(set(args.eos_token_ids) | set(tokenizer.eos_ids))
-    scheduler = Scheduler(
-        model,
-        cache,
-        max_batch=settings.max_batch,
-        max_seq_len=settings.max_seq_len,
-        eos_token_ids=eos,
-        decode=tokenizer.decode,
-        device=device,
-        vocab_size=args.vocab_size,
-    )
-    return EngineRuntime(
-        model_name=name,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        cache=cache,
-        catalog=catalog,
-        reconciler=Reconciler(
-            source,
-            catalog,
-            cache,
-            fit=lambda entry: check_entry(entry, name, limits),
-        ),
-        max_seq_len=settings.max_seq_len,
-        refresh_interval=settings.peft_refresh_interval,
-        redis_url=settings.redis_url,
-    )
 
 
 @app.command()
@@ -228,7 +21,9 @@ def serve(
     """Serve the OpenAI-compatible API for the base model and its adapters (NIM_* settings)."""
     import uvicorn
 
+    from engine.runtime import build_runtime, make_source, read_spec
     from engine.server import create_app
+    from engine.source import UnknownBaseModel
 
     overrides = {k: v for k, v in {"model_dir": model_dir, "host": host, "port": port}.items() if v}
     settings = EngineSettings(**overrides)

@@ -21,7 +21,7 @@ import uvicorn
 from factories import random_adapter, write_hf_peft
 from support.services import free_port
 
-from engine.cli import EngineRuntime, build_runtime
+from engine.runtime import EngineRuntime, build_runtime
 from engine.server import create_app
 from engine.settings import EngineSettings
 from store.formats import BaseModelSpec, CanonicalAdapter

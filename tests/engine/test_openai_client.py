@@ -16,7 +16,7 @@ from serving_fixtures import (
     write_adapter_dir,
 )
 
-from engine.cli import build_runtime
+from engine.runtime import build_runtime
 
 
 @pytest.fixture(scope="module")

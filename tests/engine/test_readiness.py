@@ -34,7 +34,7 @@ from serving_fixtures import (
 from structlog.testing import capture_logs
 from support.services import free_port
 
-from engine.cli import EngineRuntime, build_runtime
+from engine.runtime import EngineRuntime, build_runtime
 from engine.source import UnknownBaseModel
 
 

@@ -24,7 +24,7 @@ from serving_fixtures import (
     write_adapter_dir,
 )
 
-from engine.cli import build_runtime
+from engine.runtime import build_runtime
 from events.models import FleetRefresh
 from events.streams import REFRESH_STREAM
 

@@ -12,7 +12,7 @@ import pytest
 from serving_fixtures import model_spec, peft_root, runtime_factory, write_adapter_dir
 
 from engine.cache import CacheFull
-from engine.cli import EngineRuntime
+from engine.runtime import EngineRuntime
 from engine.sampling import SamplingParams
 from engine.scheduler import GenerationRequest, InvalidPrompt, TokenDelta
 

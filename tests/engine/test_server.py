@@ -11,7 +11,7 @@ import httpx
 import pytest
 from serving_fixtures import engine_settings, live_engine, model_spec, wait_until, write_adapter_dir
 
-from engine.cli import EngineRuntime, build_runtime
+from engine.runtime import EngineRuntime, build_runtime
 
 
 @pytest.fixture(scope="module")

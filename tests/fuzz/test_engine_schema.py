@@ -18,7 +18,7 @@ from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from serving_fixtures import engine_settings, live_engine, model_spec, write_adapter_dir
 
-from engine.cli import build_runtime
+from engine.runtime import build_runtime
 from engine.tiny import init_tiny
 
 EXAMPLES = 12
