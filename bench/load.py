@@ -41,7 +41,9 @@ sys.path[:0] = [str(REPO / "tests" / "chaos"), str(REPO / "tests"), str(REPO)]
 import httpx  # noqa: E402
 from cluster import Cluster  # noqa: E402
 from faults import RedisServer  # noqa: E402
-from harness import free_port, fresh_database, lorafleet_argv, wait_for, write_artifacts  # noqa: E402
+from harness import fresh_database, write_artifacts  # noqa: E402
+from support.processes import lorafleet_argv, wait_for  # noqa: E402
+from support.services import free_port  # noqa: E402
 
 ADMIN_TOKEN = "lft_load_admin_token_0123456789"
 

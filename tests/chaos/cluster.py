@@ -14,14 +14,14 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 from checker import Report, check, settled
-from harness import (
-    AUTO_NS,
-    BASE_MODEL,
-    MANUAL_NS,
-    REPO,
-    Announced,
+from harness import AUTO_NS, BASE_MODEL, CELERY_APP, MANUAL_NS, Announced
+from support.processes import (
+    BRIDGE_READY,
+    WORKER_READY,
     Proc,
-    lorafleet_argv,
+    beat_argv,
+    bridge_argv,
+    process_env,
     wait_for,
     worker_argv,
 )
@@ -84,19 +84,17 @@ class Cluster:
         self.artifacts = artifacts
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **os.environ,
-            **FAST_ENV,
-            "LORAFLEET_DATABASE_URL": worker_db_url or db_url,
-            "LORAFLEET_REDIS_URL": redis_url,
-            "LORAFLEET_BLOB_URL": blob_url,
-            "LORAFLEET_HOME": str(root / "home"),
-            "LORAFLEET_ARTIFACT_ROOTS": str(artifacts["root"]),
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p
-            ),
-            **(extra_env or {}),
-        }
+        self.env = process_env(
+            {
+                **FAST_ENV,
+                "LORAFLEET_DATABASE_URL": worker_db_url or db_url,
+                "LORAFLEET_REDIS_URL": redis_url,
+                "LORAFLEET_BLOB_URL": blob_url,
+                "LORAFLEET_HOME": str(root / "home"),
+                "LORAFLEET_ARTIFACT_ROOTS": str(artifacts["root"]),
+                **(extra_env or {}),
+            }
+        )
         self.engine = make_engine(db_url)
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=2)
         settings = StoreSettings(
@@ -123,16 +121,18 @@ class Cluster:
     def start(self, workers: int = 1, bridges: int = 1, beat: bool = True) -> Cluster:
         """Start ``workers`` Celery workers (2 prefork processes each), bridges and beat."""
         for i in range(workers):
-            self.workers.append(self.add_proc(f"worker-{i}", worker_argv(f"chaos{i}")))
+            self.workers.append(
+                self.add_proc(f"worker-{i}", worker_argv(f"chaos{i}", app=CELERY_APP))
+            )
         for i in range(bridges):
             self.bridges.append(self.add_proc(f"bridge-{i}", self.bridge_argv()))
         for w in self.workers:
-            w.start(b" ready.")
+            w.start(WORKER_READY)
         for b in self.bridges:
-            b.start(b"stream_consumer_connected")
+            b.start(BRIDGE_READY)
         if beat:
             schedule = self.root / "home" / f"beat-{uuid.uuid4().hex[:6]}"
-            self.add_proc("beat", lorafleet_argv("beat", "--schedule", str(schedule))).start()
+            self.add_proc("beat", beat_argv(schedule)).start()
         if not self._supervising.is_set():
             self._supervising.set()
             threading.Thread(target=self._supervise, name="supervisor", daemon=True).start()
@@ -152,11 +152,11 @@ class Cluster:
     def bridge_argv(self) -> list[str]:
         # A fresh consumer name per start, like a replacement pod; the dead one's pending
         # entries are taken over with XAUTOCLAIM.
-        return lorafleet_argv("bridge", "--consumer", f"chaos-bridge-{uuid.uuid4().hex[:8]}")
+        return bridge_argv(f"chaos-bridge-{uuid.uuid4().hex[:8]}")
 
     def restart_bridge(self, bridge: Proc) -> None:
         bridge.argv = self.bridge_argv()
-        bridge.start(b"stream_consumer_connected")
+        bridge.start(BRIDGE_READY)
 
     def fault(self, kind: str) -> None:
         """Count one injected fault of ``kind``."""

@@ -7,7 +7,7 @@
 * ``S3Server``: moto's S3 server on a fixed port, stopped and started again (moto keeps its
   buckets in this process, so a restart is an outage, not a data loss).
 
-Killing processes is ``harness.Proc.kill9``.
+Killing processes is ``support.processes.Proc.kill9``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 import redis
-from harness import wait_for
+from support.processes import wait_for
 from support.services import free_port
 
 

@@ -15,7 +15,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from checker import record
-from harness import BASE_MODEL, Proc, lorafleet_argv, wait_for
+from harness import BASE_MODEL
+from support.processes import Proc, lorafleet_argv, wait_for
 from support.services import free_port
 
 from store.client import RegistryClient

