@@ -40,13 +40,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.lora import LoraBatch, LoraWeights, module_shapes  # noqa: E402
-from engine.model import (  # noqa: E402
-    ModelArgs,
-    Transformer,
-    convert_hf_state_dict,
-    rope_inv_freq,
-)
+from engine.checkpoint import convert_hf_state_dict  # noqa: E402
+from engine.lora import LoraBatch, LoraWeights  # noqa: E402
+from engine.model import ModelArgs, Transformer, rope_inv_freq  # noqa: E402
 from engine.tiny import tiny_config  # noqa: E402
 from store.formats import (  # noqa: E402
     SUPPORTED_MODULES,
@@ -124,7 +120,7 @@ def random_adapter(args: ModelArgs, rank: int, seed: int) -> CanonicalAdapter:
     g = torch.Generator().manual_seed(seed)
     weights = {}
     for layer in range(args.n_layers):
-        for module, (n_in, n_out) in module_shapes(args).items():
+        for module, (n_in, n_out) in args.module_shapes().items():
             weights[(layer, module)] = (
                 torch.randn(rank, n_in, generator=g) * 0.02,
                 torch.randn(n_out, rank, generator=g) * 0.02,
@@ -152,8 +148,8 @@ def attach_peft(hf: Any, adapters: list[CanonicalAdapter]) -> Any:
 
 
 def ideal_ratios(args: ModelArgs, rank: int, n_adapters: int) -> dict[str, float]:
-    per_adapter = rank * args.n_layers * sum(i + o for i, o in module_shapes(args).values())
-    linear = args.n_layers * sum(i * o for i, o in module_shapes(args).values())
+    per_adapter = rank * args.n_layers * sum(i + o for i, o in args.module_shapes().values())
+    linear = args.n_layers * sum(i * o for i, o in args.module_shapes().values())
     weights = linear + args.dim * args.vocab_size  # + lm_head
     return {
         "weights_per_token": weights,
@@ -192,7 +188,9 @@ def main() -> None:
     t0 = time.perf_counter()
     hf, ours, args = build_models(cfg, dev, dtype)
     adapters = [random_adapter(args, r, seed) for seed in range(B)]
-    weights = LoraWeights(args, n_slots=B, max_rank=r, device=dev, dtype=dtype)
+    weights = LoraWeights(
+        args.module_shapes(), args.n_layers, n_slots=B, max_rank=r, device=dev, dtype=dtype
+    )
     for slot, adapter in enumerate(adapters):
         weights.load_slot(slot, adapter)
     ours.attach_lora(weights)

@@ -21,7 +21,7 @@ def serve(
     """Serve the OpenAI-compatible API for the base model and its adapters (NIM_* settings)."""
     import uvicorn
 
-    from engine.runtime import build_runtime, make_source, read_spec
+    from engine.runtime import build_runtime
     from engine.server import create_app
     from engine.source import UnknownBaseModel
 
@@ -31,13 +31,11 @@ def serve(
         raise typer.BadParameter("LORAFLEET_ENGINE_MODEL_DIR is not set")
     if not (Path(settings.model_dir) / "config.json").is_file():
         raise typer.BadParameter(f"{settings.model_dir} has no config.json (a HF model directory)")
-    source = make_source(settings, settings.resolved_model_name(), read_spec(settings.model_dir))
     try:
-        source.verify()  # before loading the model: a wrong served name fails fast
+        runtime = build_runtime(settings, verify_source=True)  # a wrong served name fails fast
     except UnknownBaseModel as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
-    runtime = build_runtime(settings, source)
     uvicorn.run(create_app(runtime), host=settings.host, port=settings.port, log_level="warning")
 
 

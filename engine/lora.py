@@ -17,29 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from store.errors import AdapterInvalid
 from store.formats import CanonicalAdapter
-from store.formats.spec import llama_module_shapes
-
-if TYPE_CHECKING:
-    from engine.model import ModelArgs
-
-
-def module_shapes(args: ModelArgs) -> dict[str, tuple[int, int]]:
-    """``module -> (in_features, out_features)`` for the seven LoRA targets of ``args`` (the
-    same shapes the registry checks adapters against)."""
-    return llama_module_shapes(
-        hidden_size=args.dim,
-        intermediate_size=args.intermediate_size,
-        num_heads=args.n_heads,
-        num_kv_heads=args.n_kv_heads,
-        head_dim=args.head_dim,
-    )
 
 
 @dataclass
@@ -148,23 +131,26 @@ class LoraWeights(nn.Module):
 
     ``A[(layer, module)]``: ``[n_slots, max_rank, in]``; ``B[(layer, module)]``:
     ``[n_slots, out, max_rank]``; ``scaling``: ``[n_slots]``. An empty slot is all zeros, so
-    it adds nothing even if a row names it. Bind to a model with ``Transformer.attach_lora``.
+    it adds nothing even if a row names it. ``shapes`` is ``module -> (in, out)`` of the
+    LoRA targets (``ModelArgs.module_shapes``). Bind to a model with
+    ``Transformer.attach_lora``.
     """
 
     def __init__(
         self,
-        args: ModelArgs,
+        shapes: dict[str, tuple[int, int]],
+        n_layers: int,
         n_slots: int,
         max_rank: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        self.n_layers, self.n_slots, self.max_rank = args.n_layers, n_slots, max_rank
-        self.shapes = module_shapes(args)
+        self.n_layers, self.n_slots, self.max_rank = n_layers, n_slots, max_rank
+        self.shapes = dict(shapes)
         self.A: dict[tuple[int, str], Tensor] = {}
         self.B: dict[tuple[int, str], Tensor] = {}
-        for layer in range(args.n_layers):
+        for layer in range(n_layers):
             for module, (n_in, n_out) in self.shapes.items():
                 a = torch.zeros(n_slots, max_rank, n_in, device=device, dtype=dtype)
                 b = torch.zeros(n_slots, n_out, max_rank, device=device, dtype=dtype)

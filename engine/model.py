@@ -6,23 +6,23 @@ requests at different lengths. Each linear layer of the seven LoRA targets is a
 ``LoraLinear`` that adds its batched LoRA term when a ``LoraBatch`` is given; the adapter
 math lives in ``engine/lora.py``.
 
-HF weight names are converted in exactly one place: ``convert_hf_state_dict``.
+Loading a HF checkpoint (its ``config.json`` parsed once, its weight names converted in one
+place) is ``engine/checkpoint.py``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from engine.lora import LoraBatch, LoraWeights, lora_apply
+from store.formats import BaseModelSpec
+from store.formats.spec import llama_module_shapes
 
 
 @dataclass
@@ -47,24 +47,20 @@ class ModelArgs:
     eos_token_ids: list[int] = field(default_factory=list)
 
     @classmethod
-    def from_hf_config(cls, cfg: dict[str, Any]) -> ModelArgs:
-        """Map a HF Llama/Mistral ``config.json`` dict onto ``ModelArgs``.
-
-        ``head_dim`` is taken from the config when present, else ``hidden_size // heads``;
-        ``num_key_value_heads`` defaults to ``num_attention_heads`` (no GQA).
-        """
-        n_heads = int(cfg["num_attention_heads"])
-        dim = int(cfg["hidden_size"])
+    def from_spec(cls, spec: BaseModelSpec, cfg: dict[str, Any]) -> ModelArgs:
+        """The one conversion from a base model's description: dimensions from ``spec`` (the
+        registry's validated ``BaseModelSpec``, the shapes adapters are checked against), the
+        rest (norm, RoPE, biases, tied embeddings, token ids) from the same ``config.json``."""
         eos = cfg.get("eos_token_id")
         eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else list(eos))
         return cls(
-            vocab_size=int(cfg["vocab_size"]),
-            dim=dim,
-            n_layers=int(cfg["num_hidden_layers"]),
-            n_heads=n_heads,
-            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-            head_dim=int(cfg.get("head_dim") or dim // n_heads),
-            intermediate_size=int(cfg["intermediate_size"]),
+            vocab_size=spec.vocab_size,
+            dim=spec.hidden_size,
+            n_layers=spec.num_layers,
+            n_heads=spec.num_heads,
+            n_kv_heads=spec.num_kv_heads,
+            head_dim=spec.head_dim,
+            intermediate_size=spec.intermediate_size,
             norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
             rope_theta=float(cfg.get("rope_theta", 10000.0)),
             rope_scaling=cfg.get("rope_scaling"),
@@ -74,6 +70,25 @@ class ModelArgs:
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
+        )
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> ModelArgs:
+        """``from_spec`` of the config's ``BaseModelSpec`` (``AdapterInvalid`` when a
+        dimension is missing or inconsistent). ``head_dim`` is taken from the config when
+        present, else ``hidden_size // heads``; ``num_key_value_heads`` defaults to
+        ``num_attention_heads`` (no GQA)."""
+        return cls.from_spec(BaseModelSpec.from_hf_config(cfg), cfg)
+
+    def module_shapes(self) -> dict[str, tuple[int, int]]:
+        """``module -> (in_features, out_features)`` of the seven LoRA targets (the same
+        geometry ``BaseModelSpec.module_shapes`` gives the registry)."""
+        return llama_module_shapes(
+            hidden_size=self.dim,
+            intermediate_size=self.intermediate_size,
+            num_heads=self.n_heads,
+            num_kv_heads=self.n_kv_heads,
+            head_dim=self.head_dim,
         )
 
 
@@ -342,72 +357,3 @@ class Transformer(nn.Module):
         if logit_index is not None:
             x = x[torch.arange(x.shape[0], device=x.device), logit_index][:, None]  # [B, 1, dim]
         return self.output(self.norm(x))  # [B, S, V]
-
-
-def convert_hf_state_dict(sd: dict[str, Tensor], args: ModelArgs) -> dict[str, Tensor]:
-    """Rename HF ``LlamaForCausalLM`` weights to this module's names (the only place that
-    knows HF's layout). ``lm_head`` is dropped when embeddings are tied."""
-    out: dict[str, Tensor] = {}
-    for name, t in sd.items():
-        if name.endswith("rotary_emb.inv_freq"):
-            continue
-        new = (
-            name.replace("model.embed_tokens.", "tok_embeddings.")
-            .replace("model.norm.", "norm.")
-            .replace("lm_head.", "output.")
-            .replace("model.layers.", "layers.")
-            .replace(".self_attn.", ".attention.")
-            .replace(".mlp.", ".feed_forward.")
-            .replace(".input_layernorm.", ".attention_norm.")
-            .replace(".post_attention_layernorm.", ".ffn_norm.")
-        )
-        out[new] = t
-    if args.tie_word_embeddings:
-        out.pop("output.weight", None)
-    return out
-
-
-def read_hf_weights(path: Path) -> dict[str, Tensor]:
-    """All tensors of a HF directory: ``model.safetensors`` or the shards listed in
-    ``model.safetensors.index.json``."""
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        sd: dict[str, Tensor] = {}
-        for shard in shards:
-            sd.update(load_file(str(path / shard)))
-        return sd
-    return load_file(str(path / "model.safetensors"))
-
-
-def load_model(
-    path: Path, device: str = "cpu", dtype: torch.dtype | None = None
-) -> tuple[Transformer, ModelArgs]:
-    """Load a HF-layout Llama directory into an eval-mode ``Transformer``.
-
-    ``dtype`` defaults to fp32 on CPU and bf16 on CUDA. Raises ``KeyError``/``RuntimeError``
-    if a weight is missing or unexpected (strict load). Call ``setup_caches`` before forward.
-    """
-    path = Path(path)
-    args = ModelArgs.from_hf_config(json.loads((path / "config.json").read_text()))
-    gen_cfg = path / "generation_config.json"
-    if gen_cfg.exists():  # generation_config's eos list wins (Llama 3 lists <|eot_id|> there)
-        eos = json.loads(gen_cfg.read_text()).get("eos_token_id")
-        if eos is not None:
-            args.eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
-    if dtype is None:
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    with torch.device("meta"):
-        model = Transformer(args)
-    sd = convert_hf_state_dict(read_hf_weights(path), args)
-    sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
-    result = model.load_state_dict(sd, strict=False, assign=True)
-    if result.unexpected_keys:
-        raise KeyError(f"unexpected weights in {path}: {result.unexpected_keys}")
-    if args.tie_word_embeddings:
-        model.output.weight = model.tok_embeddings.weight
-    missing = [n for n, p in model.named_parameters() if p.is_meta]
-    if missing:
-        raise KeyError(f"weights missing from {path}: {missing}")
-    model.inv_freq = rope_inv_freq(args).to(device)
-    return model.eval(), args

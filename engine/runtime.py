@@ -155,36 +155,41 @@ def make_source(settings: EngineSettings, model_name: str, spec: BaseModelSpec) 
     return LocalDirectorySource(root, spec, limits)
 
 
-def read_spec(model_dir: Path) -> BaseModelSpec:
-    """The ``BaseModelSpec`` of the HF model in ``model_dir`` (its ``config.json`` only)."""
-    import json
-
-    return BaseModelSpec.from_hf_config(json.loads((Path(model_dir) / "config.json").read_text()))
-
-
-def build_runtime(settings: EngineSettings, source: PeftSource | None = None) -> EngineRuntime:
-    """Load the model in ``LORAFLEET_ENGINE_MODEL_DIR`` and wire every engine part."""
+def build_runtime(
+    settings: EngineSettings, source: PeftSource | None = None, *, verify_source: bool = False
+) -> EngineRuntime:
+    """Load the model in ``LORAFLEET_ENGINE_MODEL_DIR`` and wire every engine part. Its
+    ``config.json`` is read once (``read_model_config``). With ``verify_source`` the source
+    is verified before the weights are loaded, so a wrong served name
+    (``UnknownBaseModel``) fails fast."""
+    from engine.checkpoint import load_model, read_model_config
     from engine.lora import LoraWeights
-    from engine.model import load_model
     from engine.tokenizer import Tokenizer
 
     if settings.model_dir is None:
         raise ValueError("LORAFLEET_ENGINE_MODEL_DIR is not set")
     model_dir = Path(settings.model_dir)
+    spec, args = read_model_config(model_dir)
+    name = settings.resolved_model_name()
+    source = source or make_source(settings, name, spec)
+    if verify_source:
+        source.verify()
     device = settings.resolved_device()
     dtype = _DTYPES[settings.dtype] if settings.dtype else None
-    model, args = load_model(model_dir, device, dtype)
+    model, args = load_model(model_dir, device, dtype, args=args)
     model.setup_caches(settings.max_batch, settings.max_seq_len)
     weights = LoraWeights(
-        args, settings.max_gpu_loras, settings.max_lora_rank, device, model.output.weight.dtype
+        args.module_shapes(),
+        args.n_layers,
+        settings.max_gpu_loras,
+        settings.max_lora_rank,
+        device,
+        model.output.weight.dtype,
     )
     model.attach_lora(weights)
     tokenizer = Tokenizer(model_dir)
-    spec = read_spec(model_dir)
-    name = settings.resolved_model_name()
     limits = settings.adapter_limits()
     catalog = Catalog()
-    source = source or make_source(settings, name, spec)
     cpu = CpuCache(settings.max_cpu_loras, catalog_loader(catalog, source))
     cache = AdapterCache(cpu, GpuSlots(weights, settings.max_gpu_loras))
     eos = sorted(set(args.eos_token_ids) | set(tokenizer.eos_ids))

@@ -2,7 +2,7 @@
 
 ``init_tiny(dir)`` writes ``config.json``, ``model.safetensors`` (or shards + index),
 ``generation_config.json``, a byte-level BPE ``tokenizer.json`` and a ``tokenizer_config.json``
-with a Llama-3-like chat template. The directory loads with ``engine.model.load_model`` and
+with a Llama-3-like chat template. The directory loads with ``engine.checkpoint.load_model`` and
 with ``transformers.LlamaForCausalLM`` / ``PreTrainedTokenizerFast``.
 """
 

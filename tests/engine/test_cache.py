@@ -6,11 +6,10 @@ import threading
 
 import pytest
 import torch
-from factories import random_adapter, tiny_hf_config, tiny_spec
+from factories import random_adapter, tiny_spec
 
 from engine.cache import CacheFull, CpuCache, GpuSlots
 from engine.lora import LoraWeights
-from engine.model import ModelArgs
 from engine.settings import EngineSettings
 from store.errors import AdapterInvalid
 from store.formats import validate_adapter
@@ -41,7 +40,7 @@ def make_cpu(capacity: int, validate: bool = False) -> tuple[CpuCache, list[str]
 
 
 def make_slots(n_slots: int = 2, max_rank: int = 8) -> tuple[GpuSlots, LoraWeights]:
-    weights = LoraWeights(ModelArgs.from_hf_config(tiny_hf_config()), n_slots, max_rank)
+    weights = LoraWeights(SPEC.module_shapes(), SPEC.num_layers, n_slots, max_rank)
     return GpuSlots(weights, n_slots), weights
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.checkpoint import load_model
 from engine.lora import (
     LoraBatch,
     LoraWeights,
@@ -14,7 +15,7 @@ from engine.lora import (
     lora_delta_grouped,
     lora_delta_reference,
 )
-from engine.model import LORA_TARGETS, Transformer, load_model
+from engine.model import LORA_TARGETS, Transformer
 from store.errors import AdapterInvalid
 from store.formats import BaseModelSpec, CanonicalAdapter
 
@@ -131,7 +132,7 @@ def test_each_row_gets_its_own_adapter_in_one_batch(
     spec = spec_of(base)
     ad1 = make_adapter(spec, rank=2, seed=1, modules=("q_proj", "v_proj", "down_proj"))
     ad2 = make_adapter(spec, rank=8, seed=2)
-    weights = LoraWeights(base.args, n_slots=3, max_rank=8)
+    weights = LoraWeights(base.args.module_shapes(), base.args.n_layers, n_slots=3, max_rank=8)
     weights.load_slot(2, ad1)  # rank 2 zero-padded into rank-8 buffers
     weights.load_slot(0, ad2)
     base.attach_lora(weights)
@@ -158,7 +159,7 @@ def run_kernel(
 
 
 def test_cleared_slot_gives_the_base_model(base: Transformer) -> None:
-    weights = LoraWeights(base.args, n_slots=2, max_rank=4)
+    weights = LoraWeights(base.args.module_shapes(), base.args.n_layers, n_slots=2, max_rank=4)
     weights.load_slot(1, make_adapter(spec_of(base), rank=4, seed=3))
     base.attach_lora(weights)
     ids = torch.randint(0, 272, (1, 5), generator=torch.Generator().manual_seed(4))
@@ -171,7 +172,7 @@ def test_cleared_slot_gives_the_base_model(base: Transformer) -> None:
 
 
 def test_rank_above_max_rank_is_refused_and_slot_kept(base: Transformer) -> None:
-    weights = LoraWeights(base.args, n_slots=2, max_rank=4)
+    weights = LoraWeights(base.args.module_shapes(), base.args.n_layers, n_slots=2, max_rank=4)
     good = make_adapter(spec_of(base), rank=4, seed=5)
     weights.load_slot(0, good)
     before = {k: v[0].clone() for k, v in weights.A.items()}
@@ -183,7 +184,7 @@ def test_rank_above_max_rank_is_refused_and_slot_kept(base: Transformer) -> None
 
 
 def test_one_bad_shape_anywhere_leaves_the_slot_untouched(base: Transformer) -> None:
-    weights = LoraWeights(base.args, n_slots=2, max_rank=4)
+    weights = LoraWeights(base.args.module_shapes(), base.args.n_layers, n_slots=2, max_rank=4)
     good = make_adapter(spec_of(base), rank=4, seed=7)
     weights.load_slot(1, good)
     snapshot = [t[1].clone() for t in list(weights.A.values()) + list(weights.B.values())]
@@ -199,7 +200,7 @@ def test_one_bad_shape_anywhere_leaves_the_slot_untouched(base: Transformer) -> 
 
 
 def test_layer_out_of_range_is_a_shape_mismatch(base: Transformer) -> None:
-    weights = LoraWeights(base.args, n_slots=1, max_rank=4)
+    weights = LoraWeights(base.args.module_shapes(), base.args.n_layers, n_slots=1, max_rank=4)
     bad = make_adapter(spec_of(base), rank=2, seed=9)
     bad.weights[(5, "q_proj")] = bad.weights[(0, "q_proj")]
     with pytest.raises(AdapterInvalid) as err:
@@ -209,6 +210,6 @@ def test_layer_out_of_range_is_a_shape_mismatch(base: Transformer) -> None:
 
 def test_slot_memory_is_rank_times_all_module_dims(base: Transformer) -> None:
     a = base.args
-    weights = LoraWeights(a, n_slots=2, max_rank=4)
+    weights = LoraWeights(a.module_shapes(), a.n_layers, n_slots=2, max_rank=4)
     per_layer = sum(i + o for i, o in weights.shapes.values())
     assert weights.nbytes_per_slot() == a.n_layers * per_layer * 4 * 4  # rank 4, fp32

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.model import ModelArgs, Transformer, load_model, rope_inv_freq
+from engine.checkpoint import load_model
+from engine.model import ModelArgs, Transformer, rope_inv_freq
 from engine.tiny import init_tiny, tiny_config
 
 

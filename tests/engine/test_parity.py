@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.checkpoint import load_model
 from engine.lora import LoraBatch, LoraWeights
-from engine.model import ModelArgs, Transformer, load_model
+from engine.model import ModelArgs, Transformer
 from store.formats import BaseModelSpec, CanonicalAdapter, load_adapter, write_nemo, write_trtllm
 
 ATOL = 1e-4
@@ -47,7 +48,9 @@ def hf_model(model_dir: Path, adapters: list[Path]) -> torch.nn.Module:
 def our_model(model_dir: Path, adapters: list[CanonicalAdapter]) -> Transformer:
     model, args = load_model(model_dir)
     model.setup_caches(max_batch=8, max_seq_len=64)
-    weights = LoraWeights(args, n_slots=max(len(adapters), 1), max_rank=8)
+    weights = LoraWeights(
+        args.module_shapes(), args.n_layers, n_slots=max(len(adapters), 1), max_rank=8
+    )
     for slot, adapter in enumerate(adapters):
         weights.load_slot(slot, adapter)
     model.attach_lora(weights)
