@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from engine.cache import AdapterCache
+from engine.lora_cache import AdapterCache
 from engine.scheduler import Scheduler
 from engine.source import Catalog
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import redis
 import structlog
 
-from engine.cache import AdapterCache
+from engine.lora_cache import AdapterCache
 from engine.source import AdapterEntry, Catalog, PeftSource
 from events.consumer import ReconnectingLoop
 from events.models import FleetRefresh, decode

@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 import torch
 
-from engine.cache import AdapterCache, CpuCache, GpuSlots
+from engine.lora_cache import AdapterCache, CpuCache, GpuSlots
 from engine.metrics import EngineMetrics
 from engine.refresh import Reconciler, RefreshSubscriber
 from engine.scheduler import Scheduler

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import structlog
 import torch
 
-from engine.cache import AdapterCache
 from engine.lora import LoraBatch
+from engine.lora_cache import AdapterCache
 from engine.sampling import SampledToken, SamplingParams, find_stop, holdback, sample
 
 log = structlog.get_logger(__name__)

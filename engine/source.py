@@ -23,7 +23,7 @@ from typing import Protocol
 
 import structlog
 
-from engine.cache import UnknownAdapter
+from engine.lora_cache import UnknownAdapter
 from store.errors import AdapterInvalid, LorafleetError
 from store.formats import BaseModelSpec, CanonicalAdapter, ValidationLimits, load_adapter
 from store.formats.validate import check_rank

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from serving_fixtures import model_spec, peft_root, runtime_factory, write_adapter_dir
 
-from engine.cache import CacheFull
+from engine.lora_cache import CacheFull
 from engine.runtime import EngineRuntime
 from engine.sampling import SamplingParams
 from engine.scheduler import GenerationRequest, InvalidPrompt, TokenDelta

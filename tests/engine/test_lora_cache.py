@@ -1,4 +1,4 @@
-"""The CPU cache and GPU slots: LRU order, pinning, stats, and refusal without half-loading."""
+"""engine.lora_cache (the LoRA residency): LRU order, pinning, stats, refusal without half-loading."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from factories import random_adapter, tiny_spec
 
-from engine.cache import CacheFull, CpuCache, GpuSlots
 from engine.lora import LoraWeights
+from engine.lora_cache import CacheFull, CpuCache, GpuSlots
 from engine.settings import EngineSettings
 from store.errors import AdapterInvalid
 from store.formats import validate_adapter
