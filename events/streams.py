@@ -20,11 +20,6 @@ STATUS_STREAM = f"{PREFIX}:adapters:status"
 STREAM_MAXLEN = 100_000
 
 
-def engine_cursor_key(engine_id: str) -> str:
-    """Where an engine may remember the last refresh entry it applied."""
-    return f"{PREFIX}:engine:{engine_id}:cursor"
-
-
 # Celery queues (Redis lists of the broker): ingest chain, fleet broadcasts, periodic sweeps.
 INGEST_QUEUE = "ingest"
 FLEET_QUEUE = "fleet"
