@@ -49,7 +49,7 @@ from events import streams  # noqa: E402
 from events.models import JobCompleted  # noqa: E402
 from events.publisher import publish  # noqa: E402
 from lorafleet.logging import configure_logging  # noqa: E402
-from store import registry  # noqa: E402
+from store import tenancy  # noqa: E402
 from store.db import make_engine, upgrade  # noqa: E402
 from store.formats import SUPPORTED_MODULES, BaseModelSpec, CanonicalAdapter, write_hf_peft  # noqa: E402
 from store.settings import StoreSettings  # noqa: E402
@@ -165,8 +165,8 @@ def run(args: argparse.Namespace) -> dict:
         upgrade(db_url)
         engine = make_engine(db_url)
         with Session(engine) as s:
-            registry.create_namespace(s, "bench", approval_policy="auto", actor="bench")
-            registry.register_base_model(s, "bench-llama", HF_CONFIG, actor="bench")
+            tenancy.create_namespace(s, "bench", approval_policy="auto", actor="bench")
+            tenancy.register_base_model(s, "bench-llama", HF_CONFIG, actor="bench")
         spec = BaseModelSpec.from_hf_config(HF_CONFIG)
 
         # Generate every adapter before the clock starts.

@@ -1,4 +1,4 @@
-"""Benchmark: ``registry.list_adapters`` over 10,000 adapter versions on a fresh database.
+"""Benchmark: ``catalog.list_adapters`` over 10,000 adapter versions on a fresh database.
 
 Creates a throw-away PostgreSQL database (or uses ``--database-url``), migrates it, inserts
 ``--versions`` rows spread over namespaces and statuses, then times typical listing queries
@@ -28,7 +28,7 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store import registry  # noqa: E402
+from store import catalog, registry, tenancy  # noqa: E402
 from store.db import make_engine, upgrade  # noqa: E402
 from store.models import AdapterVersion, Namespace, Package, PackageFile, Provenance  # noqa: E402
 
@@ -129,11 +129,11 @@ def _queries(engine: sa.Engine, n_namespaces: int) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     with Session(engine) as s:
         for label, kwargs in cases.items():
-            _, total = registry.list_adapters(s, page_size=50, **kwargs)
+            _, total = catalog.list_adapters(s, page_size=50, **kwargs)
             last = max(1, -(-total // 50))
             page = last if "last page" in label else (last * 3 // 4 if "deep" in label else 1)
             result = _time(
-                lambda kw=kwargs, p=page: registry.list_adapters(s, page=p, page_size=50, **kw),
+                lambda kw=kwargs, p=page: catalog.list_adapters(s, page=p, page_size=50, **kw),
                 REPEAT,
             )
             out[label] = {"total": total, "page": page, **result}
@@ -143,7 +143,7 @@ def _queries(engine: sa.Engine, n_namespaces: int) -> dict[str, dict[str, Any]]:
 
 def _time_commits(engine: sa.Engine, n: int) -> dict[str, float]:
     with Session(engine, expire_on_commit=False) as s:
-        registry.register_base_model(
+        tenancy.register_base_model(
             s,
             "tiny",
             {
@@ -157,7 +157,7 @@ def _time_commits(engine: sa.Engine, n: int) -> dict[str, float]:
             },
             actor="bench",
         )
-        registry.create_namespace(s, "bench-auto", approval_policy="auto", actor="bench")
+        tenancy.create_namespace(s, "bench-auto", approval_policy="auto", actor="bench")
         samples = []
         for i in range(n):
             f = PackageFile("adapter_model.safetensors", "original", f"{i:064x}", 10, f"k{i}")

@@ -11,24 +11,22 @@ Every transition is a compare-and-set ``UPDATE ... WHERE id = ? AND status = ?``
 race or an edge the machine does not have is ``IllegalTransition`` (409), never a silent
 overwrite. In the same transaction a transition writes an ``AdapterStatusChanged`` outbox
 row, and a change of serving state (into ``ready``, out of ``ready``) bumps the fleet
-generation and writes a ``FleetRefresh`` outbox row, so the event exists exactly when the
-change does.
+generation and writes a ``FleetRefresh`` outbox row (both in ``store.outbox``), so the
+event exists exactly when the change does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
-from events.models import AdapterStatusChanged, Event, FleetRefresh
-from events.streams import REFRESH_STREAM, STATUS_STREAM
 from store.errors import BadRequest, IllegalTransition, NotFound
-from store.models import AdapterVersion, FleetState, OutboxRow, utcnow
+from store.models import AdapterVersion, utcnow
+from store.outbox import announce_refresh, announce_status
 
 
 class Status(StrEnum):
@@ -55,9 +53,6 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.FAILED: frozenset(),
     Status.REJECTED: frozenset(),
 }
-
-# Statuses whose rows hold stored files and so count against a namespace's quota.
-HOLDS_FILES: frozenset[Status] = frozenset(Status) - {Status.FAILED}
 
 
 def parse_status(value: str) -> Status:
@@ -92,82 +87,6 @@ def statuses_after_validation(policy: str) -> tuple[Status, ...]:
     if parse_policy(policy) is ApprovalPolicy.AUTO:
         return (Status.PENDING, Status.READY)
     return (Status.PENDING,)
-
-
-def next_generation(session: Session) -> int:
-    """Increment the fleet generation and return it.
-
-    The ``UPDATE`` takes the counter row's lock until the transaction ends, so concurrent
-    serving changes serialize on it and generations follow commit order.
-    """
-    result = session.execute(
-        sa.update(FleetState)
-        .where(FleetState.id == 1)
-        .values(generation=FleetState.generation + 1)
-        .returning(FleetState.generation)
-    ).scalar_one_or_none()
-    if result is None:  # the seed row is missing (hand-made database): recreate it
-        session.add(FleetState(id=1, generation=1))
-        session.flush()
-        return 1
-    return int(result)
-
-
-def current_generation(session: Session) -> int:
-    """The fleet generation as committed (0 before the first serving change)."""
-    value = session.execute(sa.select(FleetState.generation).where(FleetState.id == 1)).scalar()
-    return int(value or 0)
-
-
-def enqueue(session: Session, stream: str, event: Event) -> None:
-    """Add ``event`` to the outbox for ``stream``, inside the caller's transaction."""
-    session.add(OutboxRow(stream=stream, payload=event.model_dump_json()))
-
-
-def announce_status(
-    session: Session,
-    version: AdapterVersion,
-    from_status: str | None,
-    to_status: str,
-    *,
-    actor: str | None,
-    reason: str | None = None,
-) -> None:
-    """Write the ``AdapterStatusChanged`` outbox row for one step of ``version``."""
-    enqueue(
-        session,
-        STATUS_STREAM,
-        AdapterStatusChanged(
-            adapter_id=version.id,
-            adapter=version.coordinates,
-            base_model=version.base_model,
-            from_status=from_status,
-            to_status=to_status,
-            reason=reason,
-            actor=actor,
-        ),
-    )
-
-
-def announce_refresh(
-    session: Session, version: AdapterVersion, action: Literal["load", "evict"]
-) -> int:
-    """Bump the generation, stamp it on ``version`` and write the ``FleetRefresh`` row."""
-    generation = next_generation(session)
-    version.generation = generation
-    enqueue(
-        session,
-        REFRESH_STREAM,
-        FleetRefresh(
-            action=action,
-            adapter_id=version.id,
-            adapter=version.coordinates,
-            base_model=version.base_model,
-            manifest_sha256=version.manifest_sha256,
-            generation=generation,
-        ),
-    )
-    return generation
 
 
 def apply_transition(

@@ -4,6 +4,7 @@ stored once. Backends: a local directory and S3/MinIO through the ``minio`` SDK.
 Write order is hash -> upload -> verify -> return ``BlobRef``; a crash leaves at most an
 orphan blob (or a temp file), which ``collect_garbage`` removes after a grace period.
 Reads verify the digest: a mismatch raises ``BlobCorrupt`` (code ``digest_mismatch``).
+``run_blob_gc`` is the registry's GC: ``collect_garbage`` of every blob no file row names.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
 
+import sqlalchemy as sa
 import structlog
 
 from store.errors import BadRequest, LorafleetError, NotFound, TransientError
+from store.models import AdapterFile
 from store.settings import StoreSettings
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 log = structlog.get_logger(__name__)
 
@@ -292,3 +298,19 @@ def collect_garbage(
         sweep(grace)
     log.info("blob_gc", deleted=len(deleted), kept_referenced=len(referenced))
     return deleted
+
+
+def referenced_blob_keys(session: Session) -> set[str]:
+    """Every blob key some file row points at."""
+    return set(session.execute(sa.select(AdapterFile.blob_key).distinct()).scalars())
+
+
+def run_blob_gc(
+    session: Session, blobs: BlobStore, grace: timedelta, *, now: datetime | None = None
+) -> list[str]:
+    """Delete blobs no file row references and older than ``grace``; returns their keys.
+    The grace period protects blobs uploaded by a registration not yet committed.
+    ``now`` (default: the current time) is what blob ages are measured against."""
+    removed = collect_garbage(blobs, referenced_blob_keys(session), grace, now=now)
+    log.info("blobs.collected", removed=len(removed), grace_s=grace.total_seconds())
+    return removed

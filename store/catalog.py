@@ -1,40 +1,25 @@
-"""The registry's read side: look-ups, listings, the fleet view engines reconcile against,
-and the bookkeeping reads and appends around them (outbox, access log, blob GC).
-
-Nothing here changes an adapter's content or status; the business rules that do live in
-``store.registry``, which re-exports every name of this module so callers can keep using
-``registry.<name>``. This module never imports ``store.registry`` (no cycle).
-
-Functions that write (``mark_sent``, ``record_access``) commit before returning unless
-given ``commit=False``, like the registry's.
+"""The registry's read side: look-ups, listings and the fleet view engines reconcile
+against. Reads only: nothing here writes. The rules that change things live in
+``store.registry`` (adapter versions), ``store.tenancy`` (namespaces, base models),
+``store.outbox`` (events, the fleet generation), ``store.audit`` (the access log) and
+``store.blobs`` (blob GC); none of them is imported here but ``store.outbox``'s
+``current_generation`` (no cycle).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-import structlog
 from sqlmodel import Session
 
-from store.approval import Status, current_generation, parse_status
+from store.approval import Status, parse_status
 from store.errors import AdapterInvalid, BadRequest, NotFound
-from store.models import (
-    AccessLog,
-    AdapterFile,
-    AdapterVersion,
-    BaseModel,
-    Namespace,
-    OutboxRow,
-    utcnow,
-)
+from store.models import AdapterFile, AdapterVersion, BaseModel, Namespace
+from store.outbox import current_generation
 
 if TYPE_CHECKING:
-    from store.blobs import BlobStore
     from store.formats.spec import BaseModelSpec
-
-log = structlog.get_logger(__name__)
 
 SORTS = {
     "created_at": (AdapterVersion.created_at.asc(), AdapterVersion.id.asc()),
@@ -47,14 +32,6 @@ SORTS = {
     ),
 }
 MAX_PAGE_SIZE = 500
-
-
-def commit_or_flush(session: Session, commit: bool) -> None:
-    """Commit the session's transaction, or only flush it when the caller owns the commit."""
-    if commit:
-        session.commit()
-    else:
-        session.flush()
 
 
 # --- namespaces and base models ----------------------------------------------------------
@@ -233,75 +210,3 @@ def fleet_state(session: Session, base_model: str) -> dict[str, Any]:
             for v in versions
         ],
     }
-
-
-# --- outbox, access log, blob GC --------------------------------------------------------
-
-
-def pending_outbox(session: Session, limit: int) -> list[OutboxRow]:
-    """Up to ``limit`` unsent outbox rows, oldest first. On PostgreSQL the rows stay locked
-    (SKIP LOCKED) until the session's transaction ends, so parallel relays split the work."""
-    return list(
-        session.execute(
-            sa.select(OutboxRow)
-            .where(OutboxRow.sent_at.is_(None))
-            .order_by(OutboxRow.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars()
-    )
-
-
-def mark_sent(session: Session, ids: list[int], *, commit: bool = True) -> None:
-    """Mark outbox rows as delivered (idempotent)."""
-    if ids:
-        session.execute(
-            sa.update(OutboxRow)
-            .where(OutboxRow.id.in_(list(ids)), OutboxRow.sent_at.is_(None))
-            .values(sent_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-    commit_or_flush(session, commit)
-
-
-def record_access(
-    session: Session,
-    *,
-    actor: str,
-    action: str,
-    outcome: str,
-    target: str | None = None,
-    namespace: str | None = None,
-    remote_addr: str | None = None,
-    commit: bool = True,
-) -> AccessLog:
-    """Append one access-log entry."""
-    entry = AccessLog(
-        actor=actor,
-        action=action,
-        target=target,
-        namespace=namespace,
-        remote_addr=remote_addr,
-        outcome=outcome,
-    )
-    session.add(entry)
-    commit_or_flush(session, commit)
-    return entry
-
-
-def referenced_blob_keys(session: Session) -> set[str]:
-    """Every blob key some file row points at."""
-    return set(session.execute(sa.select(AdapterFile.blob_key).distinct()).scalars())
-
-
-def run_blob_gc(
-    session: Session, blobs: BlobStore, grace: timedelta, *, now: datetime | None = None
-) -> list[str]:
-    """Delete blobs no file row references and older than ``grace``; returns their keys.
-    The grace period protects blobs uploaded by a registration not yet committed.
-    ``now`` (default: the current time) is what blob ages are measured against."""
-    from store.blobs import collect_garbage
-
-    removed = collect_garbage(blobs, referenced_blob_keys(session), grace, now=now)
-    log.info("blobs.collected", removed=len(removed), grace_s=grace.total_seconds())
-    return removed

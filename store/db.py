@@ -90,6 +90,14 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         session.close()
 
 
+def commit_or_flush(session: Session, commit: bool) -> None:
+    """Commit the session's transaction, or only flush it when the caller owns the commit."""
+    if commit:
+        session.commit()
+    else:
+        session.flush()
+
+
 def _alembic_config(url: str | None = None) -> Config:
     cfg = Config(str(MIGRATIONS_DIR / "alembic.ini"))
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

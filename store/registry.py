@@ -1,6 +1,6 @@
-"""The registry service: every business rule about namespaces, base models and adapter
-versions. The API and the Celery tasks both call these functions; they take the session
-and blob store as arguments and own nothing else.
+"""The registry service for adapter versions: register, commit, fail, transition, purge,
+edit. The API and the Celery tasks both call these functions; they take the session and
+blob store as arguments and own nothing else.
 
 Transactions: each mutating function is one unit of work and commits before returning
 (pass ``commit=False`` to fold it into a larger transaction the caller commits). On any
@@ -10,18 +10,10 @@ Immutability: ``namespace/name@version`` with the same ``content_sha256`` is an 
 no-op; with other bytes it is ``VersionConflict``. A ``failed`` version does not hold its
 coordinates: registering fixed bytes under them replaces the failed row (new id).
 
-This module holds the adapter-version rules (register, commit, fail, transition, purge,
-edit). Three neighbours hold the rest, and every one of their public names is re-exported
-here, so ``registry.get_adapter`` and ``from store.registry import content_digest`` keep
-working:
-
-* ``store.catalog``: the read side (look-ups, listings, the fleet view, outbox reads,
-  access log, blob GC);
-* ``store.tenancy``: namespaces and base models (create, update, register);
-* ``store.packaging``: adapter files to blobs (``prepare_package``, ``content_digest``).
-
-Quotas count every version that holds files, i.e. every status except ``failed``
-(rejected and archived versions still hold blobs until purged).
+The neighbours own the rest, and callers import from them: ``store.catalog`` (reads),
+``store.tenancy`` (namespaces, base models), ``store.packaging`` (files to blobs),
+``store.approval`` (the status machine), ``store.outbox`` (events, the fleet generation),
+``store.quotas``, ``store.audit`` (the access log) and ``store.blobs`` (blob GC).
 """
 
 from __future__ import annotations
@@ -36,67 +28,26 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from events.models import parse_coordinates
-from store.approval import (
-    HOLDS_FILES,
-    Status,
-    announce_refresh,
-    announce_status,
-    apply_transition,
-    parse_status,
-    statuses_after_validation,
-)
-from store.catalog import (
-    MAX_PAGE_SIZE,
-    SORTS,
-    commit_or_flush,
-    fleet_state,
-    get_adapter,
-    get_base_model_spec,
-    get_namespace,
-    get_version,
-    list_adapters,
-    list_base_models,
-    list_files,
-    list_namespaces,
-    list_versions,
-    mark_sent,
-    pending_outbox,
-    record_access,
-    referenced_blob_keys,
-    run_blob_gc,
-)
-from store.errors import (
-    AdapterInvalid,
-    BadRequest,
-    IllegalTransition,
-    NotFound,
-    QuotaExceeded,
-    VersionConflict,
-)
+from store import catalog, packaging, quotas
+from store.approval import Status, apply_transition, parse_status, statuses_after_validation
+from store.db import commit_or_flush
+from store.errors import AdapterInvalid, BadRequest, IllegalTransition, VersionConflict
 from store.models import (
     AdapterFile,
     AdapterVersion,
     BaseModel,
-    Namespace,
     Package,
     Provenance,
     new_adapter_id,
     utcnow,
 )
-from store.packaging import content_digest, prepare_package
-from store.tenancy import (
-    NAMESPACE_FIELDS,
-    create_namespace,
-    register_base_model,
-    update_namespace,
-)
+from store.outbox import announce_refresh, announce_status
 
 if TYPE_CHECKING:
     from store.blobs import BlobStore
     from store.formats.spec import ValidationLimits
 
 __all__ = [
-    # adapter versions (this module)
     "approve",
     "archive",
     "commit_version",
@@ -106,32 +57,6 @@ __all__ = [
     "reject",
     "transition",
     "update_adapter_metadata",
-    # namespaces and base models, re-exported from store.tenancy
-    "NAMESPACE_FIELDS",
-    "create_namespace",
-    "register_base_model",
-    "update_namespace",
-    # packaging, re-exported from store.packaging
-    "content_digest",
-    "prepare_package",
-    # read side, re-exported from store.catalog
-    "MAX_PAGE_SIZE",
-    "SORTS",
-    "fleet_state",
-    "get_adapter",
-    "get_base_model_spec",
-    "get_namespace",
-    "get_version",
-    "list_adapters",
-    "list_base_models",
-    "list_files",
-    "list_namespaces",
-    "list_versions",
-    "mark_sent",
-    "pending_outbox",
-    "record_access",
-    "referenced_blob_keys",
-    "run_blob_gc",
 ]
 
 log = structlog.get_logger(__name__)
@@ -160,34 +85,6 @@ def _find(session: Session, namespace: str, name: str, version: str) -> AdapterV
         )
         .with_for_update()
     ).scalar_one_or_none()
-
-
-def _lock_namespace(session: Session, namespace: str) -> Namespace:
-    # The row lock serializes quota checks of concurrent registrations (PostgreSQL);
-    # SQLite serializes all writers anyway.
-    ns = session.execute(
-        sa.select(Namespace).where(Namespace.name == namespace).with_for_update()
-    ).scalar_one_or_none()
-    if ns is None:
-        raise NotFound(f"namespace {namespace!r} not found")
-    return ns
-
-
-def _enforce_quota(session: Session, ns: Namespace, extra_bytes: int) -> None:
-    count, used = session.execute(
-        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(AdapterVersion.total_bytes), 0))
-        .where(AdapterVersion.namespace == ns.name)
-        .where(AdapterVersion.status.in_([s.value for s in HOLDS_FILES]))
-    ).one()
-    if ns.max_versions is not None and count + 1 > ns.max_versions:
-        raise QuotaExceeded(
-            f"namespace {ns.name!r} holds {count} of its {ns.max_versions} allowed versions"
-        )
-    if ns.max_bytes is not None and used + extra_bytes > ns.max_bytes:
-        raise QuotaExceeded(
-            f"namespace {ns.name!r} holds {used} bytes; {extra_bytes} more would pass its "
-            f"quota of {ns.max_bytes} bytes"
-        )
 
 
 def _delete_version(session: Session, version: AdapterVersion) -> None:
@@ -263,7 +160,7 @@ def commit_version(
     """
     _check_coordinates(namespace, name, version)
     for attempt in range(2):
-        ns = _lock_namespace(session, namespace)
+        ns = quotas.lock_namespace(session, namespace)
         if session.get(BaseModel, base_model) is None:
             raise AdapterInvalid(
                 "unknown_base_model", f"base model {base_model!r} is not registered"
@@ -273,7 +170,7 @@ def commit_version(
             _existing_outcome(existing, package, base_model)
             commit_or_flush(session, commit)  # nothing changed; ends the transaction and its locks
             return existing, False
-        _enforce_quota(session, ns, package.total_bytes)
+        quotas.enforce_quota(session, ns, package.total_bytes)
         if existing is not None:
             log.info(
                 "adapter.replacing_failed", adapter_id=existing.id, coordinates=existing.coordinates
@@ -349,9 +246,9 @@ def register_adapter(
 ) -> tuple[AdapterVersion, bool]:
     """``prepare_package`` + ``commit_version``: validate, store blobs, record the version."""
     _check_coordinates(namespace, name, version)
-    get_namespace(session, namespace)
-    spec = get_base_model_spec(session, base_model)
-    package = prepare_package(blobs, source_dir, spec, limits)
+    catalog.get_namespace(session, namespace)
+    spec = catalog.get_base_model_spec(session, base_model)
+    package = packaging.prepare_package(blobs, source_dir, spec, limits)
     return commit_version(
         session,
         package,
@@ -383,7 +280,7 @@ def record_failure(
     with ``status_code=code`` and the reason. Idempotent (a second failure updates the
     reason); ``VersionConflict`` if a valid version already holds the coordinates."""
     _check_coordinates(namespace, name, version)
-    get_namespace(session, namespace)
+    catalog.get_namespace(session, namespace)
     existing = _find(session, namespace, name, version)
     if existing is not None:
         if existing.status != Status.FAILED:
@@ -427,9 +324,9 @@ def transition(
     ``ready`` in this transaction; ``manual`` stops at ``pending`` and refuses ``ready``.
     """
     target = parse_status(to_status)
-    version = get_adapter(session, adapter_id)
+    version = catalog.get_adapter(session, adapter_id)
     if version.status == Status.VALIDATING and target in (Status.PENDING, Status.READY):
-        policy = get_namespace(session, version.namespace).approval_policy
+        policy = catalog.get_namespace(session, version.namespace).approval_policy
         path = statuses_after_validation(policy)
         if target not in path:
             raise IllegalTransition(
@@ -470,7 +367,7 @@ def purge(session: Session, adapter_id: str, *, actor: str, commit: bool = True)
     """Delete a version and its file rows. A ready version is evicted in the same
     transaction (generation bump + ``FleetRefresh``). Blobs are left to the GC, which
     removes them once nothing references them."""
-    version = get_adapter(session, adapter_id)
+    version = catalog.get_adapter(session, adapter_id)
     status = version.status
     if status == Status.READY:
         announce_refresh(session, version, "evict")
@@ -516,7 +413,7 @@ def update_adapter_metadata(
             json.dumps(custom_fields, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"custom_fields must be JSON-serializable: {exc}") from None
-    version = get_adapter(session, adapter_id)
+    version = catalog.get_adapter(session, adapter_id)
     # Lock the row so a concurrent edit cannot interleave with this one (PostgreSQL).
     session.refresh(version, with_for_update=True)
     changed = []

@@ -1,9 +1,9 @@
 """Tenancy: namespaces (approval policy, quotas) and the base models adapters target.
 
 The write side of both; look-ups (``get_namespace``, ``list_namespaces``,
-``get_base_model_spec``, ...) are in ``store.catalog``. ``store.registry`` re-exports every
-public name here, so ``registry.create_namespace`` keeps working. Like the registry's, each
-function commits before returning unless given ``commit=False``.
+``get_base_model_spec``, ...) are in ``store.catalog``, what a quota counts is in
+``store.quotas``. Like the registry's, each function commits before returning unless given
+``commit=False``.
 """
 
 from __future__ import annotations
@@ -16,20 +16,17 @@ from sqlmodel import Session
 
 from events.models import parse_coordinates
 from store.approval import parse_policy
-from store.catalog import base_model_spec, commit_or_flush, get_namespace
+from store.catalog import base_model_spec, get_namespace
+from store.db import commit_or_flush
 from store.errors import AlreadyExists, BadRequest
 from store.models import BaseModel, Namespace
+from store.quotas import check_quota_value
 
 __all__ = ["NAMESPACE_FIELDS", "create_namespace", "register_base_model", "update_namespace"]
 
 log = structlog.get_logger(__name__)
 
 NAMESPACE_FIELDS = ("approval_policy", "max_bytes", "max_versions", "description")
-
-
-def _check_quota(value: int | None, what: str) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise BadRequest(f"{what} must be a non-negative integer or null, got {value!r}")
 
 
 def create_namespace(
@@ -53,8 +50,8 @@ def create_namespace(
             "or '.', starting with a letter or digit"
         ) from None
     parse_policy(approval_policy)
-    _check_quota(max_bytes, "max_bytes")
-    _check_quota(max_versions, "max_versions")
+    check_quota_value(max_bytes, "max_bytes")
+    check_quota_value(max_versions, "max_versions")
     if session.get(Namespace, name) is not None:
         raise AlreadyExists(f"namespace {name!r} already exists")
     ns = Namespace(
@@ -96,7 +93,7 @@ def update_namespace(
         parse_policy(changes["approval_policy"])
     for key in ("max_bytes", "max_versions"):
         if key in changes:
-            _check_quota(changes[key], key)
+            check_quota_value(changes[key], key)
     for key, value in changes.items():
         setattr(ns, key, value)
     commit_or_flush(session, commit)

@@ -19,7 +19,7 @@ import structlog
 from sqlmodel import Session
 
 from events import streams
-from store import registry
+from store import outbox
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +58,7 @@ def relay_outbox(
     try:
         for _ in range(max_batches):
             with session_factory() as session:
-                rows = registry.pending_outbox(session, batch)
+                rows = outbox.pending_outbox(session, batch)
                 if not rows:
                     break
                 pipe = client.pipeline(transaction=False)
@@ -70,7 +70,7 @@ def relay_outbox(
                         approximate=True,
                     )
                 pipe.execute()
-                registry.mark_sent(session, [row.id for row in rows if row.id is not None])
+                outbox.mark_sent(session, [row.id for row in rows if row.id is not None])
                 total += len(rows)
             if len(rows) < batch:
                 break

@@ -24,7 +24,8 @@ import structlog
 from celery import Task
 
 from events.models import JobCompleted
-from store import registry
+from store import catalog, packaging, registry
+from store.blobs import run_blob_gc
 from store.errors import (
     AdapterInvalid,
     LorafleetError,
@@ -209,7 +210,7 @@ def _require_namespace(session: Any, name: str) -> None:
     """``NotFound`` with code ``namespace_not_found`` unless namespace ``name`` exists (the
     ingest record then says which of the event's references is missing)."""
     try:
-        registry.get_namespace(session, name)
+        catalog.get_namespace(session, name)
     except NotFound as exc:
         raise NotFound(exc.message, code="namespace_not_found") from None
 
@@ -222,10 +223,10 @@ def package(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     with rt.session() as session:
         ingest.touch(session, event.event_id)
         _require_namespace(session, event.namespace)
-        spec = registry.get_base_model_spec(session, event.base_model)
+        spec = catalog.get_base_model_spec(session, event.base_model)
     with tempfile.TemporaryDirectory(prefix="lorafleet-fetch-") as tmp:
         source = fetch_artifact(event.artifact_uri, Path(tmp), rt.settings, rt.store)
-        pkg = registry.prepare_package(rt.blobs, source, spec, rt.limits)
+        pkg = packaging.prepare_package(rt.blobs, source, spec, rt.limits)
     log.info("adapter_packaged", format=pkg.source_format, rank=pkg.rank, bytes=pkg.total_bytes)
     return {**ctx, "package": package_to_dict(pkg)}
 
@@ -239,7 +240,7 @@ def validate(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
     with rt.session() as session:
         ingest.touch(session, event.event_id)
-        spec = registry.get_base_model_spec(session, event.base_model)
+        spec = catalog.get_base_model_spec(session, event.base_model)
     if pkg.manifest.get("base_model_spec") != spec.to_dict():
         raise AdapterInvalid(
             "shape_mismatch", f"base model {event.base_model!r} changed since packaging"
@@ -306,7 +307,5 @@ def blob_gc(self: Task) -> int:
     """Delete unreferenced blobs older than the grace period."""
     rt = get_runtime()
     with rt.session() as session:
-        removed = registry.run_blob_gc(
-            session, rt.blobs, timedelta(seconds=rt.store.blob_gc_grace_seconds)
-        )
+        removed = run_blob_gc(session, rt.blobs, timedelta(seconds=rt.store.blob_gc_grace_seconds))
     return len(removed)

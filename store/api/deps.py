@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
-from store import registry
+from store import audit
 from store.auth import Principal, authenticate
 from store.blobs import BlobStore
 from store.db import session_scope
@@ -79,7 +79,7 @@ def record(
     state = get_state(request)
     try:
         with session_scope(state.engine) as session:
-            registry.record_access(
+            audit.record_access(
                 session,
                 actor=principal.actor,
                 action=action,

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from store import registry
+from store import catalog, registry
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
 from store.api.schemas import (
@@ -48,7 +48,7 @@ def _visible(session: Session, caller: Principal, adapter_id: str) -> AdapterVer
     otherwise, so another tenant cannot probe for ids."""
     missing = f"adapter {adapter_id} not found"
     try:
-        version = registry.get_adapter(session, adapter_id)
+        version = catalog.get_adapter(session, adapter_id)
     except NotFound:
         raise NotFound(missing) from None
     caller.require_read(version.namespace, missing)
@@ -56,7 +56,7 @@ def _visible(session: Session, caller: Principal, adapter_id: str) -> AdapterVer
 
 
 def _entity(session: Session, version: AdapterVersion) -> dict[str, Any]:
-    return adapter_out(version, registry.list_files(session, version.id))
+    return adapter_out(version, catalog.list_files(session, version.id))
 
 
 def _provenance(upload: StagedUpload) -> Provenance:
@@ -208,11 +208,11 @@ def list_adapters(
     search: Annotated[str | None, Query(max_length=128)] = None,
     sort: Sort = "-created_at",
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=registry.MAX_PAGE_SIZE)] = 50,
+    page_size: Annotated[int, Query(ge=1, le=catalog.MAX_PAGE_SIZE)] = 50,
 ) -> dict[str, Any]:
     """One page of the adapter versions the caller can see, filtered and sorted."""
     with session_scope(state.engine) as session:
-        rows, total = registry.list_adapters(
+        rows, total = catalog.list_adapters(
             session,
             namespaces=caller.visible_namespaces(),
             namespace=namespace,
@@ -274,7 +274,7 @@ def download_file(
         with session_scope(state.engine) as session:
             version = _visible(session, caller, adapter_id)
             where["namespace"] = version.namespace
-            files = registry.list_files(session, adapter_id, role)
+            files = catalog.list_files(session, adapter_id, role)
         matches = [f for f in files if f.path == path]
         if not matches:
             which = f"{role} file" if role else "file"
@@ -311,7 +311,7 @@ def list_versions(namespace: str, name: str, caller: Caller, state: State) -> di
     missing = f"adapter {namespace}/{name} not found"
     caller.require_read(namespace, missing)
     with session_scope(state.engine) as session:
-        rows = registry.list_versions(session, namespace, name)
+        rows = catalog.list_versions(session, namespace, name)
         if not rows:
             raise NotFound(missing)
         data = [adapter_out(v) for v in rows]
@@ -330,7 +330,7 @@ def get_version(
 ) -> dict[str, Any]:
     caller.require_read(namespace, f"adapter {namespace}/{name}@{version} not found")
     with session_scope(state.engine) as session:
-        return _entity(session, registry.get_version(session, namespace, name, version))
+        return _entity(session, catalog.get_version(session, namespace, name, version))
 
 
 @router.patch(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from sqlmodel import Session
 
-from store import registry
+from store import catalog, tenancy
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
 from store.api.schemas import (
@@ -51,7 +51,7 @@ def create_namespace(body: NamespaceCreate, request: Request, caller: Caller, st
     with audited(request, caller, "namespace.create", target=body.name, namespace=body.name):
         caller.require_global_admin()
         with session_scope(state.engine) as session:
-            ns = registry.create_namespace(session, actor=caller.actor, **body.model_dump())
+            ns = tenancy.create_namespace(session, actor=caller.actor, **body.model_dump())
             return namespace_out(ns)
 
 
@@ -59,7 +59,7 @@ def create_namespace(body: NamespaceCreate, request: Request, caller: Caller, st
 def list_namespaces(caller: Caller, state: State) -> dict:
     """The namespaces the caller can see."""
     with session_scope(state.engine) as session:
-        rows = registry.list_namespaces(session, caller.visible_namespaces())
+        rows = catalog.list_namespaces(session, caller.visible_namespaces())
         data = [namespace_out(ns) for ns in rows]
     return page_of(data, page=1, page_size=max(len(data), 1), total=len(data))
 
@@ -69,7 +69,7 @@ def get_namespace(name: NamespaceName, caller: Caller, state: State) -> dict:
     """One namespace (reader of it); 404 when it does not exist or the caller may not see it."""
     caller.require_read(name, _ns_missing(name))
     with session_scope(state.engine) as session:
-        return namespace_out(registry.get_namespace(session, name))
+        return namespace_out(catalog.get_namespace(session, name))
 
 
 @router.patch(
@@ -85,7 +85,7 @@ def update_namespace(
         caller.require_role(name, "admin", _ns_missing(name))
         with session_scope(state.engine) as session:
             changes = body.model_dump(exclude_unset=True)
-            ns = registry.update_namespace(session, name, actor=caller.actor, **changes)
+            ns = tenancy.update_namespace(session, name, actor=caller.actor, **changes)
             return namespace_out(ns)
 
 
@@ -110,7 +110,7 @@ def register_base_model(
         caller.require_global_admin()
         with session_scope(state.engine) as session:
             existed = session.get(BaseModel, body.name) is not None
-            row = registry.register_base_model(session, body.name, body.config, actor=caller.actor)
+            row = tenancy.register_base_model(session, body.name, body.config, actor=caller.actor)
             if existed:
                 response.status_code = 200
             return base_model_out(row)
@@ -120,7 +120,7 @@ def register_base_model(
 def list_base_models(caller: Caller, state: State) -> dict:
     """Every registered base model (any token: base models are shared by all namespaces)."""
     with session_scope(state.engine) as session:
-        data = [base_model_out(bm) for bm in registry.list_base_models(session)]
+        data = [base_model_out(bm) for bm in catalog.list_base_models(session)]
     return page_of(data, page=1, page_size=max(len(data), 1), total=len(data))
 
 
@@ -156,7 +156,7 @@ def mint_token(body: TokenCreate, request: Request, caller: Caller, state: State
             caller.require_role(body.namespace, "admin", _ns_missing(body.namespace))
         with session_scope(state.engine) as session:
             if body.namespace is not None:
-                registry.get_namespace(session, body.namespace)
+                catalog.get_namespace(session, body.namespace)
             token = create_token(
                 session, body.role, body.namespace, body.name, created_by=caller.actor
             )

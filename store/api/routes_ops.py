@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from store import registry
+from store import catalog
 from store.api.deps import AppState, get_principal, get_state
 from store.api.errors import error_responses
 from store.api.schemas import FleetView, Liveness, Readiness
@@ -99,7 +99,7 @@ def fleet(
 
     with session_scope(state.engine) as session:
         if session.get(BaseModel, base_model) is None:
-            known = [m.name for m in registry.list_base_models(session)]
+            known = [m.name for m in catalog.list_base_models(session)]
             close = difflib.get_close_matches(base_model, known, n=1, cutoff=0.6)
             if close:
                 hint = f"; did you mean {close[0]!r}?"
@@ -111,7 +111,7 @@ def fleet(
             raise NotFound(
                 f"base model {base_model!r} is not registered{hint}", code="unknown_base_model"
             )
-        view = registry.fleet_state(session, base_model)
+        view = catalog.fleet_state(session, base_model)
     visible = caller.visible_namespaces()
     if visible is not None:
         view["adapters"] = [a for a in view["adapters"] if a["namespace"] in visible]

@@ -164,7 +164,7 @@ def _registered_base_model(home: Path) -> None:
     from sqlmodel import Session
 
     from engine.tiny import init_tiny
-    from store import registry
+    from store import tenancy
     from store.db import make_engine, upgrade
 
     model_dir = home / "models" / "tiny-llama"
@@ -174,7 +174,7 @@ def _registered_base_model(home: Path) -> None:
     engine = make_engine(url)
     with Session(engine) as session:
         config = json.loads((model_dir / "config.json").read_text())
-        registry.register_base_model(session, "tiny-llama", config, actor="test")
+        tenancy.register_base_model(session, "tiny-llama", config, actor="test")
     engine.dispose()
 
 

@@ -19,6 +19,7 @@ from events.models import FleetRefresh, JobCompleted
 from events.publisher import announce_job_completed, publish
 from store import registry
 from store.models import AdapterVersion
+from store.outbox import pending_outbox
 
 TASKS = "workers.tasks"
 
@@ -227,9 +228,7 @@ def test_unsent_outbox_row_is_published_by_the_relay_once(pipeline: Pipeline) ->
         registry.approve(s, record.adapter_id, actor="reviewer")
     with pipeline.session() as s:
         unsent = [
-            (r.id, r.stream)
-            for r in registry.pending_outbox(s, 1000)
-            if record.adapter_id in r.payload
+            (r.id, r.stream) for r in pending_outbox(s, 1000) if record.adapter_id in r.payload
         ]
         s.rollback()
     assert unsent and pipeline.refresh_entries(record.adapter_id) == []

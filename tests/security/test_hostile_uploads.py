@@ -35,7 +35,8 @@ from live_stack import LiveStack, directory_files, fresh_database, live_stack, u
 from sqlmodel import Session
 from test_formats_hostile import MarkerPayload, make_tar, member, nemo_config
 
-from store import registry
+from store.blobs import referenced_blob_keys
+from store.catalog import list_adapters
 
 BASE = "tiny"
 NS = "acme"
@@ -271,8 +272,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory):
 def _observed(stack: LiveStack) -> tuple[set[str], set[str], int]:
     """(referenced blob keys, stored blob keys, number of versions) right now."""
     with Session(stack.engine) as session:
-        referenced = registry.referenced_blob_keys(session)
-        _, versions = registry.list_adapters(session, namespaces=None)
+        referenced = referenced_blob_keys(session)
+        _, versions = list_adapters(session, namespaces=None)
     return referenced, {key for key, _ in stack.blobs.list_blobs()}, versions
 
 

@@ -29,7 +29,7 @@ from factories import random_adapter, tiny_hf_config, write_hf_peft
 from live_stack import LiveStack, directory_files, fresh_database, live_stack, upload
 from sqlmodel import Session
 
-from store import registry
+from store import packaging, registry
 from store.models import AdapterVersion, Package, PackageFile, Provenance
 
 BASE = "tiny"
@@ -100,7 +100,7 @@ def fresh_adapter(stack: LiveStack, namespace: str, *, ready: bool = False) -> T
         files=(original,),
         manifest={"n": n},
         manifest_sha256=f"{n:064x}",
-        content_sha256=registry.content_digest({"w.bin": original.sha256}),
+        content_sha256=packaging.content_digest({"w.bin": original.sha256}),
     )
     with Session(stack.engine, expire_on_commit=False) as session:
         version, _ = registry.commit_version(

@@ -120,7 +120,7 @@ BASE = "tiny-llama"
 def fake_package(seed: int, *, size: int = 100, files: int = 1) -> Package:
     """A ``Package`` value for service-level tests that do not need real blobs: distinct
     seeds give distinct content digests, equal seeds equal ones."""
-    from store.registry import content_digest
+    from store.packaging import content_digest
 
     originals = [
         PackageFile(
@@ -148,7 +148,7 @@ def base_model(session: Session) -> str:
     """The tiny Llama base model, registered."""
     from factories import tiny_hf_config
 
-    from store.registry import register_base_model
+    from store.tenancy import register_base_model
 
     register_base_model(session, BASE, tiny_hf_config(), actor="admin")
     return BASE
@@ -157,7 +157,7 @@ def base_model(session: Session) -> str:
 @pytest.fixture
 def auto_ns(session: Session) -> str:
     """Namespace ``acme`` with the ``auto`` approval policy."""
-    from store.registry import create_namespace
+    from store.tenancy import create_namespace
 
     create_namespace(session, "acme", approval_policy="auto", actor="admin")
     return "acme"
@@ -166,7 +166,7 @@ def auto_ns(session: Session) -> str:
 @pytest.fixture
 def manual_ns(session: Session) -> str:
     """Namespace ``bank`` with the ``manual`` approval policy."""
-    from store.registry import create_namespace
+    from store.tenancy import create_namespace
 
     create_namespace(session, "bank", approval_policy="manual", actor="admin")
     return "bank"

@@ -13,7 +13,9 @@ from sqlmodel import Session
 
 from events.streams import REFRESH_STREAM, STATUS_STREAM
 from store import registry
-from store.approval import apply_transition, current_generation
+from store.approval import apply_transition
+from store.audit import record_access
+from store.catalog import get_adapter, get_base_model_spec, get_namespace
 from store.errors import (
     AdapterInvalid,
     AlreadyExists,
@@ -24,6 +26,8 @@ from store.errors import (
     VersionConflict,
 )
 from store.models import AdapterFile, AdapterVersion, OutboxRow, Provenance
+from store.outbox import current_generation, mark_sent, pending_outbox
+from store.tenancy import NAMESPACE_FIELDS, create_namespace, register_base_model, update_namespace
 
 PROV = Provenance(job_id="job-1", dataset="ds", hyperparameters={"lr": 1e-4}, metrics={"loss": 0.5})
 
@@ -95,7 +99,7 @@ def test_different_bytes_is_a_version_conflict(session, auto_ns, base_model, mak
         commit(session, make_package(2), auto_ns)
     assert info.value.code == "version_conflict" and info.value.http_status == 409
     session.rollback()
-    assert registry.get_adapter(session, first.id).content_sha256 == make_package(1).content_sha256
+    assert get_adapter(session, first.id).content_sha256 == make_package(1).content_sha256
 
 
 def test_failed_version_is_replaced_by_fixed_bytes(session, auto_ns, base_model, make_package):
@@ -126,7 +130,7 @@ def test_failed_version_is_replaced_by_fixed_bytes(session, auto_ns, base_model,
     fixed, created = commit(session, make_package(1), auto_ns)
     assert created and fixed.status == "ready" and fixed.id != failed.id
     with pytest.raises(NotFound):
-        registry.get_adapter(session, failed.id)
+        get_adapter(session, failed.id)
     with pytest.raises(VersionConflict):
         registry.record_failure(
             session,
@@ -142,7 +146,7 @@ def test_failed_version_is_replaced_by_fixed_bytes(session, auto_ns, base_model,
 
 
 def test_quota_on_versions_and_bytes(session, base_model, make_package):
-    registry.create_namespace(session, "small", max_versions=2, max_bytes=1000, actor="admin")
+    create_namespace(session, "small", max_versions=2, max_bytes=1000, actor="admin")
     commit(session, make_package(1, size=100), "small", "1.0.0")
     with pytest.raises(QuotaExceeded, match="bytes"):
         commit(session, make_package(2, size=900), "small", "2.0.0")
@@ -152,7 +156,7 @@ def test_quota_on_versions_and_bytes(session, base_model, make_package):
         commit(session, make_package(4, size=1), "small", "4.0.0")
     assert info.value.http_status == 413
     session.rollback()
-    registry.update_namespace(session, "small", max_versions=3, actor="admin")
+    update_namespace(session, "small", max_versions=3, actor="admin")
     assert commit(session, make_package(4, size=1), "small", "4.0.0")[1]
 
 
@@ -167,7 +171,7 @@ def test_illegal_transitions_are_409(session, manual_ns, base_model, make_packag
         with pytest.raises(IllegalTransition):
             registry.transition(session, version.id, target, actor="x")
         session.rollback()
-    assert registry.get_adapter(session, version.id).status == "rejected"
+    assert get_adapter(session, version.id).status == "rejected"
     with pytest.raises(BadRequest):
         registry.transition(session, version.id, "deployed", actor="x")
     with pytest.raises(NotFound):
@@ -179,7 +183,7 @@ def test_lost_race_is_illegal_transition_and_writes_nothing(
 ):
     version, _ = commit(session, make_package(1), manual_ns)
     with Session(engine, expire_on_commit=False) as a, Session(engine) as b:
-        seen_by_a = registry.get_adapter(a, version.id)
+        seen_by_a = get_adapter(a, version.id)
         assert seen_by_a.status == "pending"
         a.commit()  # end a's read transaction; a still holds its (soon stale) copy
         registry.approve(b, version.id, actor="b")
@@ -187,7 +191,7 @@ def test_lost_race_is_illegal_transition_and_writes_nothing(
             apply_transition(a, seen_by_a, "rejected", actor="a")
         a.rollback()
     session.expire_all()
-    assert registry.get_adapter(session, version.id).status == "ready"
+    assert get_adapter(session, version.id).status == "ready"
     steps = [e["to_status"] for e in outbox(session, STATUS_STREAM)]
     assert steps.count("ready") == 1 and "rejected" not in steps
     assert current_generation(session) == 1
@@ -201,7 +205,7 @@ def test_concurrent_approvals_one_wins(
 
     def approve_once(i: int) -> str:
         with Session(engine) as s:
-            seen = registry.get_adapter(s, version.id)
+            seen = get_adapter(s, version.id)
             barrier.wait()
             try:
                 apply_transition(s, seen, "ready", actor=f"r{i}")
@@ -222,7 +226,7 @@ def test_purge_of_ready_version_evicts(session, auto_ns, base_model, make_packag
     version, _ = commit(session, make_package(1), auto_ns)
     registry.purge(session, version.id, actor="admin")
     with pytest.raises(NotFound):
-        registry.get_adapter(session, version.id)
+        get_adapter(session, version.id)
     assert session.execute(sa.select(sa.func.count()).select_from(AdapterFile)).scalar() == 0
     assert [(e["action"], e["generation"]) for e in outbox(session, REFRESH_STREAM)] == [
         ("load", 1),
@@ -233,38 +237,31 @@ def test_purge_of_ready_version_evicts(session, auto_ns, base_model, make_packag
 
 
 def test_namespaces_and_base_models(session, base_model):
-    registry.create_namespace(session, "team-a", actor="admin")
+    create_namespace(session, "team-a", actor="admin")
     with pytest.raises(AlreadyExists):
-        registry.create_namespace(session, "team-a", actor="admin")
+        create_namespace(session, "team-a", actor="admin")
     for bad in (
         {"name": "Bad/NS"},
         {"name": "ok", "approval_policy": "maybe"},
         {"name": "ok2", "max_bytes": -1},
     ):
         with pytest.raises(BadRequest):
-            registry.create_namespace(session, **bad, actor="admin")
+            create_namespace(session, **bad, actor="admin")
     with pytest.raises(BadRequest):
-        registry.update_namespace(session, "team-a", owner="me", actor="admin")
+        update_namespace(session, "team-a", owner="me", actor="admin")
     assert (
-        registry.update_namespace(
-            session, "team-a", approval_policy="manual", actor="a"
-        ).approval_policy
+        update_namespace(session, "team-a", approval_policy="manual", actor="a").approval_policy
         == "manual"
     )
-    spec = registry.get_base_model_spec(session, base_model)
+    spec = get_base_model_spec(session, base_model)
     assert spec.hidden_size == 64 and spec.num_kv_heads == 2
     from factories import tiny_hf_config
 
-    assert (
-        registry.register_base_model(session, base_model, tiny_hf_config(), actor="a").name
-        == base_model
-    )
+    assert register_base_model(session, base_model, tiny_hf_config(), actor="a").name == base_model
     with pytest.raises(AlreadyExists):
-        registry.register_base_model(
-            session, base_model, tiny_hf_config(hidden_size=128), actor="a"
-        )
+        register_base_model(session, base_model, tiny_hf_config(hidden_size=128), actor="a")
     with pytest.raises(AdapterInvalid) as info:
-        registry.get_base_model_spec(session, "nope")
+        get_base_model_spec(session, "nope")
     assert info.value.code == "unknown_base_model"
 
 
@@ -282,16 +279,16 @@ def test_unknown_base_model_or_namespace_is_refused(session, auto_ns, base_model
 
 def test_outbox_pending_and_mark_sent(session, auto_ns, base_model, make_package):
     commit(session, make_package(1), auto_ns)
-    rows = registry.pending_outbox(session, 10)
+    rows = pending_outbox(session, 10)
     assert [r.stream for r in rows] == [STATUS_STREAM, STATUS_STREAM, REFRESH_STREAM]
-    registry.mark_sent(session, [rows[0].id, rows[1].id])
-    left = registry.pending_outbox(session, 10)
+    mark_sent(session, [rows[0].id, rows[1].id])
+    left = pending_outbox(session, 10)
     assert [r.id for r in left] == [rows[2].id]
     session.commit()
 
 
 def test_record_access(session):
-    entry = registry.record_access(
+    entry = record_access(
         session,
         actor="tok:ci",
         action="adapter.approve",
@@ -339,41 +336,51 @@ def test_manual_policy_refuses_validating_to_ready(session, manual_ns, base_mode
 @pytest.mark.parametrize("name", ["", "Acme", "a b", "-acme", "a/b", "x" * 64])
 def test_malformed_namespace_name_is_400_naming_the_name(session, name):
     with pytest.raises(BadRequest, match="invalid namespace name") as err:
-        registry.create_namespace(session, name, actor="admin")
+        create_namespace(session, name, actor="admin")
     assert repr(name) in err.value.message and "@" not in err.value.message
 
 
 def test_update_of_a_missing_namespace_is_not_found_before_any_change_is_judged(session):
     for changes in ({"approval_policy": None}, {"approval_policy": "maybe"}, {"owner": "me"}):
         with pytest.raises(NotFound):
-            registry.update_namespace(session, "nope", actor="admin", **changes)
+            update_namespace(session, "nope", actor="admin", **changes)
 
 
 def test_null_approval_policy_is_a_precise_bad_request(session):
-    registry.create_namespace(session, "team-n", approval_policy="manual", actor="admin")
+    create_namespace(session, "team-n", approval_policy="manual", actor="admin")
     with pytest.raises(BadRequest) as info:
-        registry.update_namespace(session, "team-n", approval_policy=None, actor="admin")
+        update_namespace(session, "team-n", approval_policy=None, actor="admin")
     assert "approval_policy cannot be null" in info.value.message
     session.rollback()
-    assert registry.get_namespace(session, "team-n").approval_policy == "manual"
-    cleared = registry.update_namespace(session, "team-n", max_bytes=None, actor="admin")
+    assert get_namespace(session, "team-n").approval_policy == "manual"
+    cleared = update_namespace(session, "team-n", max_bytes=None, actor="admin")
     assert cleared.max_bytes is None
 
 
-def test_packaging_and_tenancy_names_stay_importable_from_the_registry() -> None:
-    from store import packaging, tenancy
+def test_each_name_has_one_home_and_the_registry_re_exports_none() -> None:
+    from store import audit, blobs, outbox, packaging, quotas, tenancy
 
-    moved = {
+    homes = {
         packaging: ("prepare_package", "content_digest"),
-        tenancy: (
-            "create_namespace",
-            "update_namespace",
-            "register_base_model",
-            "NAMESPACE_FIELDS",
+        tenancy: ("create_namespace", "update_namespace", "register_base_model"),
+        outbox: (
+            "enqueue",
+            "announce_status",
+            "announce_refresh",
+            "next_generation",
+            "current_generation",
+            "pending_outbox",
+            "mark_sent",
         ),
+        audit: ("record_access",),
+        blobs: ("referenced_blob_keys", "run_blob_gc"),
+        quotas: ("check_quota_value", "lock_namespace", "enforce_quota"),
     }
-    for module, names in moved.items():
+    for module, names in homes.items():
         for name in names:
-            assert getattr(registry, name) is getattr(module, name), name
-            assert name in registry.__all__, name
-    assert registry.NAMESPACE_FIELDS is tenancy.NAMESPACE_FIELDS
+            assert getattr(module, name).__module__ == module.__name__, name
+            if module is not outbox:  # the registry writes events through the outbox
+                assert not hasattr(registry, name), name
+            assert name not in registry.__all__, name
+    assert not hasattr(registry, "NAMESPACE_FIELDS")
+    assert tenancy.NAMESPACE_FIELDS == NAMESPACE_FIELDS

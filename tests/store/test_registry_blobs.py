@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from factories import random_adapter, tiny_spec, write_hf_peft
 
 from store import registry
+from store.blobs import referenced_blob_keys, run_blob_gc
+from store.catalog import list_files
 from store.errors import AdapterInvalid, VersionConflict
 from store.formats import ValidationLimits
 from store.models import AdapterFile, Provenance
@@ -44,7 +46,7 @@ def test_register_stores_originals_and_canonical(
     source = write_hf_peft(random_adapter(tiny_spec(), rank=4, seed=1), tmp_path / "src")
     version, created = register(session, blob_store, source)
     assert created and version.status == "ready" and version.rank == 4
-    files = registry.list_files(session, version.id)
+    files = list_files(session, version.id)
     assert {(f.role, f.path) for f in files} >= {
         ("original", "adapter_config.json"),
         ("canonical", "adapter_config.json"),
@@ -70,21 +72,21 @@ def test_changed_bytes_conflict_and_gc_removes_only_old_orphans(
     first = write_hf_peft(random_adapter(tiny_spec(), seed=1), tmp_path / "a")
     changed = write_hf_peft(random_adapter(tiny_spec(), seed=2), tmp_path / "b")
     version, _ = register(session, blob_store, first)
-    keep = registry.referenced_blob_keys(session)
+    keep = referenced_blob_keys(session)
     with pytest.raises(VersionConflict):
         register(session, blob_store, changed)
     session.rollback()
     orphans = stored_keys(blob_store) - keep
     assert orphans  # the rejected upload's blobs were stored before the conflict was known
-    assert registry.run_blob_gc(session, blob_store, timedelta(hours=1)) == []
+    assert run_blob_gc(session, blob_store, timedelta(hours=1)) == []
     later = datetime.now(UTC) + timedelta(hours=2)
-    removed = registry.run_blob_gc(session, blob_store, timedelta(hours=1), now=later)
+    removed = run_blob_gc(session, blob_store, timedelta(hours=1), now=later)
     assert set(removed) == orphans
     assert stored_keys(blob_store) == keep
     # After a purge its blobs are unreferenced too (shared blobs would stay).
     registry.purge(session, version.id, actor="admin")
-    assert registry.referenced_blob_keys(session) == set()
-    assert set(registry.run_blob_gc(session, blob_store, timedelta(0), now=later)) == keep
+    assert referenced_blob_keys(session) == set()
+    assert set(run_blob_gc(session, blob_store, timedelta(0), now=later)) == keep
     assert stored_keys(blob_store) == set()
 
 

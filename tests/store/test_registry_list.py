@@ -6,6 +6,7 @@ import pytest
 from sqlmodel import Session
 
 from store import registry
+from store.catalog import fleet_state, get_version, list_adapters, list_versions
 from store.errors import BadRequest
 from store.models import Provenance
 
@@ -34,42 +35,38 @@ def catalog(session: Session, auto_ns, manual_ns, base_model, make_package) -> d
 
 
 def test_filters_and_total(session, catalog) -> None:
-    rows, total = registry.list_adapters(
-        session, namespaces=None, namespace="bank", status="pending"
-    )
+    rows, total = list_adapters(session, namespaces=None, namespace="bank", status="pending")
     assert total == 3 and {r.name for r in rows} == {"summarize-1", "summarize-2", "summarize-3"}
-    rows, total = registry.list_adapters(session, namespaces=None, search="CHAT-")
+    rows, total = list_adapters(session, namespaces=None, search="CHAT-")
     assert total == 6 and all(r.namespace == "acme" for r in rows)
-    rows, total = registry.list_adapters(session, namespaces=None, base_model="other")
+    rows, total = list_adapters(session, namespaces=None, base_model="other")
     assert (rows, total) == ([], 0)
     # LIKE wildcards in a search are literal characters.
-    assert registry.list_adapters(session, namespaces=None, search="%")[1] == 0
-    assert registry.list_adapters(session, namespaces=None, search="chat_1")[1] == 0
+    assert list_adapters(session, namespaces=None, search="%")[1] == 0
+    assert list_adapters(session, namespaces=None, search="chat_1")[1] == 0
 
 
 def test_pages_cover_everything_once_in_order(session, catalog) -> None:
     seen = []
     for page in (1, 2, 3, 4):
-        rows, total = registry.list_adapters(
-            session, namespaces=None, sort="name", page=page, page_size=3
-        )
+        rows, total = list_adapters(session, namespaces=None, sort="name", page=page, page_size=3)
         assert total == 10
         seen.extend(r.name for r in rows)
     assert seen == sorted(seen) and len(seen) == len(set(seen)) == 10
-    desc, _ = registry.list_adapters(session, namespaces=None, sort="-name", page_size=50)
+    desc, _ = list_adapters(session, namespaces=None, sort="-name", page_size=50)
     assert [r.name for r in desc] == sorted(seen, reverse=True)
-    newest, _ = registry.list_adapters(session, namespaces=None, sort="-created_at", page_size=50)
-    oldest, _ = registry.list_adapters(session, namespaces=None, sort="created_at", page_size=50)
+    newest, _ = list_adapters(session, namespaces=None, sort="-created_at", page_size=50)
+    oldest, _ = list_adapters(session, namespaces=None, sort="created_at", page_size=50)
     assert [r.id for r in newest] == [r.id for r in reversed(oldest)]
     assert newest[0].name == "summarize-3"
 
 
 def test_visible_namespaces_restrict_the_listing(session, catalog) -> None:
-    rows, total = registry.list_adapters(session, namespaces={"bank"})
+    rows, total = list_adapters(session, namespaces={"bank"})
     assert total == 4 and {r.namespace for r in rows} == {"bank"}
-    rows, total = registry.list_adapters(session, namespaces={"bank"}, namespace="acme")
+    rows, total = list_adapters(session, namespaces={"bank"}, namespace="acme")
     assert (rows, total) == ([], 0)
-    assert registry.list_adapters(session, namespaces=set()) == ([], 0)
+    assert list_adapters(session, namespaces=set()) == ([], 0)
 
 
 @pytest.mark.parametrize(
@@ -78,11 +75,11 @@ def test_visible_namespaces_restrict_the_listing(session, catalog) -> None:
 )
 def test_bad_listing_arguments_are_400(session, kwargs) -> None:
     with pytest.raises(BadRequest):
-        registry.list_adapters(session, namespaces=None, **kwargs)
+        list_adapters(session, namespaces=None, **kwargs)
 
 
 def test_fleet_state_lists_ready_adapters_with_canonical_files(session, catalog) -> None:
-    state = registry.fleet_state(session, "tiny-llama")
+    state = fleet_state(session, "tiny-llama")
     assert state["generation"] == 6
     assert sorted(a["name"] for a in state["adapters"]) == [f"chat-{i}" for i in range(6)]
     first = state["adapters"][0]
@@ -91,11 +88,11 @@ def test_fleet_state_lists_ready_adapters_with_canonical_files(session, catalog)
     ]
     registry.approve(session, catalog["bank"][1].id, actor="t")
     registry.archive(session, catalog["acme"][0].id, actor="t")
-    state = registry.fleet_state(session, "tiny-llama")
+    state = fleet_state(session, "tiny-llama")
     assert state["generation"] == 8
     names = {a["name"] for a in state["adapters"]}
     assert "summarize-1" in names and "chat-0" not in names
-    assert registry.fleet_state(session, "other") == {"generation": 8, "adapters": []}
+    assert fleet_state(session, "other") == {"generation": 8, "adapters": []}
 
 
 def test_versions_of_an_adapter_in_semver_order(session, auto_ns, base_model, make_package) -> None:
@@ -110,6 +107,6 @@ def test_versions_of_an_adapter_in_semver_order(session, auto_ns, base_model, ma
             provenance=Provenance(),
             actor="t",
         )
-    versions = [v.version for v in registry.list_versions(session, auto_ns, "bot")]
+    versions = [v.version for v in list_versions(session, auto_ns, "bot")]
     assert versions == ["0.9.1", "1.2.0-rc1", "1.2.0", "1.10.0"]
-    assert registry.get_version(session, auto_ns, "bot", "1.2.0").version == "1.2.0"
+    assert get_version(session, auto_ns, "bot", "1.2.0").version == "1.2.0"
