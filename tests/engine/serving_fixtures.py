@@ -1,5 +1,5 @@
 """Fixtures for the serving side: adapter directories for the tiny model, a built engine
-runtime, and a live engine (uvicorn on a free port in a thread).
+runtime, and a seeded live registry for it (the live engine is ``support.live_api``'s).
 
 Test modules import what they use (``from serving_fixtures import ...``; pytest puts this
 directory on ``sys.path``); fixtures imported into a test module are found by pytest.
@@ -8,7 +8,6 @@ directory on ``sys.path``); fixtures imported into a test module are found by py
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,12 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from factories import random_adapter, write_hf_peft
-from support.services import free_port
+from support.live_api import live_registry_api
 
 from engine.runtime import EngineRuntime, build_runtime
-from engine.server import create_app
 from engine.settings import EngineSettings
 from store.formats import BaseModelSpec, CanonicalAdapter
 
@@ -61,27 +58,6 @@ def engine_settings(model_dir: Path, **overrides: Any) -> EngineSettings:
     }
     values.update(overrides)
     return EngineSettings(**values)
-
-
-@contextmanager
-def live_engine(runtime: EngineRuntime) -> Iterator[str]:
-    """Serve ``runtime`` with uvicorn on a free port; yields the base URL (``.../v1``-less)."""
-    port = free_port()
-    config = uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("engine did not start")
-        time.sleep(0.02)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def wait_until(
@@ -132,20 +108,13 @@ def registry_api(tmp_path: Path, model_dir: Path, *, admin_token: str | None = N
     ``acme`` (auto approval) and base model ``tiny-llama``; yields ``(base_url, admin
     client, admin token)``. Entering it again with the same ``tmp_path`` and token serves
     the same state."""
-    from store.api.server import run_registry_api
-    from store.client import ApiError, RegistryClient
+    from store.client import ApiError
     from store.db import upgrade
-    from store.settings import StoreSettings
 
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade(url)
-    settings = StoreSettings(
-        home=tmp_path / "home",
-        database_url=url,
-        blob_url=f"file://{tmp_path / 'blobs'}",
-        admin_token=admin_token,
-    )
-    with run_registry_api(settings) as (base_url, token), RegistryClient(base_url, token) as admin:
+    with live_registry_api(url, tmp_path, admin_token=admin_token) as live:
+        admin = live.admin
         try:
             admin.create_namespace("acme", approval_policy="auto")
             admin.register_base_model(
@@ -154,7 +123,7 @@ def registry_api(tmp_path: Path, model_dir: Path, *, admin_token: str | None = N
         except ApiError as exc:
             if exc.status != 409:  # already there: a second entry into the same state
                 raise
-        yield base_url, admin, token
+        yield live.base_url, admin, live.admin_token
 
 
 @pytest.fixture

@@ -8,13 +8,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from serving_fixtures import (
-    engine_settings,
-    live_engine,
-    model_spec,
-    wait_until,
-    write_adapter_dir,
-)
+from serving_fixtures import engine_settings, model_spec, wait_until, write_adapter_dir
+from support.live_api import live_engine
 
 from engine.runtime import build_runtime
 

@@ -20,7 +20,6 @@ import httpx
 import pytest
 from serving_fixtures import (
     engine_settings,
-    live_engine,
     model_ids,
     model_spec,
     peft_root,
@@ -32,6 +31,7 @@ from serving_fixtures import (
     write_adapter_dir,
 )
 from structlog.testing import capture_logs
+from support.live_api import live_engine
 from support.services import free_port
 
 from engine.runtime import EngineRuntime, build_runtime

@@ -15,7 +15,6 @@ import pytest
 import redis
 from serving_fixtures import (
     engine_settings,
-    live_engine,
     model_ids,
     model_spec,
     registry,
@@ -23,6 +22,7 @@ from serving_fixtures import (
     wait_until,
     write_adapter_dir,
 )
+from support.live_api import live_engine
 
 from engine.runtime import build_runtime
 from events.models import FleetRefresh

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
-from serving_fixtures import engine_settings, live_engine, model_spec, write_adapter_dir
+from serving_fixtures import engine_settings, model_spec, write_adapter_dir
+from support.live_api import live_engine
 
 from engine.runtime import build_runtime
 from engine.tiny import init_tiny

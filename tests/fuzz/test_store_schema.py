@@ -20,9 +20,15 @@ import schemathesis
 from factories import random_adapter, tiny_hf_config, write_hf_peft
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from live_stack import LiveStack, directory_files, fresh_database, live_stack, upload
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
+from support.live_api import (
+    LiveRegistry,
+    directory_files,
+    fresh_database,
+    live_registry_api,
+    upload,
+)
 
 BASE = "tiny"
 EXAMPLES = 10
@@ -55,7 +61,7 @@ CONFORMANCE = [
 def fuzz_stack(tmp_path_factory: pytest.TempPathFactory):
     """A live API on SQLite with a base model, a namespace and one ready adapter in it."""
     root = tmp_path_factory.mktemp("fuzz")
-    with fresh_database("sqlite", root) as url, live_stack(url, root) as stack:
+    with fresh_database("sqlite", root) as url, live_registry_api(url, root) as stack:
         with stack.http(stack.admin_token) as admin:
             r = admin.post("/v1/base-models", json={"name": BASE, "config": tiny_hf_config()})
             assert r.status_code == 201, r.text
@@ -67,7 +73,7 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory):
 
 
 def fuzz_every_operation(
-    stack: LiveStack, mode: GenerationMode, token: str | None, checks: list
+    stack: LiveRegistry, mode: GenerationMode, token: str | None, checks: list
 ) -> tuple[list[str], list[str]]:
     """Run ``EXAMPLES`` generated cases per operation; returns (operations, failures)."""
     schema = schemathesis.openapi.from_url(f"{stack.base_url}/openapi.json")
@@ -100,20 +106,20 @@ def fuzz_every_operation(
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_admin_calls_get_no_5xx_and_conform_to_the_schema(
-    fuzz_stack: LiveStack, mode: GenerationMode
+    fuzz_stack: LiveRegistry, mode: GenerationMode
 ) -> None:
     labels, failures = fuzz_every_operation(fuzz_stack, mode, fuzz_stack.admin_token, CONFORMANCE)
     assert len(labels) >= 15, labels  # the whole API was fuzzed, not an empty schema
     assert not failures, "\n\n".join(failures)
 
 
-def test_anonymous_calls_get_401_never_5xx(fuzz_stack: LiveStack) -> None:
+def test_anonymous_calls_get_401_never_5xx(fuzz_stack: LiveRegistry) -> None:
     checks = [st_checks.not_a_server_error, error_contract]
     labels, failures = fuzz_every_operation(fuzz_stack, GenerationMode.NEGATIVE, None, checks)
     assert len(labels) >= 15 and not failures, "\n\n".join(failures)
 
 
-def test_every_answered_status_is_documented(fuzz_stack: LiveStack) -> None:
+def test_every_answered_status_is_documented(fuzz_stack: LiveRegistry) -> None:
     checks = [st_checks.status_code_conformance]
     _, failures = fuzz_every_operation(
         fuzz_stack, GenerationMode.POSITIVE, fuzz_stack.admin_token, checks

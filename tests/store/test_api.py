@@ -9,10 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from factories import random_adapter, tiny_hf_config, write_hf_peft
-from live_api import (
-    LiveRegistry,
-    live_registry_fixture,  # noqa: F401 - the live_registry fixture
-)
+from support.live_api import LiveRegistry
 
 from store.client import ApiError
 

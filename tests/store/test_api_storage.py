@@ -9,11 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 from factories import random_adapter, tiny_hf_config, write_hf_peft
-from live_api import (
-    LiveRegistry,
-    live_registry_fixture,  # noqa: F401 - the live_registry fixture
-)
 from sqlalchemy.engine import Engine
+from support.live_api import LiveRegistry
 
 from store.api.server import run_registry_api
 from store.blobs import open_blob_store
