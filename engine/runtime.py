@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import torch
@@ -30,6 +31,10 @@ from engine.source import (
     check_entry,
 )
 from store.formats import BaseModelSpec
+
+if TYPE_CHECKING:  # annotations only: build_runtime imports the model code when it runs
+    from engine.lora import LoraWeights
+    from engine.model import ModelArgs, Transformer
 
 log = structlog.get_logger(__name__)
 
@@ -162,8 +167,7 @@ def build_runtime(
     ``config.json`` is read once (``read_model_config``). With ``verify_source`` the source
     is verified before the weights are loaded, so a wrong served name
     (``UnknownBaseModel``) fails fast."""
-    from engine.checkpoint import load_model, read_model_config
-    from engine.lora import LoraWeights
+    from engine.checkpoint import read_model_config
     from engine.tokenizer import Tokenizer
 
     if settings.model_dir is None:
@@ -175,18 +179,7 @@ def build_runtime(
     if verify_source:
         source.verify()
     device = settings.resolved_device()
-    dtype = _DTYPES[settings.dtype] if settings.dtype else None
-    model, args = load_model(model_dir, device, dtype, args=args)
-    model.setup_caches(settings.max_batch, settings.max_seq_len)
-    weights = LoraWeights(
-        args.module_shapes(),
-        args.n_layers,
-        settings.max_gpu_loras,
-        settings.max_lora_rank,
-        device,
-        model.output.weight.dtype,
-    )
-    model.attach_lora(weights)
+    model, weights = _load_model_with_slots(settings, model_dir, args, device)
     tokenizer = Tokenizer(model_dir)
     limits = settings.adapter_limits()
     catalog = Catalog()
@@ -209,13 +202,31 @@ def build_runtime(
         scheduler=scheduler,
         cache=cache,
         catalog=catalog,
-        reconciler=Reconciler(
-            source,
-            catalog,
-            cache,
-            fit=lambda entry: check_entry(entry, name, limits),
-        ),
+        reconciler=Reconciler(source, catalog, cache, fit=lambda e: check_entry(e, name, limits)),
         max_seq_len=settings.max_seq_len,
         refresh_interval=settings.peft_refresh_interval,
         redis_url=settings.redis_url,
     )
+
+
+def _load_model_with_slots(
+    settings: EngineSettings, model_dir: Path, args: ModelArgs, device: str
+) -> tuple[Transformer, LoraWeights]:
+    """The model's weights on ``device`` with its KV cache and ``NIM_MAX_GPU_LORAS`` LoRA
+    slots of rank ``NIM_MAX_LORA_RANK`` attached."""
+    from engine.checkpoint import load_model
+    from engine.lora import LoraWeights
+
+    dtype = _DTYPES[settings.dtype] if settings.dtype else None
+    model, _ = load_model(model_dir, device, dtype, args=args)
+    model.setup_caches(settings.max_batch, settings.max_seq_len)
+    weights = LoraWeights(
+        args.module_shapes(),
+        args.n_layers,
+        settings.max_gpu_loras,
+        settings.max_lora_rank,
+        device,
+        model.output.weight.dtype,
+    )
+    model.attach_lora(weights)
+    return model, weights
