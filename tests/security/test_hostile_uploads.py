@@ -31,8 +31,14 @@ from factories import (
     write_nemo,
     write_trtllm,
 )
-from live_stack import LiveStack, directory_files, fresh_database, live_stack, upload
 from sqlmodel import Session
+from support.live_api import (
+    LiveRegistry,
+    directory_files,
+    fresh_database,
+    live_registry_api,
+    upload,
+)
 from test_formats_hostile import MarkerPayload, make_tar, member, nemo_config
 
 from store.blobs import referenced_blob_keys
@@ -247,7 +253,7 @@ CASES: dict[str, Callable[[Path], Case]] = {
 
 @dataclass
 class Hostile:
-    stack: LiveStack
+    stack: LiveRegistry
     writer: str
 
 
@@ -261,7 +267,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory):
         "max_file_bytes": MAX_FILE,
         "max_adapter_bytes": MAX_UPLOAD,
     }
-    with fresh_database("sqlite", root) as url, live_stack(url, root, **limits) as stack:
+    with fresh_database("sqlite", root) as url, live_registry_api(url, root, **limits) as stack:
         with stack.http(stack.admin_token) as admin:
             r = admin.post("/v1/base-models", json={"name": BASE, "config": tiny_hf_config()})
             assert r.status_code == 201, r.text
@@ -269,7 +275,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory):
         yield Hostile(stack, stack.mint("writer", NS, "ci"))
 
 
-def _observed(stack: LiveStack) -> tuple[set[str], set[str], int]:
+def _observed(stack: LiveRegistry) -> tuple[set[str], set[str], int]:
     """(referenced blob keys, stored blob keys, number of versions) right now."""
     with Session(stack.engine) as session:
         referenced = referenced_blob_keys(session)

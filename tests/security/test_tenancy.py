@@ -26,8 +26,14 @@ from typing import Any
 import httpx
 import pytest
 from factories import random_adapter, tiny_hf_config, write_hf_peft
-from live_stack import LiveStack, directory_files, fresh_database, live_stack, upload
 from sqlmodel import Session
+from support.live_api import (
+    LiveRegistry,
+    directory_files,
+    fresh_database,
+    live_registry_api,
+    upload,
+)
 
 from store import packaging, registry
 from store.models import AdapterVersion, Package, PackageFile, Provenance
@@ -55,7 +61,7 @@ MISSING = Target("ghostns", "ad_" + "f" * 32, "nosuch", "9.9.9")
 
 @dataclass
 class Tenancy:
-    stack: LiveStack
+    stack: LiveRegistry
     tokens: dict[str, str | None]
     seeded: dict[str, Target]  # namespace -> its ready, uploaded adapter
     files: list[tuple[str, bytes]]
@@ -68,7 +74,7 @@ def tenancy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     root = tmp_path_factory.mktemp(f"tenancy-{request.param}")
     source = write_hf_peft(random_adapter(rank=2, modules=("q_proj", "v_proj")), root / "adapter")
     files = directory_files(source)
-    with fresh_database(request.param, root) as url, live_stack(url, root) as stack:
+    with fresh_database(request.param, root) as url, live_registry_api(url, root) as stack:
         with stack.http(stack.admin_token) as admin:
             r = admin.post("/v1/base-models", json={"name": BASE, "config": tiny_hf_config()})
             assert r.status_code == 201, r.text
@@ -87,7 +93,7 @@ def tenancy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield Tenancy(stack, tokens, seeded, files)
 
 
-def fresh_adapter(stack: LiveStack, namespace: str, *, ready: bool = False) -> Target:
+def fresh_adapter(stack: LiveRegistry, namespace: str, *, ready: bool = False) -> Target:
     """A new pending (or ready) version in ``namespace``, made through the registry service;
     its files are never read, so they are not stored."""
     n = next(_serial)
@@ -118,7 +124,7 @@ def fresh_adapter(stack: LiveStack, namespace: str, *, ready: bool = False) -> T
         return Target(namespace, version.id, version.name, version.version)
 
 
-def row_state(stack: LiveStack, adapter_id: str) -> dict[str, Any] | None:
+def row_state(stack: LiveRegistry, adapter_id: str) -> dict[str, Any] | None:
     with Session(stack.engine) as session:
         row = session.get(AdapterVersion, adapter_id)
         return None if row is None else row.model_dump()

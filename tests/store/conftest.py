@@ -6,6 +6,7 @@
 * ``engine`` / ``session``: a SQLAlchemy engine and a session on ``db_url``.
 * ``blob_store``: parametrized over ``file`` (a temp dir) and ``s3`` (moto's S3 server spoken
   to by the real ``minio`` SDK), built with ``store.blobs.open_blob_store``.
+* ``live_registry``: the registry API over real HTTP on ``db_url``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from support.live_api import LiveRegistry, live_registry_api
 from support.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
 from store.models import Package, PackageFile
@@ -102,6 +104,13 @@ def blob_store(request: pytest.FixtureRequest, tmp_path: Path):
         s3_secure=False,
     )
     return open_blob_store(f"s3://{bucket}", settings)
+
+
+@pytest.fixture
+def live_registry(db_url: str, engine: Engine, tmp_path: Path) -> Iterator[LiveRegistry]:
+    """The registry API on ``db_url`` (SQLite and PostgreSQL) with a filesystem blob store."""
+    with live_registry_api(db_url, tmp_path, engine=engine) as live:
+        yield live
 
 
 @pytest.fixture(scope="session", autouse=True)
