@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from serving_fixtures import engine_settings, model_spec, write_adapter_dir
+from support.fuzz import fuzz_operations
 from support.live_api import live_engine
 
 from engine.runtime import build_runtime
@@ -49,41 +47,12 @@ def engine_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
-def fuzz(base: str, mode: GenerationMode, checks: list) -> tuple[list[str], list[str]]:
-    """Run ``EXAMPLES`` generated cases per operation; returns (operations, failures)."""
-    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
-    labels, failures = [], []
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        labels.append(operation.label)
-
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
-        def run(case: schemathesis.Case) -> None:
-            case.call_and_validate(checks=checks, timeout=60)
-
-        try:
-            run()
-        except Unsatisfiable:
-            pass  # no invalid input exists for an operation without parameters
-        except BaseException as exc:  # noqa: BLE001 - FailureGroup is a BaseExceptionGroup
-            failures.append(f"{operation.label} [{mode.value}]: {exc}".strip()[:3000])
-    return labels, failures
-
-
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_engine_never_answers_5xx_and_errors_have_openai_shape(
     engine_url: str, mode: GenerationMode
 ) -> None:
     checks = [st_checks.not_a_server_error, openai_error_shape]
-    labels, failures = fuzz(engine_url, mode, checks)
+    labels, failures = fuzz_operations(engine_url, mode, checks, examples=EXAMPLES, timeout=60)
     assert {"POST /v1/completions", "POST /v1/chat/completions", "GET /v1/models"} <= set(labels)
     assert not failures, "\n\n".join(failures)
 

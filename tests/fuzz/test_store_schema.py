@@ -6,9 +6,8 @@ invalid input is refused; every error answers with a documented-by-contract stat
 one error shape of ``store.api.errors`` (``{"error": {"code", "message"}}``); every status an
 operation answers is documented for it in the schema.
 
-Operations run one by one inside the test (``schema.parametrize``'s lazy fixture loader does
-not work with pytest 9); every failing operation is reported, not only the first. Shrinking
-is off and examples are few and derandomized, so the module runs in well under a minute.
+The driver is ``support.fuzz.fuzz_operations``: every failing operation is reported, not
+only the first.
 """
 
 from __future__ import annotations
@@ -16,12 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import schemathesis
 from factories import random_adapter, tiny_hf_config, write_hf_peft
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
+from support.fuzz import fuzz_operations
 from support.live_api import (
     LiveRegistry,
     directory_files,
@@ -75,33 +72,10 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory):
 def fuzz_every_operation(
     stack: LiveRegistry, mode: GenerationMode, token: str | None, checks: list
 ) -> tuple[list[str], list[str]]:
-    """Run ``EXAMPLES`` generated cases per operation; returns (operations, failures)."""
-    schema = schemathesis.openapi.from_url(f"{stack.base_url}/openapi.json")
+    """Run ``EXAMPLES`` generated cases per operation as ``token``; returns (operations,
+    failures)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    labels, failures = [], []
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        labels.append(operation.label)
-
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
-        def run(case: schemathesis.Case) -> None:
-            case.call_and_validate(headers=headers, checks=checks)
-
-        try:
-            run()
-        except Unsatisfiable:
-            pass  # no invalid input exists for an operation without parameters
-        except BaseException as exc:  # noqa: BLE001 - FailureGroup is a BaseExceptionGroup
-            failures.append(f"{operation.label} [{mode.value}]: {exc}".strip()[:3000])
-    return labels, failures
+    return fuzz_operations(stack.base_url, mode, checks, examples=EXAMPLES, headers=headers)
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
