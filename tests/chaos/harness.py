@@ -59,7 +59,7 @@ def fresh_database(prefix: str = "lorafleet_chaos") -> Iterator[str]:
 def write_artifacts(root: Path) -> dict[str, Path]:
     """Three valid HF PEFT adapters for the tiny model and one trained for another model
     (refused with ``shape_mismatch``), under the artifact root ``root``."""
-    from factories import random_adapter, write_hf_peft
+    from support.factories import random_adapter, write_hf_peft
 
     from store.formats import BaseModelSpec
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from factories import random_adapter, tiny_hf_config, write_hf_peft
+from support.factories import random_adapter, write_hf_peft
+from support.tiny import tiny_hf_config
 
 from events import streams
 from events.models import FleetRefresh

@@ -1,5 +1,6 @@
-"""Fixtures for the serving side: adapter directories for the tiny model, a built engine
-runtime, and a seeded live registry for it (the live engine is ``support.live_api``'s).
+"""Fixtures for the serving side: a NIM local PEFT directory, built engine runtimes, and a
+seeded live registry for them (the tiny model's settings and adapters are in
+``support.tiny`` and ``support.factories``, the live engine in ``support.live_api``).
 
 Test modules import what they use (``from serving_fixtures import ...``; pytest puts this
 directory on ``sys.path``); fixtures imported into a test module are found by pytest.
@@ -16,48 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from factories import random_adapter, write_hf_peft
+from support.factories import write_adapter_dir
 from support.live_api import live_registry_api
+from support.tiny import engine_settings
 
 from engine.runtime import EngineRuntime, build_runtime
-from engine.settings import EngineSettings
-from store.formats import BaseModelSpec, CanonicalAdapter
-
-
-def model_spec(model_dir: Path) -> BaseModelSpec:
-    """The ``BaseModelSpec`` of a HF model directory."""
-    return BaseModelSpec.from_hf_config(json.loads((model_dir / "config.json").read_text()))
-
-
-def strong_adapter(spec: BaseModelSpec, *, rank: int = 4, seed: int = 0) -> CanonicalAdapter:
-    """A random adapter big enough to change the tiny model's greedy output."""
-    adapter = random_adapter(spec, rank=rank, alpha=4.0 * rank, seed=seed)
-    for key, (a, b) in adapter.weights.items():
-        adapter.weights[key] = (a * 10.0, b * 10.0)
-    return adapter
-
-
-def write_adapter_dir(
-    root: Path, name: str, spec: BaseModelSpec, *, rank: int = 4, seed: int = 0
-) -> Path:
-    """Write a HF PEFT adapter for ``spec`` to ``root/name`` (NIM's local layout)."""
-    return write_hf_peft(strong_adapter(spec, rank=rank, seed=seed), root / name)
-
-
-def engine_settings(model_dir: Path, **overrides: Any) -> EngineSettings:
-    """Small, CPU-only settings for tests; ``overrides`` use the Python field names."""
-    values: dict[str, Any] = {
-        "model_dir": model_dir,
-        "served_model_name": "tiny-llama",
-        "device": "cpu",
-        "max_batch": 8,
-        "max_seq_len": 128,
-        "max_gpu_loras": 4,
-        "max_cpu_loras": 8,
-        "max_lora_rank": 16,
-    }
-    values.update(overrides)
-    return EngineSettings(**values)
+from store.formats import BaseModelSpec
 
 
 def wait_until(

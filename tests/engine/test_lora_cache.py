@@ -6,7 +6,8 @@ import threading
 
 import pytest
 import torch
-from factories import random_adapter, tiny_spec
+from support.factories import random_adapter
+from support.tiny import tiny_spec
 
 from engine.lora import LoraWeights
 from engine.lora_cache import CacheFull, CpuCache, GpuSlots

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import openai
 import pytest
-from serving_fixtures import engine_settings, model_spec, wait_until, write_adapter_dir
+from serving_fixtures import wait_until
+from support.factories import write_adapter_dir
 from support.live_api import live_engine
+from support.tiny import engine_settings, model_spec
 
 from engine.runtime import build_runtime
 

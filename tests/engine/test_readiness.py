@@ -19,20 +19,19 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 from serving_fixtures import (
-    engine_settings,
     model_ids,
-    model_spec,
     peft_root,
     registry,
     registry_api,
     runtime_factory,
     upload,
     wait_until,
-    write_adapter_dir,
 )
 from structlog.testing import capture_logs
+from support.factories import write_adapter_dir
 from support.live_api import live_engine
 from support.services import free_port
+from support.tiny import engine_settings, model_spec
 
 from engine.runtime import EngineRuntime, build_runtime
 from engine.source import UnknownBaseModel

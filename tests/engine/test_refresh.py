@@ -13,16 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from serving_fixtures import (
-    engine_settings,
-    model_ids,
-    model_spec,
-    registry,
-    upload,
-    wait_until,
-    write_adapter_dir,
-)
+from serving_fixtures import model_ids, registry, upload, wait_until
+from support.factories import write_adapter_dir
 from support.live_api import live_engine
+from support.tiny import engine_settings, model_spec
 
 from engine.runtime import build_runtime
 from events.models import FleetRefresh

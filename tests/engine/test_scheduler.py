@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from serving_fixtures import model_spec, peft_root, runtime_factory, write_adapter_dir
+from serving_fixtures import peft_root, runtime_factory
+from support.factories import write_adapter_dir
+from support.tiny import model_spec
 
 from engine.lora_cache import CacheFull
 from engine.runtime import EngineRuntime

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import pytest
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
-from serving_fixtures import engine_settings, model_spec, write_adapter_dir
+from support.factories import write_adapter_dir
 from support.fuzz import fuzz_operations
 from support.live_api import live_engine
+from support.tiny import engine_settings, model_spec
 
 from engine.runtime import build_runtime
 from engine.tiny import init_tiny

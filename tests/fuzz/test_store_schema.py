@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from factories import random_adapter, tiny_hf_config, write_hf_peft
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
+from support.factories import random_adapter, write_hf_peft
 from support.fuzz import fuzz_operations
 from support.live_api import (
     LiveRegistry,
@@ -26,6 +26,7 @@ from support.live_api import (
     live_registry_api,
     upload,
 )
+from support.tiny import tiny_hf_config
 
 BASE = "tiny"
 EXAMPLES = 10

@@ -47,7 +47,7 @@ def pipeline(
     pipeline_env: dict[str, str],
 ) -> Iterator[Pipeline]:
     """The whole pipeline running against this module's database."""
-    from factories import tiny_hf_config
+    from support.tiny import tiny_hf_config
 
     from store import tenancy
     from store.db import make_engine

@@ -7,8 +7,9 @@ import threading
 import uuid
 from collections import Counter
 
-from factories import random_adapter, tiny_spec, write_hf_peft
 from pipeline_harness import BASE_MODEL, Pipeline
+from support.factories import random_adapter, write_hf_peft
+from support.tiny import tiny_spec
 
 from events import streams
 from events.models import FleetRefresh, JobCompleted

@@ -41,7 +41,8 @@ for _extra in (_TESTS / "security", _TESTS / "store"):
         sys.path.append(str(_extra))
 
 import test_hostile_uploads as uploads  # noqa: E402  (the API suite's builders)
-from factories import random_adapter, tiny_spec, write_hf_peft  # noqa: E402
+from support.factories import random_adapter, write_hf_peft  # noqa: E402
+from support.tiny import tiny_spec  # noqa: E402
 
 NS = "acme"
 

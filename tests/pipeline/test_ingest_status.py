@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from factories import random_adapter, tiny_spec, write_hf_peft
 from pipeline_harness import BASE_MODEL, Pipeline
+from support.factories import random_adapter, write_hf_peft
 from support.processes import REPO
+from support.tiny import tiny_spec
 from typer.testing import CliRunner
 
 from events.dlq import list_dead_letters

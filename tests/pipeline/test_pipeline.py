@@ -9,9 +9,10 @@ import pickle
 import uuid
 from pathlib import Path
 
-from factories import random_adapter, tiny_spec, write_hf_peft
 from pipeline_harness import BASE_MODEL, Pipeline
+from support.factories import random_adapter, write_hf_peft
 from support.services import S3_ACCESS_KEY, S3_SECRET_KEY
+from support.tiny import tiny_spec
 
 from events import streams
 from events.dlq import list_dead_letters, replay

@@ -23,15 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from factories import (
-    random_adapter,
-    tiny_hf_config,
-    tiny_spec,
-    write_hf_peft,
-    write_nemo,
-    write_trtllm,
-)
 from sqlmodel import Session
+from support.factories import random_adapter, write_hf_peft, write_nemo, write_trtllm
 from support.live_api import (
     LiveRegistry,
     directory_files,
@@ -39,6 +32,7 @@ from support.live_api import (
     live_registry_api,
     upload,
 )
+from support.tiny import tiny_hf_config, tiny_spec
 from test_formats_hostile import MarkerPayload, make_tar, member, nemo_config
 
 from store.blobs import referenced_blob_keys

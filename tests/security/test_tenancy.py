@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
-from factories import random_adapter, tiny_hf_config, write_hf_peft
 from sqlmodel import Session
+from support.factories import random_adapter, write_hf_peft
 from support.live_api import (
     LiveRegistry,
     directory_files,
@@ -34,6 +34,7 @@ from support.live_api import (
     live_registry_api,
     upload,
 )
+from support.tiny import tiny_hf_config
 
 from store import packaging, registry
 from store.models import AdapterVersion, Package, PackageFile, Provenance

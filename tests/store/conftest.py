@@ -155,7 +155,7 @@ def fake_package(seed: int, *, size: int = 100, files: int = 1) -> Package:
 @pytest.fixture
 def base_model(session: Session) -> str:
     """The tiny Llama base model, registered."""
-    from factories import tiny_hf_config
+    from support.tiny import tiny_hf_config
 
     from store.tenancy import register_base_model
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from factories import random_adapter, tiny_hf_config, write_hf_peft
+from support.factories import random_adapter, write_hf_peft
 from support.live_api import LiveRegistry
+from support.tiny import tiny_hf_config
 
 from store.api import create_app
 from store.auth import ensure_admin_token

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from factories import random_adapter, tiny_hf_config, write_hf_peft
+from support.factories import random_adapter, write_hf_peft
 from support.live_api import LiveRegistry
+from support.tiny import tiny_hf_config
 
 BASE = "meta/tiny"
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from factories import random_adapter, tiny_hf_config, write_hf_peft
 from sqlalchemy.engine import Engine
+from support.factories import random_adapter, write_hf_peft
 from support.live_api import LiveRegistry
+from support.tiny import tiny_hf_config
 
 from store.api.server import run_registry_api
 from store.blobs import open_blob_store

@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import (
-    random_adapter,
-    tiny_hf_config,
-    tiny_spec,
-    write_hf_peft,
-    write_nemo,
-    write_trtllm,
-)
+from support.factories import random_adapter, write_hf_peft, write_nemo, write_trtllm
+from support.tiny import tiny_hf_config, tiny_spec
 
 from store.errors import AdapterInvalid
 from store.formats import (

@@ -8,9 +8,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from factories import random_adapter, tiny_spec, write_hf_peft, write_nemo, write_trtllm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.factories import random_adapter, write_hf_peft, write_nemo, write_trtllm
+from support.tiny import tiny_spec
 
 from store.errors import AdapterInvalid
 from store.formats import load_adapter

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from factories import random_adapter, tiny_spec, write_hf_peft, write_nemo, write_trtllm
 from safetensors.torch import save_file
+from support.factories import random_adapter, write_hf_peft, write_nemo, write_trtllm
+from support.tiny import tiny_spec
 
 from store.errors import AdapterInvalid
 from store.formats import ValidationLimits, load_adapter

@@ -255,7 +255,7 @@ def test_namespaces_and_base_models(session, base_model):
     )
     spec = get_base_model_spec(session, base_model)
     assert spec.hidden_size == 64 and spec.num_kv_heads == 2
-    from factories import tiny_hf_config
+    from support.tiny import tiny_hf_config
 
     assert register_base_model(session, base_model, tiny_hf_config(), actor="a").name == base_model
     with pytest.raises(AlreadyExists):

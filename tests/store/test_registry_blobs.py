@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from factories import random_adapter, tiny_spec, write_hf_peft
+from support.factories import random_adapter, write_hf_peft
+from support.tiny import tiny_spec
 
 from store import registry
 from store.blobs import referenced_blob_keys, run_blob_gc

@@ -1,5 +1,6 @@
-"""Shared test factories: a tiny Llama config, random LoRA adapters, and writers for every
-adapter format (thin wrappers over the product writers in ``store.formats``)."""
+"""Adapters for tests: random LoRA adapters for the tiny base model (``support.tiny``), and
+writers for every adapter format (thin wrappers over the product writers in
+``store.formats``)."""
 
 from __future__ import annotations
 
@@ -12,35 +13,7 @@ from store.formats import SUPPORTED_MODULES, BaseModelSpec, CanonicalAdapter
 from store.formats import write_hf_peft as _write_hf_peft
 from store.formats import write_nemo as _write_nemo
 from store.formats import write_trtllm as _write_trtllm
-
-
-def tiny_hf_config(**overrides: Any) -> dict[str, Any]:
-    """A HF ``config.json`` dict for a tiny LlamaForCausalLM (hidden 64, 2 layers, GQA 4/2)."""
-    config: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": 256,
-        "rope_theta": 10000.0,
-        "rms_norm_eps": 1e-5,
-        "max_position_embeddings": 256,
-        "tie_word_embeddings": False,
-        "hidden_act": "silu",
-        "torch_dtype": "float32",
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    }
-    config.update(overrides)
-    return config
-
-
-def tiny_spec(**overrides: Any) -> BaseModelSpec:
-    """``BaseModelSpec`` of ``tiny_hf_config(**overrides)``."""
-    return BaseModelSpec.from_hf_config(tiny_hf_config(**overrides))
+from support.tiny import tiny_spec
 
 
 def random_adapter(
@@ -106,3 +79,19 @@ def write_trtllm(
     """Write ``adapter`` as a TensorRT-LLM directory (``.npy`` or raw ``.bin``)."""
     _write_trtllm(adapter, Path(directory), ext=ext, **kwargs)
     return Path(directory)
+
+
+def strong_adapter(spec: BaseModelSpec, *, rank: int = 4, seed: int = 0) -> CanonicalAdapter:
+    """A random adapter big enough to change the tiny model's greedy output."""
+    adapter = random_adapter(spec, rank=rank, alpha=4.0 * rank, seed=seed)
+    for key, (a, b) in adapter.weights.items():
+        adapter.weights[key] = (a * 10.0, b * 10.0)
+    return adapter
+
+
+def write_adapter_dir(
+    root: Path, name: str, spec: BaseModelSpec, *, rank: int = 4, seed: int = 0
+) -> Path:
+    """Write a ``strong_adapter`` for ``spec`` as HF PEFT to ``root/name`` (NIM's local
+    layout)."""
+    return write_hf_peft(strong_adapter(spec, rank=rank, seed=seed), root / name)
