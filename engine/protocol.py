@@ -30,10 +30,33 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status)
 
 
-class CommonRequest(BaseModel):
-    """Fields completions and chat share (OpenAI names and defaults)."""
+# Fields the engine does not read, whatever their value: they change nothing about the
+# output (an end-user id, tags, storage and tier hints meant for OpenAI's platform).
+HARMLESS_FIELDS = frozenset(
+    {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
+)
+# Fields the engine does not implement, accepted only at the value that means "off".
+NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (0, 0.0),
+    "presence_penalty": (0, 0.0),
+    "logit_bias": ({},),
+    "best_of": (1,),
+    "suffix": ("",),
+    "response_format": ({"type": "text"},),
+    "modalities": (["text"],),
+    "tools": ([],),
+    "functions": ([],),
+    "tool_choice": ("none",),
+    "function_call": ("none",),
+}
+CHAT_ROLES = ("system", "user", "assistant")
 
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are ignored, as vLLM does
+
+class CommonRequest(BaseModel):
+    """Fields completions and chat share (OpenAI names and defaults). Other fields are
+    kept (``model_extra``) so that ``refuse_unsupported`` can name them."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str
     max_tokens: int | None = None
@@ -45,6 +68,20 @@ class CommonRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     ignore_eos: bool = False
+
+    def refuse_unsupported(self) -> None:
+        """``OpenAIError`` 400 ``unsupported_parameter`` naming the first field this engine
+        would otherwise ignore (``tools``, ``response_format`` other than text, penalties,
+        vendor extensions...). ``null`` counts as absent; ``HARMLESS_FIELDS`` pass."""
+        for name, value in sorted((self.model_extra or {}).items()):
+            if value is None or name in HARMLESS_FIELDS or value in NEUTRAL_VALUES.get(name, ()):
+                continue
+            raise OpenAIError(
+                400,
+                f"Unsupported parameter: '{name}' is not supported by this engine.",
+                param=name,
+                code="unsupported_parameter",
+            )
 
 
 class CompletionRequest(CommonRequest):
@@ -86,6 +123,36 @@ def normalize_prompts(prompt: Any, encode: Any) -> list[list[int]]:
         "token-id lists (non-empty)",
         param="prompt",
     )
+
+
+def chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """``messages`` as ``{"role", "content"}`` text pairs; 400 for a role other than
+    ``CHAT_ROLES`` (``tool`` included: tools are not supported) or a message field other
+    than ``role``, ``content`` and ``name``."""
+    if not messages:
+        raise OpenAIError(400, "messages must not be empty", param="messages")
+    out = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise OpenAIError(
+                400,
+                f"Unsupported role {role!r} in messages[{i}]: expected one of "
+                f"{', '.join(CHAT_ROLES)}.",
+                param=f"messages[{i}].role",
+                code="invalid_value",
+            )
+        for key in sorted(set(message) - {"role", "content", "name"}):
+            if message[key] is not None:
+                raise OpenAIError(
+                    400,
+                    f"Unsupported parameter: 'messages[{i}].{key}' is not supported by this "
+                    "engine.",
+                    param=f"messages[{i}].{key}",
+                    code="unsupported_parameter",
+                )
+        out.append({"role": role, "content": message_text(message.get("content"))})
+    return out
 
 
 def message_text(content: Any) -> str:

@@ -26,8 +26,8 @@ from engine.protocol import (
     CompletionRequest,
     OpenAIError,
     chat_logprobs,
+    chat_messages,
     completion_logprobs,
-    message_text,
     normalize_prompts,
 )
 from engine.runtime import EngineRuntime
@@ -42,6 +42,7 @@ router = APIRouter()
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep) -> Any:
     adapter = resolve(runtime, body.model)
+    body.refuse_unsupported()
     if body.echo:
         raise OpenAIError(400, "echo is not supported", param="echo")
     prompts = normalize_prompts(body.prompt, runtime.tokenizer.encode)  # type: ignore[attr-defined]
@@ -57,12 +58,8 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request, runtime: RuntimeDep) -> Any:
     adapter = resolve(runtime, body.model)
-    if not body.messages:
-        raise OpenAIError(400, "messages must not be empty", param="messages")
-    messages = [
-        {"role": str(m.get("role", "user")), "content": message_text(m.get("content"))}
-        for m in body.messages
-    ]
+    body.refuse_unsupported()
+    messages = chat_messages(body.messages)
     try:
         ids = runtime.tokenizer.encode_chat(messages, add_generation_prompt=True)  # type: ignore[attr-defined]
     except ValueError as exc:

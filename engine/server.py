@@ -127,19 +127,29 @@ async def metrics(runtime: RuntimeDep) -> Response:
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def _card(runtime: EngineRuntime, model_id: str, parent: str | None) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": runtime.created,
+        "owned_by": "lorafleet",
+        "root": runtime.model_name,
+        "parent": parent,
+        "permission": [],
+    }
+
+
 @router.get("/v1/models")
 async def models(runtime: RuntimeDep) -> dict[str, Any]:
-    def card(model_id: str, parent: str | None) -> dict[str, Any]:
-        return {
-            "id": model_id,
-            "object": "model",
-            "created": runtime.created,
-            "owned_by": "lorafleet",
-            "root": runtime.model_name,
-            "parent": parent,
-            "permission": [],
-        }
-
-    data = [card(runtime.model_name, None)]
-    data += [card(name, runtime.model_name) for name in runtime.catalog.names()]
+    data = [_card(runtime, runtime.model_name, None)]
+    data += [_card(runtime, name, runtime.model_name) for name in runtime.catalog.names()]
     return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    # Adapter ids hold "/" and "@" (acme/x@1.0.0), hence the path parameter. An id not
+    # listed by /v1/models is the same 404 a completion for it gets.
+    if model_id == runtime.model_name:
+        return _card(runtime, model_id, None)
+    return _card(runtime, runtime.catalog.get(model_id).name, runtime.model_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
 
@@ -23,16 +24,30 @@ def _main(
     ),
 ) -> None:
     configure_logging(log_level)
+    _reach_running_stack()
+
+
+def _reach_running_stack() -> None:
+    """Point ``LORAFLEET_REDIS_URL`` at a running ``lorafleet up`` (``<home>/stack.json``)
+    when it is unset: the events-only tools read nothing else. The registry's commands find
+    that stack's API and token through ``store.settings`` themselves."""
+    if os.environ.get("LORAFLEET_REDIS_URL"):
+        return
+    from store.settings import StoreSettings
+
+    stack = StoreSettings().running_stack()
+    if stack is not None:
+        os.environ["LORAFLEET_REDIS_URL"] = stack.redis_url
 
 
 # (module, attribute, name, help). A sub-app whose module is missing is skipped, so the CLI
 # keeps working while a package is being built.
 _SUBAPPS: list[tuple[str, str, str | None]] = [
-    ("store.cli", "app", None),  # db, api, namespaces, base-models, adapters
+    ("store.cli", "app", None),  # db, api, namespaces, base-models, tokens, adapters, pull
     ("events.cli", "app", "events"),
     ("workers.cli", "app", None),  # worker, bridge, beat
     ("engine.cli", "app", "engine"),
-    ("lorafleet.demo", "app", None),  # demo, up, pull
+    ("lorafleet.demo", "app", None),  # demo, up
 ]
 
 for module_name, attr, name in _SUBAPPS:

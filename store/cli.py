@@ -1,5 +1,5 @@
 """The registry's commands: ``lorafleet db``, ``api``, ``namespaces``, ``base-models``,
-``tokens`` and ``adapters``, and ``events_status`` (mounted by ``lorafleet.cli`` as
+``tokens``, ``adapters`` and ``pull``, and ``events_status`` (mounted by ``lorafleet.cli`` as
 ``lorafleet events status``, since ``events`` imports nothing of ours). Everything except
 ``db`` and ``api`` talks to a running API through ``RegistryClient``
 (``--url``/``LORAFLEET_API_URL``, ``--token``/``LORAFLEET_TOKEN``).
@@ -18,8 +18,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from store.cli_adapters import adapters_app
-from store.cli_api import DEFAULT_URL, AsJson, Token, Url, api_client, err, out, print_json
+from store.cli_adapters import adapters_app, fleet_pull
+from store.cli_api import AsJson, Token, Url, api_client, err, out, print_json
 from store.client import ApiError, RegistryClient
 
 app = typer.Typer(help="Adapter registry commands.", no_args_is_help=True)
@@ -32,6 +32,7 @@ app.add_typer(ns_app, name="namespaces")
 app.add_typer(bm_app, name="base-models")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(adapters_app, name="adapters")
+app.command("pull")(fleet_pull)
 
 
 # --- db and api --------------------------------------------------------------------------
@@ -69,7 +70,7 @@ def api(
     import uvicorn
 
     from store.api import create_app
-    from store.auth import ensure_admin_token
+    from store.auth import ADMIN_TOKEN_FILE, ensure_admin_token
     from store.db import upgrade
     from store.errors import LorafleetError
     from store.settings import StoreSettings
@@ -80,7 +81,7 @@ def api(
     token, generated = ensure_admin_token(settings)
     settings = settings.model_copy(update={"admin_token": token})
     if not StoreSettings().admin_token:
-        where = Path(settings.home) / "admin-token"
+        where = Path(settings.home) / ADMIN_TOKEN_FILE
         state = "generated" if generated else "read from"
         err.print(f"admin token ({state} {where}): {token}", soft_wrap=True, highlight=False)
     try:
@@ -106,7 +107,7 @@ def namespaces_create(
     max_bytes: Annotated[int | None, typer.Option(help="Quota: bytes stored.")] = None,
     max_versions: Annotated[int | None, typer.Option(help="Quota: adapter versions.")] = None,
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
-    url: Url = DEFAULT_URL,
+    url: Url = None,
     token: Token = None,
 ) -> None:
     """Create a namespace (global admin)."""
@@ -122,7 +123,7 @@ def namespaces_create(
 
 
 @ns_app.command("list")
-def namespaces_list(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+def namespaces_list(url: Url = None, token: Token = None, as_json: AsJson = False) -> None:
     """List the namespaces this token can see."""
     with api_client(url, token) as client:
         data = client.list_namespaces()
@@ -144,7 +145,7 @@ def namespaces_list(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson
 def base_models_add(
     config: Annotated[Path, typer.Argument(help="The model's HF config.json.", exists=True)],
     name: Annotated[str, typer.Option(help="Name adapters refer to, e.g. llama-3-8b.")],
-    url: Url = DEFAULT_URL,
+    url: Url = None,
     token: Token = None,
 ) -> None:
     """Register a base model from its HF config.json (global admin)."""
@@ -159,7 +160,7 @@ def base_models_add(
 
 
 @bm_app.command("list")
-def base_models_list(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+def base_models_list(url: Url = None, token: Token = None, as_json: AsJson = False) -> None:
     """List registered base models."""
     with api_client(url, token) as client:
         data = client.list_base_models()
@@ -181,7 +182,7 @@ def tokens_create(
     namespace: Annotated[
         str | None, typer.Option(help="Scope; omit for a global token (global admin only).")
     ] = None,
-    url: Url = DEFAULT_URL,
+    url: Url = None,
     token: Token = None,
 ) -> None:
     """Mint a bearer token and print it (it is shown only once)."""
@@ -226,7 +227,7 @@ def events_status(
             metavar="EVENT_ID|JOB_ID", help="An event id, or a job id (all its announcements)."
         ),
     ],
-    url: Url = DEFAULT_URL,
+    url: Url = None,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:

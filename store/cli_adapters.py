@@ -1,9 +1,13 @@
 """``lorafleet adapters``: upload, list, show, approve, reject, archive and pull adapter
-versions through a running registry API (``RegistryClient``)."""
+versions through a running registry API (``RegistryClient``); and ``lorafleet pull``
+(``fleet_pull``, mounted at the top level by ``store.cli``), which keeps a stock NIM's
+adapter directory in step with the registry."""
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +15,6 @@ import typer
 from rich.table import Table
 
 from store.cli_api import (
-    DEFAULT_URL,
     AsJson,
     Token,
     Url,
@@ -19,6 +22,7 @@ from store.cli_api import (
     err,
     out,
     print_json,
+    resolve_api,
     transfer_progress,
 )
 from store.client import adapter_files
@@ -56,7 +60,7 @@ def adapters_upload(
         typer.Option(help="JSON (or @file) with job_id, dataset, hyperparameters, metrics."),
     ] = None,
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
-    url: Url = DEFAULT_URL,
+    url: Url = None,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
@@ -99,7 +103,7 @@ def adapters_list(
     ] = "-created_at",
     page: Annotated[int, typer.Option(help="Page number (from 1).")] = 1,
     page_size: Annotated[int, typer.Option(help="Rows per page.")] = 50,
-    url: Url = DEFAULT_URL,
+    url: Url = None,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
@@ -122,13 +126,15 @@ def adapters_list(
 
 
 @adapters_app.command("show")
-def adapters_show(ref: Ref, url: Url = DEFAULT_URL, token: Token = None) -> None:
+def adapters_show(ref: Ref, url: Url = None, token: Token = None) -> None:
     """Show one adapter version (JSON) with its files and provenance."""
     with api_client(url, token) as client:
         print_json(client.resolve(ref))
 
 
-def _set_status(ref: str, status: str, reason: str | None, url: str, token: str | None) -> None:
+def _set_status(
+    ref: str, status: str, reason: str | None, url: str | None, token: str | None
+) -> None:
     with api_client(url, token) as client:
         entity = client.set_status(client.resolve(ref)["id"], status, reason)
     out.print(f"{entity['coordinates']} -> [bold]{entity['status']}[/bold]")
@@ -138,7 +144,7 @@ def _set_status(ref: str, status: str, reason: str | None, url: str, token: str 
 def adapters_approve(
     ref: Ref,
     reason: Annotated[str | None, typer.Option(help="Why.")] = None,
-    url: Url = DEFAULT_URL,
+    url: Url = None,
     token: Token = None,
 ) -> None:
     """Approve a pending version: it becomes ready and engines load it."""
@@ -149,7 +155,7 @@ def adapters_approve(
 def adapters_reject(
     ref: Ref,
     reason: Annotated[str | None, typer.Option(help="Why.")] = None,
-    url: Url = DEFAULT_URL,
+    url: Url = None,
     token: Token = None,
 ) -> None:
     """Reject a pending version."""
@@ -160,7 +166,7 @@ def adapters_reject(
 def adapters_archive(
     ref: Ref,
     reason: Annotated[str | None, typer.Option(help="Why.")] = None,
-    url: Url = DEFAULT_URL,
+    url: Url = None,
     token: Token = None,
 ) -> None:
     """Archive a ready version: engines evict it."""
@@ -176,7 +182,7 @@ def adapters_pull(
     original: Annotated[
         bool, typer.Option("--original", help="The uploaded files instead of canonical HF PEFT.")
     ] = False,
-    url: Url = DEFAULT_URL,
+    url: Url = None,
     token: Token = None,
 ) -> None:
     """Download an adapter version's files, each verified against its sha256.
@@ -196,3 +202,91 @@ def adapters_pull(
                 progress=lambda n: bar.advance(task, n),
             )
     out.print(f"{entity['coordinates']} -> {directory}")
+
+
+def fleet_pull(
+    dest: Annotated[Path, typer.Option(help="NIM's LOCAL_PEFT_DIRECTORY (created).")],
+    base_model: Annotated[str, typer.Option(help="Pull the ready adapters of this base model.")],
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these (repeatable): id, ns/name@version, ns/name or ns."),
+    ] = None,
+    url: Url = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="LORAFLEET_TOKEN", help="Bearer token (reader).")
+    ] = None,
+    watch: Annotated[bool, typer.Option(help="Keep in sync until stopped.")] = False,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(envvar="LORAFLEET_REDIS_URL", help="Refresh events (with --watch)."),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Resync period with --watch (s).")] = 30.0,
+    max_lora_rank: Annotated[
+        int | None,
+        typer.Option(
+            envvar="NIM_MAX_LORA_RANK",
+            min=1,
+            help="Skip (and report) adapters of a higher rank: the NIM's NIM_MAX_LORA_RANK. "
+            "Default: no limit.",
+        ),
+    ] = None,
+) -> None:
+    """Materialise ready adapters as one directory each (``ns--name--version``, HF PEFT
+    files, 0644), atomically, removing the ones no longer ready. For stock NIM and vLLM.
+
+    An unregistered base model, or a directory already pulled for another base model, is an
+    error (exit 1) and nothing is removed."""
+    from store.client import ApiError, RegistryClient
+    from store.pull import PullError, PullResult, pull_adapters, watch_adapters
+
+    selectors = set(adapter) if adapter else None
+    reported: dict[str, str] = {}
+
+    def show(result: PullResult) -> None:
+        for name in result.added:
+            typer.echo(f"+ {dest / name}")
+        for name in result.removed:
+            typer.echo(f"- {dest / name}")
+        for name, reason in sorted(result.skipped.items()):
+            typer.echo(f"! {dest / name} skipped: {reason}")
+        reported.clear()
+        reported.update(result.skipped)
+        skipped = f", {len(result.skipped)} skipped" if result.skipped else ""
+        typer.echo(
+            f"{len(result.added) + len(result.kept)} adapter(s) in {dest} "
+            f"(generation {result.generation}){skipped}"
+        )
+
+    def fail(exc: ApiError | PullError) -> typer.Exit:
+        typer.echo(f"error: {exc}", err=True)
+        return typer.Exit(1)
+
+    with RegistryClient(*resolve_api(url, token)) as client:
+        if not watch:
+            try:
+                show(
+                    pull_adapters(
+                        client, base_model, dest, selectors=selectors, max_rank=max_lora_rank
+                    )
+                )
+            except (ApiError, PullError) as exc:
+                raise fail(exc) from None
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            watch_adapters(
+                client,
+                base_model,
+                dest,
+                redis_url=redis_url,
+                selectors=selectors,
+                interval=interval,
+                stop=stop,
+                on_result=lambda r: show(r) if r.changed or r.skipped != reported else None,
+                max_rank=max_lora_rank,
+            )
+        except (ApiError, PullError) as exc:
+            raise fail(exc) from None
+        except KeyboardInterrupt:
+            stop.set()

@@ -2,6 +2,11 @@
 options, a ``RegistryClient`` whose errors end the command cleanly, and the two consoles
 (results to stdout; progress bars and errors to stderr). Used by ``store.cli`` and
 ``store.cli_adapters``.
+
+Without ``--url``/``LORAFLEET_API_URL`` a command talks to ``StoreSettings.resolved_api_url``
+(a running ``lorafleet up``'s API, from ``<home>/stack.json``, else the default port);
+without ``--token``/``LORAFLEET_TOKEN`` it uses that stack's admin token, but only when
+talking to that stack.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from rich.progress import (
 from store.client import ApiError, RegistryClient
 
 __all__ = [
-    "DEFAULT_URL",
     "AsJson",
     "Token",
     "Url",
@@ -33,6 +37,7 @@ __all__ = [
     "err",
     "out",
     "print_json",
+    "resolve_api",
     "transfer_progress",
 ]
 
@@ -40,9 +45,13 @@ out = Console()
 err = Console(stderr=True)
 
 Url = Annotated[
-    str,
+    str | None,
     typer.Option(
-        "--url", envvar="LORAFLEET_API_URL", help="Registry API base URL.", show_default=True
+        "--url",
+        envvar="LORAFLEET_API_URL",
+        help="Registry API base URL; default the running `lorafleet up`'s, else "
+        "http://LORAFLEET_API_HOST:LORAFLEET_API_PORT.",
+        show_default=False,
     ),
 ]
 Token = Annotated[
@@ -50,12 +59,27 @@ Token = Annotated[
     typer.Option("--token", envvar="LORAFLEET_TOKEN", help="Bearer token.", show_default=False),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print raw JSON instead of a table.")]
-DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def resolve_api(url: str | None, token: str | None) -> tuple[str, str | None]:
+    """The API URL and token a command uses: the options (or their variables), else the
+    settings' URL; the running stack's admin token only for the running stack's URL."""
+    from store.settings import StoreSettings
+
+    settings = StoreSettings()
+    url = (url or settings.resolved_api_url()).rstrip("/")
+    if token is None:
+        stack = settings.running_stack()
+        if stack is not None and stack.api_url == url:
+            token = stack.token()
+    return url, token
 
 
 @contextmanager
-def api_client(url: str, token: str | None) -> Iterator[RegistryClient]:
-    """A client whose API errors end the command with a one-line message and exit code 1."""
+def api_client(url: str | None, token: str | None) -> Iterator[RegistryClient]:
+    """A client (``resolve_api``) whose API errors end the command with a one-line message
+    and exit code 1."""
+    url, token = resolve_api(url, token)
     try:
         with RegistryClient(url, token, timeout=60.0) as client:
             yield client

@@ -1,9 +1,13 @@
 """``lorafleet up``: the embedded stack comes up healthy with per-component log prefixes, and
-goes away completely on Ctrl-C, and even when its supervisor is killed outright."""
+goes away completely on Ctrl-C, from a script's background job too, and even when its
+supervisor is killed outright; a second shell reaches it through ``<home>/stack.json`` with
+no exports, and the banner's next commands work as printed."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,30 +35,32 @@ def _processes_of(home: Path) -> list[int]:
     return found
 
 
+UP = [sys.executable, "-c", "from lorafleet.cli import app; app()", "up"]
+
+
 def _start_up(
-    home: Path, api_port: int, engine_port: int, env: dict[str, str] | None = None
+    home: Path,
+    api_port: int,
+    engine_port: int,
+    env: dict[str, str] | None = None,
+    *,
+    default_home: bool = False,
 ) -> subprocess.Popen[str]:
     """``lorafleet up`` (in ``env``, default this process's environment) with its terminal
     output in ``home/../up.out`` (a file, not a pipe nobody reads: a full pipe would stall
-    the stack)."""
-    code = "from lorafleet.cli import app; app()"
-    args = [
-        "up",
-        "--home",
-        str(home),
-        "--api-port",
-        str(api_port),
-        "--engine-port",
-        str(engine_port),
-    ]
+    the stack). With ``default_home``, run in ``home``'s parent without ``--home``."""
+    args = ["--api-port", str(api_port), "--engine-port", str(engine_port)]
+    if not default_home:
+        args = ["--home", str(home), *args]
     home.parent.mkdir(parents=True, exist_ok=True)
     with open(home.parent / "up.out", "w") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", code, *args],
+            [*UP, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            cwd=home.parent if default_home else None,
         )
 
 
@@ -175,6 +181,7 @@ def _registered_base_model(home: Path) -> None:
     with Session(engine) as session:
         config = json.loads((model_dir / "config.json").read_text())
         tenancy.register_base_model(session, "tiny-llama", config, actor="test")
+        session.commit()
     engine.dispose()
 
 
@@ -202,3 +209,149 @@ def test_up_hands_the_users_engine_limits_to_the_engine(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert _wait_gone(home) == []
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _without_lorafleet_variables() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LORAFLEET_")}
+
+
+def _second_shell(tmp_path: Path) -> dict[str, str]:
+    """A fresh login's environment: HOME and PATH (this checkout's scripts, curl), nothing
+    else, so nothing but ``.lorafleet/stack.json`` says where the stack is."""
+    user_home = tmp_path / "user"
+    user_home.mkdir(exist_ok=True)
+    return {"HOME": str(user_home), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+
+
+def _shell(line: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _wait_up(proc: subprocess.Popen[str], out: Path, timeout: float = 150.0) -> None:
+    """Wait for ``up``'s banner: everything healthy, registered and ``stack.json`` written."""
+    deadline = time.monotonic() + timeout
+    while not out.exists() or "Ctrl-C to stop" not in out.read_text():
+        if proc.poll() is not None:
+            pytest.fail(f"lorafleet up exited early:\n{out.read_text()[-3000:]}")
+        assert time.monotonic() < deadline, "lorafleet up not up in time"
+        time.sleep(0.5)
+
+
+def _next_commands(output: str) -> list[str]:
+    lines = output.split("Next, in another shell:\n", 1)[1].splitlines()
+    return [line.strip() for line in lines[:3]]
+
+
+@pytest.mark.slow
+def test_a_second_shell_needs_no_exports_and_the_banner_commands_work_as_printed(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / ".lorafleet"
+    api_port, engine_port = free_port(), free_port()
+    proc = _start_up(home, api_port, engine_port, _without_lorafleet_variables(), default_home=True)
+    shell = _second_shell(tmp_path)
+    engine = f"http://127.0.0.1:{engine_port}"
+    try:
+        _wait_up(proc, tmp_path / "up.out")
+        described = json.loads((home / "stack.json").read_text())
+        assert described["api_url"] == f"http://127.0.0.1:{api_port}"
+        assert described["engine_url"] == engine
+        assert described["redis_url"].startswith("redis://127.0.0.1:")
+        assert described["token_file"] == str(home.resolve() / "admin-token")
+
+        listed = _shell("lorafleet adapters list --json", tmp_path, shell)
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["data"] == []
+        namespaces = _shell("lorafleet namespaces list --json", tmp_path, shell)
+        assert [n["name"] for n in json.loads(namespaces.stdout)["data"]] == ["default"]
+
+        # The banner's three commands: upload the example, the next step, ask the engine.
+        upload, second, curl = _next_commands((tmp_path / "up.out").read_text())
+        for line in (upload, second):
+            done = _shell(line, tmp_path, shell)
+            assert done.returncode == 0, f"{line}\n{done.stdout}{done.stderr}"
+        deadline = time.monotonic() + 60
+        while "default/example@1.0.0" not in {
+            m["id"] for m in httpx.get(f"{engine}/v1/models", timeout=5).json()["data"]
+        }:
+            assert time.monotonic() < deadline, "the example adapter never reached the engine"
+            time.sleep(0.5)
+        answer = _shell(curl, tmp_path, shell)
+        assert answer.returncode == 0, answer.stderr
+        assert json.loads(answer.stdout)["model"] == "default/example@1.0.0"
+
+        # An events-only tool finds the stack's Redis too: the announcement is ingested.
+        announce = (
+            "lorafleet events publish-job-completed --job-id second-shell "
+            "--output-model default/announced@1.0.0 --base-model tiny-llama "
+            f"--output-dir .lorafleet/examples/example-lora --upload-to {home.as_uri()}/artifacts"
+        )
+        published = _shell(announce, tmp_path, shell)
+        assert published.returncode == 0, published.stderr
+        deadline = time.monotonic() + 60
+        while (
+            status := _shell("lorafleet events status second-shell", tmp_path, shell)
+        ).returncode:
+            # 1: the bridge has not read it yet; 4: in flight; 3 (failed) ends the test.
+            assert status.returncode in (1, 4), status.stdout + status.stderr
+            assert time.monotonic() < deadline, status.stdout
+            time.sleep(0.5)
+        assert "done" in status.stdout
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0, (tmp_path / "up.out").read_text()[-3000:]
+    assert not (home / "stack.json").exists()
+    assert _wait_gone(home.resolve()) == []
+
+
+@pytest.mark.slow
+def test_up_in_a_scripts_background_stops_on_sigint_and_honours_the_admin_token(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "lf"
+    api_port, engine_port = free_port(), free_port()
+    up = shlex.join([*UP, "--home", str(home), "--api-port", str(api_port)])
+    up += f" --engine-port {engine_port}"
+    go = tmp_path / "go"
+    # A non-interactive shell starts background jobs with SIGINT ignored.
+    script = (
+        f"{up} > {tmp_path / 'up.out'} 2>&1 & pid=$!; "
+        f"while [ ! -e {go} ]; do sleep 0.2; done; "
+        'kill -INT $pid; wait $pid; echo "up exited $?"'
+    )
+    env = {**_without_lorafleet_variables(), "LORAFLEET_ADMIN_TOKEN": "lft_from_my_environment"}
+    script_proc = subprocess.Popen(
+        ["bash", "-c", script], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_up(script_proc, tmp_path / "up.out")
+        headers = {"Authorization": "Bearer lft_from_my_environment"}
+        answer = httpx.get(f"http://127.0.0.1:{api_port}/v1/namespaces", headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert not (home / "admin-token").exists()
+        assert json.loads((home / "stack.json").read_text())["token_file"] is None
+        go.touch()
+        output, _ = script_proc.communicate(timeout=60)
+    finally:
+        go.touch()
+        if script_proc.poll() is None:
+            for pid in _processes_of(home):
+                os.kill(pid, signal.SIGKILL)
+            script_proc.kill()
+            script_proc.wait()
+    assert "up exited 0" in output, (tmp_path / "up.out").read_text()[-3000:]
+    assert "stopping" in (tmp_path / "up.out").read_text()
+    assert _wait_gone(home) == []
+    assert not (home / "stack.json").exists()

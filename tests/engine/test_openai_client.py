@@ -1,5 +1,8 @@
 """The official ``openai`` client against a live engine (uvicorn on a free port)."""
 
+# Fixtures imported from serving_fixtures are used as parameters.
+# ruff: noqa: F401, F811
+
 from __future__ import annotations
 
 import threading
@@ -8,7 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from serving_fixtures import wait_until
+from serving_fixtures import registry, upload, wait_until
 from support.factories import write_adapter_dir
 from support.live_api import live_engine
 from support.tiny import engine_settings, model_spec
@@ -200,3 +203,120 @@ def test_concurrent_requests_with_different_adapters(client: openai.OpenAI) -> N
         t.join(timeout=60)
     assert len(results) == 9
     assert all(text == expected[model] for model, text in results.values())
+
+
+# -- item 16: what the engine does not do is refused, not ignored ----------------------------
+
+CHAT = [{"role": "user", "content": "Hi"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def assert_refused(call, param: str, code: str = "unsupported_parameter") -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        call()
+    error = excinfo.value.body
+    assert (error["param"], error["code"], error["type"]) == (
+        param,
+        code,
+        "invalid_request_error",
+    ), error
+    assert param.split("[")[0] in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("tools", [TOOL]),
+        ("tool_choice", "auto"),
+        ("functions", [TOOL["function"]]),
+        ("response_format", {"type": "json_object"}),
+        ("parallel_tool_calls", True),
+        ("presence_penalty", 0.5),
+        ("logit_bias", {"65": 10}),
+    ],
+)
+def test_unsupported_chat_parameters_are_400(
+    client: openai.OpenAI, param: str, value: object
+) -> None:
+    def call() -> None:
+        client.chat.completions.create(model="math", messages=CHAT, max_tokens=2, **{param: value})
+
+    assert_refused(call, param)
+
+
+def test_unsupported_completion_parameters_and_extensions_are_400(client: openai.OpenAI) -> None:
+    assert_refused(
+        lambda: client.completions.create(model="math", prompt="x", max_tokens=2, best_of=3),
+        "best_of",
+    )
+    assert_refused(
+        lambda: client.completions.create(
+            model="math", prompt="x", max_tokens=2, extra_body={"top_k": 5}
+        ),
+        "top_k",
+    )
+
+
+def test_unknown_and_tool_roles_are_400(client: openai.OpenAI) -> None:
+    for role in ("tool", "critic"):
+        messages = [*CHAT, {"role": role, "content": "x", "tool_call_id": "c1"}]
+        assert_refused(
+            lambda m=messages: client.chat.completions.create(
+                model="math", messages=m, max_tokens=2
+            ),
+            "messages[1].role",
+            "invalid_value",
+        )
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    messages = [*CHAT, {"role": "assistant", "content": None, "tool_calls": calls}]
+    assert_refused(
+        lambda: client.chat.completions.create(model="math", messages=messages, max_tokens=2),
+        "messages[1].tool_calls",
+    )
+
+
+def test_neutral_values_and_harmless_fields_are_accepted(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(
+        model="math",
+        messages=[{"role": "system", "content": "Be brief", "name": "sys"}, *CHAT],
+        max_tokens=2,
+        response_format={"type": "text"},
+        presence_penalty=0,
+        user="end-user-7",
+        metadata={"team": "a"},
+    )
+    assert out.choices[0].message.role == "assistant"
+    text = client.completions.create(model="math", prompt="x", max_tokens=2, best_of=1, user="u")
+    assert text.usage.completion_tokens >= 1
+
+
+def test_models_retrieve_base_and_adapter(client: openai.OpenAI) -> None:
+    base = client.models.retrieve("tiny-llama")
+    assert (base.id, base.object, base.model_extra["parent"]) == ("tiny-llama", "model", None)
+    math = client.models.retrieve("math")
+    assert (math.id, math.model_extra["parent"]) == ("math", "tiny-llama")
+    with pytest.raises(openai.NotFoundError) as excinfo:
+        client.models.retrieve("no-such-adapter")
+    assert (excinfo.value.body["code"], excinfo.value.body["param"]) == ("model_not_found", "model")
+
+
+def test_models_retrieve_a_registry_id_with_slash_and_at(
+    tiny_model_dir: Path, tmp_path: Path, registry: tuple
+) -> None:
+    base_url, admin, token = registry
+    upload(admin, tmp_path, model_spec(tiny_model_dir), "x", seed=3)
+    settings = engine_settings(
+        tiny_model_dir, peft_source=base_url, token=token, download_dir=tmp_path / "downloads"
+    )
+    with (
+        live_engine(build_runtime(settings)) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as c,
+    ):
+        card = c.models.retrieve("acme/x@1.0.0")
+        assert (card.id, card.model_extra["parent"]) == ("acme/x@1.0.0", "tiny-llama")
+        listed = {m.id for m in c.models.list()}
+        for unlisted in ("acme/x@2.0.0", "acme/y@1.0.0"):
+            assert unlisted not in listed
+            with pytest.raises(openai.NotFoundError) as excinfo:
+                c.models.retrieve(unlisted)
+            assert excinfo.value.body["code"] == "model_not_found"
