@@ -26,7 +26,8 @@ COPY events ./events
 COPY store ./store
 COPY workers ./workers
 COPY engine ./engine
-RUN pip install .
+# The engine extra: torch (above), safetensors, numpy, tokenizers for the API, workers, engine.
+RUN pip install ".[engine]"
 
 # --- runtime: the venv only, no compilers, a non-root user.
 FROM python:${PYTHON_VERSION}-slim AS runtime

@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from store.formats import ValidationLimits
 
+DEFAULT_ENGINE_PORT = 8000  # NIM's port
+
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
@@ -78,7 +80,9 @@ class EngineSettings(BaseSettings):
         description="float32 | float16 | bfloat16; default bfloat16 on GPU, float32 on CPU.",
     )
     host: str = Field(default="0.0.0.0", validation_alias=_env("LORAFLEET_ENGINE_HOST", "host"))
-    port: int = Field(default=8000, validation_alias=_env("LORAFLEET_ENGINE_PORT", "port"))
+    port: int = Field(
+        default=DEFAULT_ENGINE_PORT, validation_alias=_env("LORAFLEET_ENGINE_PORT", "port")
+    )
     engine_id: str | None = Field(
         default=None,
         validation_alias=_env("LORAFLEET_ENGINE_ID", "engine_id"),

@@ -1,7 +1,10 @@
-"""Every Redis stream name, consumer group and key pattern lorafleet uses. No Redis key is
-spelled anywhere else."""
+"""Every Redis stream name, consumer group and key pattern lorafleet uses, and the Redis
+URL everything defaults to. No Redis key is spelled anywhere else."""
 
 from __future__ import annotations
+
+# Where every component (and the events-only tools) look for Redis when not told.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 PREFIX = "lorafleet"
 
@@ -24,6 +27,7 @@ STREAM_MAXLEN = 100_000
 INGEST_QUEUE = "ingest"
 FLEET_QUEUE = "fleet"
 MAINTENANCE_QUEUE = "maintenance"
+QUEUES = (INGEST_QUEUE, FLEET_QUEUE, MAINTENANCE_QUEUE)  # what a worker consumes by default
 
 # Held by whoever is publishing outbox rows, so concurrent relays do not double-publish.
 RELAY_LOCK_KEY = f"{PREFIX}:outbox:relay-lock"

@@ -1,29 +1,128 @@
-"""The ``lorafleet`` command. Each package contributes its own typer sub-app."""
+"""The ``lorafleet`` command. Each package contributes its own typer sub-app.
+
+The registry's commands, ``pull`` and ``events`` import no torch, so they work from the light
+install (``pip install lorafleet``) and ``lorafleet --help`` is fast. The ``engine`` group
+(torch) is imported only when one of its commands runs; from the light install that command
+says to install the ``engine`` extra.
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-from lorafleet.logging import configure_logging
+from lorafleet import __version__
+from lorafleet.logging import LoggingConfigError, configure_logging
+
+# What the ``engine`` extra installs (pyproject.toml): a command that needs one of these
+# fails with a hint instead of a traceback on the light install.
+_ENGINE_EXTRA_MODULES = frozenset({"torch", "numpy", "safetensors", "tokenizers"})
+
+# (name, module, attribute, help): sub-apps imported only when one of their commands runs.
+_LAZY_GROUPS: list[tuple[str, str, str, str]] = [
+    ("engine", "engine.cli", "app", "The multi-LoRA inference engine (needs torch)."),
+]
+
+
+class _LazyGroupStub(TyperGroup):
+    """Stands in for a lazily imported sub-app in the help listing."""
+
+    def __init__(self, name: str, module: str, attr: str, help: str) -> None:
+        super().__init__(name=name, help=help)
+        self.module, self.attr = module, attr
+
+    def load(self) -> Any:
+        """The real sub-app, as a click group named like this stub."""
+        sub = getattr(importlib.import_module(self.module), self.attr)
+        group = typer.main.get_group(sub)
+        group.name = self.name
+        return group
+
+
+class _RootGroup(TyperGroup):
+    """The root command: mounts the lazy sub-apps and turns a missing ``engine`` extra into a
+    one-line error."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for name, module, attr, help in _LAZY_GROUPS:
+            self.commands.setdefault(name, _LazyGroupStub(name, module, attr, help))
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        if isinstance(command, _LazyGroupStub):
+            try:
+                command = command.load()
+            except ModuleNotFoundError as exc:
+                _exit_without_engine_extra(exc, name)
+                raise
+            self.commands[command.name] = command
+        return name, command, rest
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            _exit_without_engine_extra(exc, ctx.invoked_subcommand)
+            raise
+
+
+def _exit_without_engine_extra(exc: ModuleNotFoundError, command: str | None) -> None:
+    """Exit 2 with an install hint when ``exc`` is a module of the ``engine`` extra."""
+    if (exc.name or "").partition(".")[0] in _ENGINE_EXTRA_MODULES:
+        typer.echo(
+            f"error: `lorafleet {command}` needs {exc.name}, which the light install leaves "
+            "out: pip install 'lorafleet[engine]'",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+
 
 app = typer.Typer(
     name="lorafleet",
+    cls=_RootGroup,
     help="Ship LoRA fine-tunes into production: registry, event pipeline and multi-LoRA engine.",
     no_args_is_help=True,
     add_completion=False,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"lorafleet {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
-    log_level: str = typer.Option(
-        "INFO", "--log-level", envvar="LORAFLEET_LOG_LEVEL", help="Log level."
+    ctx: typer.Context,
+    log_level: str | None = typer.Option(
+        None,
+        "--log-level",
+        envvar="LORAFLEET_LOG_LEVEL",
+        help="debug, info, warning, error or critical. [default: info]",
+        show_default=False,
+    ),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
     ),
 ) -> None:
-    configure_logging(log_level)
+    source = ctx.get_parameter_source("log_level")
+    from_env = getattr(source, "name", None) == "ENVIRONMENT"
+    try:
+        # From the environment, configure_logging reads it and names the variable in errors.
+        configure_logging(None if from_env else log_level)
+    except LoggingConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     _reach_running_stack()
 
 
@@ -40,13 +139,13 @@ def _reach_running_stack() -> None:
         os.environ["LORAFLEET_REDIS_URL"] = stack.redis_url
 
 
-# (module, attribute, name, help). A sub-app whose module is missing is skipped, so the CLI
-# keeps working while a package is being built.
+# (module, attribute, name): imported now, so their commands are listed with their help.
+# They import no torch (tests/test_cli_light.py). A sub-app whose module is missing is
+# skipped, so the CLI keeps working while a package is being built.
 _SUBAPPS: list[tuple[str, str, str | None]] = [
     ("store.cli", "app", None),  # db, api, namespaces, base-models, tokens, adapters, pull
     ("events.cli", "app", "events"),
     ("workers.cli", "app", None),  # worker, bridge, beat
-    ("engine.cli", "app", "engine"),
     ("lorafleet.demo", "app", None),  # demo, up
 ]
 

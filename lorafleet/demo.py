@@ -1,9 +1,14 @@
-"""``lorafleet demo``, ``lorafleet up`` and ``lorafleet pull``: thin commands over
-``lorafleet.demo_flow``, ``lorafleet.stack`` and ``store.pull``."""
+"""``lorafleet demo`` and ``lorafleet up``: thin commands over ``lorafleet.demo_flow`` and
+``lorafleet.stack``. Options left out fall back to ``store.settings`` (home, API port) and
+``engine.settings`` (engine port)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -17,10 +22,34 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True)
 
+Home = Annotated[Path | None, typer.Option(help="State directory (default LORAFLEET_HOME).")]
+ApiPort = Annotated[
+    int | None, typer.Option(help="Registry API port (default LORAFLEET_API_PORT).")
+]
+EnginePort = Annotated[
+    int | None, typer.Option(help="Engine port (default LORAFLEET_ENGINE_PORT).")
+]
+
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    # SIGTERM (docker stop, systemd) takes the same clean path as Ctrl-C.
     raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM (Ctrl-C, ``kill``, docker stop) take the same clean path.
+    Installed whatever was inherited: a script's ``lorafleet up &`` starts with SIGINT
+    ignored, and Python then leaves it ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_keyboard_interrupt)
+
+
+def _ports(api_port: int | None, engine_port: int | None) -> tuple[int, int]:
+    from engine.settings import EngineSettings
+    from store.settings import StoreSettings
+
+    api = api_port if api_port is not None else StoreSettings().api_port
+    engine = engine_port if engine_port is not None else EngineSettings().port
+    return api, engine
 
 
 @app.command("demo")
@@ -28,12 +57,12 @@ def demo(
     non_interactive: Annotated[
         bool, typer.Option("--non-interactive", "--plain", help="Plain line output (CI, logs).")
     ] = False,
-    home: Annotated[Path, typer.Option(help="State directory (wiped first).")] = Path(
-        ".lorafleet/demo"
-    ),
+    home: Annotated[
+        Path | None, typer.Option(help="State directory, wiped first (default HOME/demo).")
+    ] = None,
     steps: Annotated[int, typer.Option(help="Training steps per adapter.")] = 60,
-    api_port: Annotated[int, typer.Option(help="Registry API port.")] = 8080,
-    engine_port: Annotated[int, typer.Option(help="Engine port.")] = 8000,
+    api_port: ApiPort = None,
+    engine_port: EnginePort = None,
     verbose: Annotated[bool, typer.Option(help="Echo every component's log lines.")] = False,
 ) -> None:
     """Run the whole story on an embedded stack: register, train two LoRAs, announce,
@@ -51,6 +80,7 @@ def demo(
         raise typer.Exit(2)
     from lorafleet.demo_flow import DemoOptions, run_demo
     from lorafleet.logging import configure_logging
+    from store.settings import StoreSettings
 
     # The narration is the demo's output; component logs go to HOME/logs (or, with
     # --verbose, to the terminal, prefixed), our own process logs only warnings.
@@ -58,7 +88,9 @@ def demo(
         configure_logging("WARNING")
         logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    _stop_on_signals()
+    home = home or StoreSettings().home / "demo"
+    api_port, engine_port = _ports(api_port, engine_port)
     options = DemoOptions(
         home=home,
         api_port=api_port,
@@ -79,9 +111,9 @@ def demo(
 
 @app.command("up")
 def up(
-    home: Annotated[Path, typer.Option(help="State directory.")] = Path(".lorafleet"),
-    api_port: Annotated[int, typer.Option(help="Registry API port.")] = 8080,
-    engine_port: Annotated[int, typer.Option(help="Engine port.")] = 8000,
+    home: Home = None,
+    api_port: ApiPort = None,
+    engine_port: EnginePort = None,
     base_model: Annotated[str, typer.Option(help="Served base model name.")] = "tiny-llama",
     model_dir: Annotated[
         Path | None, typer.Option(help="HF model dir; default a tiny random Llama.")
@@ -89,14 +121,22 @@ def up(
     workers: Annotated[int, typer.Option(help="Celery worker concurrency.")] = 1,
 ) -> None:
     """Start the embedded stack (Redis, API, bridge, worker, relay, engine) and keep it
-    running with every component's logs prefixed by its name; Ctrl-C stops it all."""
-    from lorafleet.stack import Stack, StackConfig, StackError, prefixed_echo
+    running with every component's logs prefixed by its name; Ctrl-C (SIGINT) or SIGTERM
+    stops it all.
 
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    It registers the served base model and the ``default`` namespace (the namespace default
+    approval policy), writes an example adapter to HOME/examples/example-lora and describes
+    itself in HOME/stack.json, so commands in another shell reach it with no exports."""
+    from lorafleet.stack import Stack, StackConfig
+    from lorafleet.supervisor import SupervisorError, prefixed_echo
+    from store.settings import StoreSettings
+
+    _stop_on_signals()
     # The supervisor's health probes would log every poll; component logs are what matter.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    api_port, engine_port = _ports(api_port, engine_port)
     config = StackConfig(
-        home=home,
+        home=home or StoreSettings().home,
         api_port=api_port,
         engine_port=engine_port,
         base_model=base_model,
@@ -107,115 +147,72 @@ def up(
     stack = Stack(config)
     try:
         stack.start()
-        typer.echo(
-            f"\nlorafleet is up: api {stack.api_url}/docs · engine {stack.engine_url}/v1/models\n"
-            f"  export LORAFLEET_API_URL={stack.api_url} LORAFLEET_REDIS_URL={stack.redis_url}\n"
-            f"  export LORAFLEET_TOKEN=$(cat {stack.home}/admin-token)\n"
-            "Ctrl-C to stop.",
-            err=True,
-        )
+        typer.echo(_banner(stack), err=True)
         _wait_until_a_component_exits(stack)
     except KeyboardInterrupt:
         typer.echo("stopping…", err=True)
-    except StackError as exc:
+    except SupervisorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
+        # A second signal must not cut the stop short and leave children behind.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         stack.stop()
+
+
+def _lorafleet_command() -> str:
+    """How a user's shell runs this ``lorafleet``: the bare name when it is on PATH, else
+    the script beside this interpreter (a virtual environment not activated)."""
+    script = Path(sys.executable).parent / "lorafleet"
+    found = shutil.which("lorafleet")
+    if found and Path(found).resolve() == script.resolve():
+        return "lorafleet"
+    return str(script) if script.exists() else "lorafleet"
+
+
+def _banner(stack: Stack) -> str:
+    """What is up and the next three commands, runnable as printed in another shell from
+    this directory (they find the stack through HOME/stack.json)."""
+    from lorafleet.stack import DEFAULT_NAMESPACE
+    from store.settings import StoreSettings
+
+    lf, ns, base = _lorafleet_command(), DEFAULT_NAMESPACE, stack.config.base_model
+    coords = f"{ns}/example@1.0.0"
+    example = os.path.relpath(stack.example_adapter) if _under_cwd(stack.home) else None
+    upload = (
+        f"{lf} adapters upload {shlex.quote(example or str(stack.example_adapter))} "
+        f"--namespace {ns} --name example --version 1.0.0 --base-model {base}"
+    )
+    if stack.namespace_policy == "manual":
+        second = f"{lf} adapters approve {coords}"
+    else:
+        second = f"{lf} adapters list --namespace {ns}"
+    body = {"model": coords, "prompt": "Hello", "max_tokens": 8}
+    curl = (
+        f"curl -s {stack.engine_url}/v1/completions -H 'Content-Type: application/json' "
+        f"-d {shlex.quote(json.dumps(body))}"
+    )
+    lines = [
+        "",
+        f"lorafleet is up: api {stack.api_url}/docs · engine {stack.engine_url}/v1/models",
+        f"namespace {ns!r} ({stack.namespace_policy} approval), base model {base!r}; "
+        f"{stack.home}/stack.json tells other shells where everything is.",
+    ]
+    if stack.home != StoreSettings().home.resolve():
+        lines.append(
+            f"In another shell, first: export LORAFLEET_HOME={shlex.quote(str(stack.home))}"
+        )
+    lines += ["Next, in another shell:", f"  {upload}", f"  {second}", f"  {curl}"]
+    lines.append("Ctrl-C to stop.")
+    return "\n".join(lines)
+
+
+def _under_cwd(path: Path) -> bool:
+    return path.is_relative_to(Path.cwd().resolve())
 
 
 def _wait_until_a_component_exits(stack: Stack) -> None:
     while True:
         stack.check_alive()
         threading.Event().wait(1.0)
-
-
-@app.command("pull")
-def pull(
-    dest: Annotated[Path, typer.Option(help="NIM's LOCAL_PEFT_DIRECTORY (created).")],
-    base_model: Annotated[str, typer.Option(help="Pull the ready adapters of this base model.")],
-    adapter: Annotated[
-        list[str] | None,
-        typer.Option(help="Only these (repeatable): id, ns/name@version, ns/name or ns."),
-    ] = None,
-    url: Annotated[
-        str, typer.Option("--url", envvar="LORAFLEET_API_URL", help="Registry API base URL.")
-    ] = "http://127.0.0.1:8080",
-    token: Annotated[
-        str | None, typer.Option(envvar="LORAFLEET_TOKEN", help="Bearer token (reader).")
-    ] = None,
-    watch: Annotated[bool, typer.Option(help="Keep in sync until stopped.")] = False,
-    redis_url: Annotated[
-        str | None,
-        typer.Option(envvar="LORAFLEET_REDIS_URL", help="Refresh events (with --watch)."),
-    ] = None,
-    interval: Annotated[float, typer.Option(help="Resync period with --watch (s).")] = 30.0,
-    max_lora_rank: Annotated[
-        int | None,
-        typer.Option(
-            envvar="NIM_MAX_LORA_RANK",
-            min=1,
-            help="Skip (and report) adapters of a higher rank: the NIM's NIM_MAX_LORA_RANK. "
-            "Default: no limit.",
-        ),
-    ] = None,
-) -> None:
-    """Materialise ready adapters as one directory each (``ns--name--version``, HF PEFT
-    files, 0644), atomically, removing the ones no longer ready. For stock NIM and vLLM.
-
-    An unregistered base model, or a directory already pulled for another base model, is an
-    error (exit 1) and nothing is removed."""
-    from store.client import ApiError, RegistryClient
-    from store.pull import PullError, PullResult, pull_adapters, watch_adapters
-
-    selectors = set(adapter) if adapter else None
-    reported: dict[str, str] = {}
-
-    def show(result: PullResult) -> None:
-        for name in result.added:
-            typer.echo(f"+ {dest / name}")
-        for name in result.removed:
-            typer.echo(f"- {dest / name}")
-        for name, reason in sorted(result.skipped.items()):
-            typer.echo(f"! {dest / name} skipped: {reason}")
-        reported.clear()
-        reported.update(result.skipped)
-        skipped = f", {len(result.skipped)} skipped" if result.skipped else ""
-        typer.echo(
-            f"{len(result.added) + len(result.kept)} adapter(s) in {dest} "
-            f"(generation {result.generation}){skipped}"
-        )
-
-    def fail(exc: ApiError | PullError) -> typer.Exit:
-        typer.echo(f"error: {exc}", err=True)
-        return typer.Exit(1)
-
-    with RegistryClient(url, token=token) as client:
-        if not watch:
-            try:
-                show(
-                    pull_adapters(
-                        client, base_model, dest, selectors=selectors, max_rank=max_lora_rank
-                    )
-                )
-            except (ApiError, PullError) as exc:
-                raise fail(exc) from None
-            return
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            watch_adapters(
-                client,
-                base_model,
-                dest,
-                redis_url=redis_url,
-                selectors=selectors,
-                interval=interval,
-                stop=stop,
-                on_result=lambda r: show(r) if r.changed or r.skipped != reported else None,
-                max_rank=max_lora_rank,
-            )
-        except (ApiError, PullError) as exc:
-            raise fail(exc) from None
-        except KeyboardInterrupt:
-            stop.set()

@@ -5,9 +5,11 @@
    (manual approval);
 3. fine-tune two LoRAs on the tiny base (a real, short training loop) and announce them on
    Redis as a trainer would (``customizer.job.completed``);
-4. watch both move through the pipeline, approving the manual one through the API;
-5. ask the engine one prompt through the base model and each adapter, side by side;
-6. archive one adapter and watch the engine evict it; stop everything.
+4. watch both move through the pipeline (stages read off ``store.approval.Status``) until
+   the auto one is served and the manual one waits in ``pending``;
+5. approve the manual one through the API, as a reviewer would, and watch it reach the engine;
+6. ask the engine one prompt through the base model and each adapter, side by side;
+7. archive one adapter and watch the engine evict it; stop everything.
 
 ``run_demo`` returns a ``DemoReport`` so tests can check the story, not just the exit code.
 """
@@ -27,16 +29,30 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from engine.settings import DEFAULT_ENGINE_PORT
 from events.publisher import announce_job_completed
 from lorafleet.stack import Stack, StackConfig, remove_home
+from lorafleet.supervisor import prefixed_echo
 from lorafleet.train import Example, TrainConfig, train_lora
+from store.approval import TRANSITIONS, Status
 from store.client import ApiError, RegistryClient
+from store.settings import DEFAULT_API_HOST, DEFAULT_API_PORT, DEFAULT_HOME
 
 log = structlog.get_logger(__name__)
 
 BASE_MODEL = "tiny-llama"
 PROMPT = "Q: John buys 10 packs of 20 cards. 1/4 of them are uncommon. How many uncommon cards?\nA:"
-STAGES = ("received", "validated", "registered", "approved", "loaded")
+# The statuses an adapter passes on its way to serving (``store.approval.TRANSITIONS``), and
+# the pipeline stage each one proves: a stage is done once the status reached it.
+HAPPY_PATH = (Status.UPLOADING, Status.VALIDATING, Status.PENDING, Status.READY)
+STAGE_STATUS = {
+    "received": Status.UPLOADING,  # the registry holds the version
+    "validated": Status.PENDING,  # validation passed
+    "registered": Status.PENDING,  # the version waits for (or got) approval
+    "approved": Status.READY,
+}
+LOADED = "loaded"  # not a status: the engine lists it in /v1/models
+STAGES = (*STAGE_STATUS, LOADED)
 
 
 @dataclass(frozen=True)
@@ -86,9 +102,9 @@ ADAPTERS = (
 class DemoOptions:
     """Knobs of the demo; tests shrink ``train_steps`` and ports."""
 
-    home: Path = Path(".lorafleet/demo")
-    api_port: int = 8080
-    engine_port: int = 8000
+    home: Path = DEFAULT_HOME / "demo"
+    api_port: int = DEFAULT_API_PORT
+    engine_port: int = DEFAULT_ENGINE_PORT
     train_steps: int = 60
     plain: bool = False
     verbose: bool = False  # echo every component's log lines
@@ -152,8 +168,6 @@ def run_demo(
 
     State starts fresh in ``options.home`` and is kept afterwards for inspection.
     """
-    from lorafleet.stack import prefixed_echo
-
     started = time.monotonic()
     narrator = Narrator(options.plain)
     report = DemoReport()
@@ -178,7 +192,13 @@ def run_demo(
         with RegistryClient(stack.api_url, token=stack.admin_token) as client:
             _register(narrator, client, stack)
             jobs = _train_and_announce(narrator, stack, options, report)
-            _follow_pipeline(narrator, client, stack, jobs, options, report)
+            follower = PipelineFollower(narrator, client, stack, jobs, options)
+            narrator.step("3. Following the adapters through the pipeline")
+            follower.follow(until=follower.served_or_awaiting_approval)
+            _approve_manual(narrator, client, follower)
+            follower.follow(until=follower.all_loaded)
+            report.stage_times = follower.progress
+            report.statuses = dict(follower.status)
             _compare_answers(narrator, stack, report)
             _archive_one(narrator, client, stack, options, report)
         narrator.step("Stopping everything")
@@ -275,32 +295,89 @@ def _stages_of(entity: dict | None, loaded: bool) -> tuple[set[str], str]:
     """Which stages an adapter has passed, judged from the registry entity and the engine."""
     if entity is None:
         return set(), "-"
-    status = entity["status"]
-    done = {"received"}
-    if status not in ("uploading", "validating", "failed"):
-        done |= {"validated", "registered"}
-    if status in ("ready", "archived"):
-        done.add("approved")
+    status = Status(entity["status"])
+    # Off the path (archived, rejected, failed): the path status it left from.
+    last = (
+        status if status in HAPPY_PATH else next(s for s in HAPPY_PATH if status in TRANSITIONS[s])
+    )
+    reached = HAPPY_PATH[: HAPPY_PATH.index(last) + 1]
+    done = {stage for stage, needs in STAGE_STATUS.items() if needs in reached}
     if loaded:
-        done.add("loaded")
-    return done, status
+        done.add(LOADED)
+    return done, entity["status"]
 
 
-def _follow_pipeline(
-    narrator: Narrator,
-    client: RegistryClient,
-    stack: Stack,
-    announced: dict[str, float],
-    options: DemoOptions,
-    report: DemoReport,
-) -> None:
-    narrator.step("3. Following the adapters through the pipeline")
-    progress: dict[str, dict[str, float]] = {a.coordinates: {} for a in ADAPTERS}
-    status: dict[str, str] = {a.coordinates: "announced" for a in ADAPTERS}
-    approved: set[str] = set()
-    deadline = time.monotonic() + options.stage_timeout
+class PipelineFollower:
+    """Polls the registry and the engine for the demo's adapters, recording when each
+    reached each stage, drawing the table (or plain lines)."""
 
-    def render() -> Table:
+    def __init__(
+        self,
+        narrator: Narrator,
+        client: RegistryClient,
+        stack: Stack,
+        announced: dict[str, float],
+        options: DemoOptions,
+    ) -> None:
+        self.narrator, self.client, self.stack = narrator, client, stack
+        self.announced, self.options = announced, options
+        self.progress: dict[str, dict[str, float]] = {a.coordinates: {} for a in ADAPTERS}
+        self.status: dict[str, str] = {a.coordinates: "announced" for a in ADAPTERS}
+        self.entities: dict[str, dict] = {}
+
+    def served_or_awaiting_approval(self) -> bool:
+        """Every adapter is loaded, or waits in ``pending`` for a reviewer."""
+        return all(
+            LOADED in self.progress[a.coordinates]
+            or (a.policy == "manual" and self.status[a.coordinates] == Status.PENDING)
+            for a in ADAPTERS
+        )
+
+    def all_loaded(self) -> bool:
+        """Every adapter is served by the engine."""
+        return all(LOADED in p for p in self.progress.values())
+
+    def follow(self, until: Callable[[], bool]) -> None:
+        """Poll until ``until()``; ``TimeoutError`` after ``options.stage_timeout``."""
+        deadline = time.monotonic() + self.options.stage_timeout
+        if self.options.plain:
+            while not self._poll(until):
+                _check_deadline(deadline, self.status)
+                time.sleep(0.3)
+            return
+        with Live(self._render(), console=self.narrator.console, refresh_per_second=8) as live:
+            while not self._poll(until):
+                live.update(self._render())
+                _check_deadline(deadline, self.status)
+                time.sleep(0.3)
+            live.update(self._render())
+
+    def _poll(self, until: Callable[[], bool]) -> bool:
+        self.stack.check_alive()
+        models = set(_engine_models(self.stack))
+        for adapter in ADAPTERS:
+            key = adapter.coordinates
+            try:
+                entity = self.client.get_version(adapter.namespace, adapter.name, adapter.version)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                entity = None
+            done, self.status[key] = _stages_of(entity, key in models)
+            if entity is not None:
+                self.entities[key] = entity
+            if self.status[key] == Status.FAILED:
+                raise RuntimeError(
+                    f"{key} failed validation: {entity and entity.get('status_reason')}"
+                )
+            for stage in STAGES:
+                if stage in done and stage not in self.progress[key]:
+                    self.progress[key][stage] = time.monotonic() - self.announced[key]
+                    if self.options.plain:
+                        self.narrator.say(f"{key}: {stage} (+{self.progress[key][stage]:.1f}s)")
+        return until()
+
+    def _render(self) -> Table:
         table = Table(title="pipeline", show_lines=False)
         table.add_column("adapter")
         for stage in STAGES:
@@ -309,52 +386,23 @@ def _follow_pipeline(
         for adapter in ADAPTERS:
             row = [adapter.coordinates]
             for stage in STAGES:
-                t = progress[adapter.coordinates].get(stage)
+                t = self.progress[adapter.coordinates].get(stage)
                 row.append(f"[green]✔[/] {t:.1f}s" if t is not None else "[dim]…[/]")
-            table.add_row(*row, status[adapter.coordinates])
+            table.add_row(*row, self.status[adapter.coordinates])
         return table
 
-    def poll() -> bool:
-        stack.check_alive()
-        models = set(_engine_models(stack))
-        for adapter in ADAPTERS:
-            key = adapter.coordinates
-            try:
-                entity = client.get_version(adapter.namespace, adapter.name, adapter.version)
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                entity = None
-            done, status[key] = _stages_of(entity, key in models)
-            if status[key] == "failed":
-                raise RuntimeError(
-                    f"{key} failed validation: {entity and entity.get('status_reason')}"
-                )
-            for stage in STAGES:
-                if stage in done and stage not in progress[key]:
-                    progress[key][stage] = time.monotonic() - announced[key]
-                    if options.plain:
-                        narrator.say(f"{key}: {stage} (+{progress[key][stage]:.1f}s)")
-            if entity is not None and status[key] == "pending" and key not in approved:
-                # The manual namespace: a reviewer approves it through the API.
-                client.set_status(entity["id"], "ready", reason="approved in the demo")
-                approved.add(key)
-                narrator.say(f"{key}: pending → approved by a reviewer (PATCH status=ready)")
-        return all("loaded" in p for p in progress.values())
 
-    if options.plain:
-        while not poll():
-            _check_deadline(deadline, status)
-            time.sleep(0.3)
-    else:
-        with Live(render(), console=narrator.console, refresh_per_second=8) as live:
-            while not poll():
-                live.update(render())
-                _check_deadline(deadline, status)
-                time.sleep(0.3)
-            live.update(render())
-    report.stage_times = progress
-    report.statuses = dict(status)
+def _approve_manual(narrator: Narrator, client: RegistryClient, follower: PipelineFollower) -> None:
+    waiting = [a for a in ADAPTERS if follower.status[a.coordinates] == Status.PENDING]
+    names = ", ".join(a.coordinates for a in waiting)
+    narrator.step(f"4. A reviewer approves {names}")
+    for adapter in waiting:
+        entity = follower.entities[adapter.coordinates]
+        client.set_status(entity["id"], Status.READY, reason="approved in the demo")
+        narrator.say(
+            f"{adapter.coordinates}: pending → ready "
+            f"(lorafleet adapters approve {adapter.coordinates})"
+        )
 
 
 def _check_deadline(deadline: float, status: dict[str, str]) -> None:
@@ -371,7 +419,7 @@ def complete(engine_url: str, model: str, prompt: str, max_tokens: int = 40) -> 
 
 
 def _compare_answers(narrator: Narrator, stack: Stack, report: DemoReport) -> None:
-    narrator.step("4. One prompt, three models")
+    narrator.step("5. One prompt, three models")
     narrator.say(f"prompt: [italic]{PROMPT!r}[/]")
     table = Table(show_lines=True)
     table.add_column("model", style="bold")
@@ -393,9 +441,9 @@ def _archive_one(
     report: DemoReport,
 ) -> None:
     victim = ADAPTERS[1]
-    narrator.step(f"5. Archiving {victim.coordinates}")
+    narrator.step(f"6. Archiving {victim.coordinates}")
     entity = client.get_version(victim.namespace, victim.name, victim.version)
-    client.set_status(entity["id"], "archived", reason="retired in the demo")
+    client.set_status(entity["id"], Status.ARCHIVED, reason="retired in the demo")
     started = time.monotonic()
     deadline = started + options.stage_timeout
     while victim.coordinates in (models := _engine_models(stack)):
@@ -413,13 +461,13 @@ def _archive_one(
 
 def _next_steps(narrator: Narrator, options: DemoOptions, report: DemoReport) -> None:
     narrator.step(f"Done in {report.seconds:.0f}s: everything the demo started is stopped")
-    home, api = options.home, f"http://127.0.0.1:{options.api_port}"
+    home, api = options.home, f"http://{DEFAULT_API_HOST}:{options.api_port}"
     lines = [
         (f"lorafleet up --home {home}", "the same stack again, left running (Ctrl-C stops it)"),
         (f"open {api}/docs", "the registry's REST API, interactive"),
-        (f"export LORAFLEET_TOKEN=$(cat {home}/admin-token)", "then, while it is up:"),
+        (f"export LORAFLEET_HOME={home}", f"then, while it is up ({home}/stack.json):"),
         ("lorafleet adapters list", "every version, its status and base model"),
-        (f"curl http://127.0.0.1:{options.engine_port}/v1/models", "what the engine serves"),
+        (f"curl {DEFAULT_API_HOST}:{options.engine_port}/v1/models", "what the engine serves"),
         ("lorafleet pull --base-model tiny-llama --dest ./loras", "NIM's LOCAL_PEFT_DIRECTORY"),
         (f"ls {home}/logs/", "one log per component"),
         ("docs/trainer-integration.md", "announce your own fine-tunes"),

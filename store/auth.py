@@ -94,7 +94,8 @@ def create_token(
     *,
     created_by: str | None = None,
 ) -> str:
-    """Mint a token, store only its hash (committed), and return the plaintext once.
+    """Mint a token, store only its hash (the caller's unit of work commits it), and return
+    the plaintext once.
 
     Raises ``BadRequest`` for an unknown role or an empty name.
     """
@@ -111,7 +112,7 @@ def create_token(
         created_by=created_by,
     )
     session.add(row)
-    session.commit()
+    session.flush()
     log.info("token.created", role=role, namespace=namespace, name=row.name, by=created_by)
     return plaintext
 
@@ -141,20 +142,41 @@ def ensure_admin_token(settings: StoreSettings) -> tuple[str, bool]:
     """The bootstrap admin token and whether it was just generated.
 
     ``LORAFLEET_ADMIN_TOKEN`` wins. Otherwise (embedded mode) the token saved in
-    ``<home>/admin-token`` is reused, or a new one is written there with mode 0600.
+    ``<home>/admin-token`` is reused, or a new one is saved there: the file appears whole
+    and with mode 0600 (never briefly readable by others, never half-written), and of two
+    processes generating at once both end up with the one that landed first.
     """
     if settings.admin_token:
         return settings.admin_token, False
     path = Path(settings.home) / ADMIN_TOKEN_FILE
-    if path.exists():
-        token = path.read_text().strip()
-        if token:
-            return token, False
+    token = _read_token(path)
+    if token:
+        return token, False
     path.parent.mkdir(parents=True, exist_ok=True)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    # Create with 0600 from the start so the token is never briefly world-readable.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    staged = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists():  # an empty file left by an older version: replace it
+            os.replace(staged, path)
+        else:
+            try:
+                os.link(staged, path)  # fails if another process got there first
+            except FileExistsError:
+                return _read_token(path) or token, False
+    finally:
+        staged.unlink(missing_ok=True)
     log.info("token.admin_generated", path=str(path))
     return token, True
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None

@@ -83,11 +83,13 @@ def api(
     if not StoreSettings().admin_token:
         where = Path(settings.home) / ADMIN_TOKEN_FILE
         state = "generated" if generated else "read from"
-        err.print(f"admin token ({state} {where}): {token}", soft_wrap=True, highlight=False)
+        # stdout, like `tokens create`: stderr is for log lines (JSON ones under
+        # LORAFLEET_LOG_FORMAT=json), and a secret does not belong in shipped logs.
+        out.print(f"admin token ({state} {where}): {token}", soft_wrap=True, highlight=False)
     try:
         application = create_app(settings)
     except LorafleetError as exc:
-        err.print(f"[red]error[/red] {exc.code}: {exc.message}")
+        err.print(f"[red]error[/red] {exc.code}: {escape(exc.message)}", highlight=False)
         raise typer.Exit(2) from None
     uvicorn.run(
         application,
@@ -152,7 +154,7 @@ def base_models_add(
     try:
         body = json.loads(config.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        err.print(f"[red]error[/red] cannot read {config}: {exc}")
+        err.print(f"[red]error[/red] cannot read {escape(str(config))}: {escape(str(exc))}")
         raise typer.Exit(1) from None
     with api_client(url, token) as client:
         model = client.register_base_model(name, body)

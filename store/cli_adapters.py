@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from store.cli_api import (
@@ -67,11 +68,16 @@ def adapters_upload(
     """Upload an adapter directory (HF PEFT, NeMo or TensorRT-LLM) as a new version."""
     prov = None
     if provenance:
-        raw = Path(provenance[1:]).read_text() if provenance.startswith("@") else provenance
+        try:
+            raw = Path(provenance[1:]).read_text() if provenance.startswith("@") else provenance
+        except OSError as exc:
+            why = escape(exc.strerror or str(exc))
+            err.print(f"[red]error[/red] --provenance {escape(provenance)}: {why}")
+            raise typer.Exit(1) from None
         try:
             prov = json.loads(raw)
         except json.JSONDecodeError as exc:
-            err.print(f"[red]error[/red] --provenance is not JSON: {exc}")
+            err.print(f"[red]error[/red] --provenance is not JSON: {escape(str(exc))}")
             raise typer.Exit(1) from None
     with api_client(url, token) as client:
         total = sum(p.stat().st_size for _, p in adapter_files(directory))

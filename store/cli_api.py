@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -84,7 +85,10 @@ def api_client(url: str | None, token: str | None) -> Iterator[RegistryClient]:
         with RegistryClient(url, token, timeout=60.0) as client:
             yield client
     except ApiError as exc:
-        err.print(f"[red]error[/red] {exc.status or ''} {exc.code}: {exc.message}")
+        # escaped: a message may quote a pattern like ^[a-z0-9]..., which is not markup.
+        status = f"{exc.status} " if exc.status else ""
+        message = f"[red]error[/red] {status}{exc.code}: {escape(exc.message)}"
+        err.print(message, highlight=False, soft_wrap=True)  # one line, however long
         raise typer.Exit(1) from None
 
 

