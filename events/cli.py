@@ -16,11 +16,11 @@ dlq_app = typer.Typer(
 )
 app.add_typer(dlq_app, name="dlq")
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-
 
 def _redis_url(value: str | None) -> str:
-    return value or os.environ.get("LORAFLEET_REDIS_URL") or DEFAULT_REDIS
+    from events.streams import DEFAULT_REDIS_URL
+
+    return value or os.environ.get("LORAFLEET_REDIS_URL") or DEFAULT_REDIS_URL
 
 
 RedisOpt = typer.Option(None, "--redis-url", help="Default: LORAFLEET_REDIS_URL.")

@@ -26,6 +26,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from events.publisher import announce_job_completed
+from events.streams import DEFAULT_REDIS_URL
 
 # NIM and lorafleet serve LoRA on these seven projections (any subset works).
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--output-model", required=True, help="namespace/name@version")
     parser.add_argument("--output-dir", type=Path, default=Path("out/lora"))
-    parser.add_argument("--redis-url", default="redis://localhost:6379/0")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--upload-to", help="s3://bucket/prefix or file:///shared/dir")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rank", type=int, default=8)

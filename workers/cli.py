@@ -6,14 +6,14 @@ import time
 
 import typer
 
-app = typer.Typer(help="Event pipeline processes.", no_args_is_help=True)
+from events.streams import QUEUES
 
-ALL_QUEUES = "ingest,fleet,maintenance"
+app = typer.Typer(help="Event pipeline processes.", no_args_is_help=True)
 
 
 @app.command()
 def worker(
-    queues: str = typer.Option(ALL_QUEUES, "--queues", "-Q", help="Comma-separated queues."),
+    queues: str = typer.Option(",".join(QUEUES), "--queues", "-Q", help="Comma-separated queues."),
     concurrency: int = typer.Option(2, "--concurrency", "-c", help="Worker processes."),
     pool: str = typer.Option("prefork", "--pool", help="prefork | solo | threads."),
     hostname: str | None = typer.Option(None, "--hostname", "-n", help="Celery node name."),
@@ -54,30 +54,35 @@ def bridge(
 
 @app.command()
 def beat(
-    schedule: str = typer.Option(
-        ".lorafleet/celerybeat-schedule", "--schedule", help="Beat state file."
+    schedule: str | None = typer.Option(
+        None, "--schedule", help="Beat state file; default <home>/celerybeat-schedule."
     ),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
 ) -> None:
     """Run the periodic scheduler: outbox relay, stuck-work reclaim, blob GC."""
     from pathlib import Path
 
+    from store.settings import get_settings
     from workers.celery_app import app as celery_app
 
-    Path(schedule).parent.mkdir(parents=True, exist_ok=True)
-    celery_app.start(["beat", "--schedule", schedule, "-l", loglevel])
+    path = Path(schedule) if schedule else get_settings().home / "celerybeat-schedule"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", "--schedule", str(path), "-l", loglevel])
 
 
 @app.command()
 def relay(
     loop: bool = typer.Option(False, "--loop", help="Keep relaying every interval."),
-    interval: float = typer.Option(2.0, "--interval", help="Seconds between passes with --loop."),
+    interval: float | None = typer.Option(
+        None, "--interval", help="Seconds between passes with --loop (LORAFLEET_RELAY_INTERVAL_S)."
+    ),
 ) -> None:
     """Publish pending outbox rows to their streams (once, or forever with --loop)."""
     from workers.relay import relay_outbox
     from workers.runtime import get_runtime
 
     rt = get_runtime()
+    interval = interval if interval is not None else rt.settings.relay_interval_s
     while True:
         sent = relay_outbox(rt.session, rt.redis, batch=rt.settings.relay_batch)
         typer.echo(f"relayed {sent} outbox rows")

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from store.settings import StoreSettings, get_settings
-from workers.settings import DEFAULT_REDIS_URL, WorkerSettings, get_worker_settings
+from workers.settings import WorkerSettings, get_worker_settings
 
 if TYPE_CHECKING:
     from store.blobs import BlobStore
@@ -48,7 +48,7 @@ class Runtime:
 
     @property
     def redis_url(self) -> str:
-        return self.store.redis_url or DEFAULT_REDIS_URL
+        return self.store.resolved_redis_url()
 
     @cached_property
     def limits(self) -> ValidationLimits:

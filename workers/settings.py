@@ -17,8 +17,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from store.settings import StoreSettings
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAFLEET_", extra="ignore")
@@ -83,7 +81,8 @@ class WorkerSettings(BaseSettings):
         return get_settings()
 
     def resolved_redis_url(self) -> str:
-        return self.store().redis_url or DEFAULT_REDIS_URL
+        """The Redis of this process (``StoreSettings.resolved_redis_url``)."""
+        return self.store().resolved_redis_url()
 
     def allowed_roots(self) -> list[Path]:
         """The resolved directories ``file://`` artifacts must lie under."""
