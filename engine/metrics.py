@@ -1,21 +1,29 @@
 """Prometheus metrics of one engine, on a registry of its own (several engines may live in
 one test process). Cache and scheduler numbers are read at scrape time from their counters,
-so neither knows about Prometheus."""
+so neither knows about Prometheus. Requests are counted by the status they were answered
+with (a middleware, after the error handlers), so a 400, 404 or 429 counts as such."""
 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
 
 from engine.lora_cache import AdapterCache
 from engine.scheduler import Scheduler
 from engine.source import Catalog
 
 PREFIX = "lorafleet_engine"
+ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+prometheus_client.disable_created_metrics()  # no *_created twin of every counter
 
 
 class _EngineCollector(Collector):
@@ -109,3 +117,26 @@ class EngineMetrics:
             ["endpoint"],
             registry=self.registry,
         )
+        self.time_to_first_token = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "Seconds from admission to a request's first generated token (streaming or not).",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=TTFT_BUCKETS,
+        )
+
+    async def middleware(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Count each generation request once, by endpoint and the status it was answered
+        with (500 when it raised past the error handlers)."""
+        endpoint = ENDPOINTS.get(request.url.path)
+        if endpoint is None or request.method != "POST":
+            return await call_next(request)
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            self.requests.labels(endpoint, str(status)).inc()

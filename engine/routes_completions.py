@@ -49,7 +49,6 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
     check_prompts(runtime, prompts, "prompt")
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     params = sampling(runtime, body, max_tokens, body.logprobs, max(len(p) for p in prompts))
-    runtime.metrics.requests.labels("completions", "accepted").inc()
     reply = Reply.start(runtime, body, len(prompts), chat=False, logprobs=body.logprobs is not None)
     stream = generate(request, runtime, adapter, prompts, params, body.n)
     return await respond(runtime, reply, stream)
@@ -68,7 +67,6 @@ async def chat_completions(body: ChatRequest, request: Request, runtime: Runtime
     max_tokens = body.max_completion_tokens or body.max_tokens
     top = body.top_logprobs or 0
     params = sampling(runtime, body, max_tokens, top if body.logprobs else None, len(ids))
-    runtime.metrics.requests.labels("chat", "accepted").inc()
     reply = Reply.start(runtime, body, 1, chat=True, logprobs=body.logprobs)
     stream = generate(request, runtime, adapter, [ids], params, body.n)
     return await respond(runtime, reply, stream)
@@ -248,6 +246,7 @@ async def respond(
 ) -> Any:
     """The whole response, or (``stream: true``) an SSE response whose first delta has
     already arrived, so a 404/429 surfaces before the 200 is sent."""
+    stream = first_token_timed(runtime, reply, stream)
     if reply.body.stream:
         first = await anext(stream, None)
         return StreamingResponse(sse(reply, first, stream), media_type="text/event-stream")
@@ -271,6 +270,24 @@ async def respond(
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     choices = [reply.choice(i, texts[i], tokens[i], finish[i], delta=False) for i in range(n)]
     return reply.envelope(reply.object, choices, usage=usage)
+
+
+async def first_token_timed(
+    runtime: EngineRuntime, reply: Reply, stream: AsyncIterator[tuple[int, TokenDelta]]
+) -> AsyncIterator[tuple[int, TokenDelta]]:
+    """``stream`` unchanged; observes time-to-first-token when the first delta carrying a
+    token arrives (any choice; never for a request that produced none)."""
+    endpoint = "chat" if reply.chat else "completions"
+    timed = False
+    try:
+        async for item in stream:
+            if not timed and item[1].tokens:
+                timed = True
+                elapsed = time.perf_counter() - reply.started
+                runtime.metrics.time_to_first_token.labels(endpoint).observe(elapsed)
+            yield item
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
 
 
 async def sse(

@@ -51,6 +51,7 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
     app.state.runtime = runtime
     for exc_type, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(exc_type, handler)  # type: ignore[arg-type]
+    app.middleware("http")(runtime.metrics.middleware)  # counts by the status answered
     app.include_router(router)
     app.include_router(routes_completions.router)
     return app

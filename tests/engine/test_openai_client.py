@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from serving_fixtures import registry, upload, wait_until
@@ -162,7 +163,7 @@ def test_unknown_model_is_404_and_bad_prompt_is_400(client: openai.OpenAI) -> No
         client.completions.create(model="math", prompt="x", max_tokens=4, temperature=5)
 
 
-def test_more_active_adapters_than_cpu_cache_is_429(client: openai.OpenAI) -> None:
+def test_more_active_adapters_than_cpu_cache_is_429(client: openai.OpenAI, engine_url: str) -> None:
     # max_cpu_loras=2: hold two adapters active with long streams, then ask for a third.
     streams = [
         client.completions.create(model=m, prompt="x", max_tokens=100, temperature=0, stream=True)
@@ -173,6 +174,8 @@ def test_more_active_adapters_than_cpu_cache_is_429(client: openai.OpenAI) -> No
     with pytest.raises(openai.RateLimitError) as excinfo:
         complete(client, "third")
     assert excinfo.value.status_code == 429
+    metrics = httpx.get(f"{engine_url}/metrics", timeout=10).text
+    assert 'lorafleet_engine_requests_total{endpoint="completions",status="429"} 1.0' in metrics
     for s in streams:
         s.close()  # disconnect: the engine cancels them and frees the adapters
     assert wait_until(lambda: _completes(client, "third"), timeout=15)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from serving_fixtures import wait_until
 from support.factories import write_adapter_dir
 from support.live_api import live_engine
@@ -153,3 +154,56 @@ def test_a_bad_token_id_is_400_and_never_fails_its_batch_mates(
     assert len(texts) == 1  # greedy: every good request got the same, complete answer
     chat = {"model": "math", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     assert httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=30).status_code == 200
+
+
+def samples(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``(sample name, sorted labels) -> value`` of one ``/metrics`` scrape."""
+    text = http.get("/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def requests_counted(before: dict, after: dict, endpoint: str, status: str) -> float:
+    key = ("lorafleet_engine_requests_total", (("endpoint", endpoint), ("status", status)))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_requests_are_counted_by_the_status_they_were_answered_with(http: httpx.Client) -> None:
+    before = samples(http)
+    assert http.post("/v1/completions", json={"model": "nope", "prompt": "x"}).status_code == 404
+    bad = {"model": "math", "prompt": [999999], "max_tokens": 2}
+    assert http.post("/v1/completions", json=bad).status_code == 400
+    tools = {"model": "math", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}
+    assert http.post("/v1/chat/completions", json=tools).status_code == 400
+    ok = {"model": "math", "prompt": "Hi", "max_tokens": 2}
+    assert http.post("/v1/completions", json=ok).status_code == 200
+    after = samples(http)
+    assert requests_counted(before, after, "completions", "404") == 1
+    assert requests_counted(before, after, "completions", "400") == 1
+    assert requests_counted(before, after, "chat", "400") == 1
+    assert requests_counted(before, after, "completions", "200") == 1
+    assert not any(
+        k[0] == "lorafleet_engine_requests_total" and ("status", "accepted") in k[1] for k in after
+    )
+
+
+def test_time_to_first_token_is_observed_streaming_and_not(http: httpx.Client) -> None:
+    count = "lorafleet_engine_time_to_first_token_seconds_count"
+    before = samples(http)
+    body = {"model": "math", "prompt": "Hi", "max_tokens": 3, "temperature": 0}
+    assert http.post("/v1/completions", json=body).status_code == 200
+    chat = {"model": "math", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
+    with http.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as r:
+        assert r.status_code == 200 and [line for line in r.iter_lines() if line][-1].endswith(
+            "[DONE]"
+        )
+    after = samples(http)
+    for endpoint in ("completions", "chat"):
+        key = (count, (("endpoint", endpoint),))
+        assert after.get(key, 0) - before.get(key, 0) == 1, endpoint
+    total = after[("lorafleet_engine_time_to_first_token_seconds_sum", (("endpoint", "chat"),))]
+    assert 0 < total < 60
+    assert not any(k[0].endswith("_created") for k in after)
