@@ -4,6 +4,7 @@ without it, and an engine command says which extra to install instead of a trace
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -166,3 +167,18 @@ def test_lorafleet_help_and_version_exit_zero() -> None:
     version = subprocess.run([lorafleet, "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"lorafleet {__version__}"
+
+
+def test_the_base_install_leaves_the_engine_extra_out_and_every_full_install_has_it() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=~!; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+    extras = project["optional-dependencies"]
+    assert names(project["dependencies"]).isdisjoint(ENGINE_EXTRA)
+    assert names(extras["engine"]) == set(ENGINE_EXTRA)
+    for extra in ("test", "bench", "demo"):  # make venv, make demo, .ci/run
+        assert "lorafleet[engine]" in extras[extra], extra
