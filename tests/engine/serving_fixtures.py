@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from support.factories import write_adapter_dir
-from support.live_api import live_registry_api
+from support.live_api import serve_registry
 from support.tiny import engine_settings
 
 from engine.runtime import EngineRuntime, build_runtime
@@ -78,7 +78,7 @@ def registry_api(tmp_path: Path, model_dir: Path, *, admin_token: str | None = N
 
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade(url)
-    with live_registry_api(url, tmp_path, admin_token=admin_token) as live:
+    with serve_registry(url, tmp_path, admin_token=admin_token) as live:
         admin = live.admin
         try:
             admin.create_namespace("acme", approval_policy="auto")

@@ -19,13 +19,7 @@ from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from support.factories import random_adapter, write_hf_peft
 from support.fuzz import fuzz_operations
-from support.live_api import (
-    LiveRegistry,
-    directory_files,
-    fresh_database,
-    live_registry_api,
-    upload,
-)
+from support.live_api import LiveRegistry, directory_files, fresh_database, serve_registry, upload
 from support.tiny import tiny_hf_config
 
 BASE = "tiny"
@@ -59,7 +53,7 @@ CONFORMANCE = [
 def fuzz_stack(tmp_path_factory: pytest.TempPathFactory):
     """A live API on SQLite with a base model, a namespace and one ready adapter in it."""
     root = tmp_path_factory.mktemp("fuzz")
-    with fresh_database("sqlite", root) as url, live_registry_api(url, root) as stack:
+    with fresh_database("sqlite", root) as url, serve_registry(url, root) as stack:
         with stack.http(stack.admin_token) as admin:
             r = admin.post("/v1/base-models", json={"name": BASE, "config": tiny_hf_config()})
             assert r.status_code == 201, r.text

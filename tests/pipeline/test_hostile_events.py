@@ -1,7 +1,7 @@
 """Hostile inputs through the event pipeline: real bridge, real Celery worker subprocess.
 
-The API side of the same corpus is ``tests/security/test_hostile_uploads.py``; its adapter
-builders are imported here (not copied) and each case is delivered as a trainer would:
+The API side of the same corpus (``support.hostile``) is
+``tests/security/test_hostile_uploads.py``; here each case is delivered as a trainer would:
 files under the artifact root, announced on ``lorafleet:customizer:jobs``.
 
 * Broken events (malformed JSON, missing fields, wrong types, oversized, unknown type, bad
@@ -19,7 +19,6 @@ the good ones.
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,21 +27,15 @@ from typing import Any
 
 import pytest
 from pipeline_harness import BASE_MODEL, Pipeline
+from support import hostile
+from support.factories import random_adapter, write_hf_peft
+from support.tiny import tiny_spec
 
 from events import streams
 from events.dlq import DeadLetter, list_dead_letters
 from events.models import MAX_EVENT_BYTES, FleetRefresh, JobCompleted
 from events.publisher import publish
 from store.models import AdapterVersion, IngestRecord
-
-_TESTS = Path(__file__).resolve().parents[1]
-for _extra in (_TESTS / "security", _TESTS / "store"):
-    if str(_extra) not in sys.path:
-        sys.path.append(str(_extra))
-
-import test_hostile_uploads as uploads  # noqa: E402  (the API suite's builders)
-from support.factories import random_adapter, write_hf_peft  # noqa: E402
-from support.tiny import tiny_spec  # noqa: E402
 
 NS = "acme"
 
@@ -51,9 +44,9 @@ NS = "acme"
 def pipeline_env() -> dict[str, str]:
     """The API suite's limits, so its builders produce the same refusals here."""
     return {
-        "LORAFLEET_MAX_LORA_RANK": str(uploads.MAX_RANK),
-        "LORAFLEET_MAX_FILE_BYTES": str(uploads.MAX_FILE),
-        "LORAFLEET_MAX_ADAPTER_BYTES": str(uploads.MAX_UPLOAD),
+        "LORAFLEET_MAX_LORA_RANK": str(hostile.MAX_RANK),
+        "LORAFLEET_MAX_FILE_BYTES": str(hostile.MAX_FILE),
+        "LORAFLEET_MAX_ADAPTER_BYTES": str(hostile.MAX_UPLOAD),
     }
 
 
@@ -166,7 +159,7 @@ def _symlink(root: Path, target: str) -> str:
 # --- adapter-level cases: the API suite's corpus -----------------------------------------
 
 # HTTP-only concerns (multipart file names) have no event-pipeline equivalent.
-ADAPTER_CASES = {n: b for n, b in uploads.CASES.items() if not n.startswith("upload_name_")}
+ADAPTER_CASES = {n: b for n, b in hostile.CASES.items() if not n.startswith("upload_name_")}
 
 
 @dataclass
@@ -235,7 +228,7 @@ def corpus(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Corp
         (build_root / name).mkdir()
         case = builder(build_root / name)
         cases[name] = case
-        base = BASE_MODEL if case.base_model == uploads.BASE else case.base_model
+        base = BASE_MODEL if case.base_model == hostile.BASE else case.base_model
         if case.first is not None:
             # An accepted version at the same coordinates, registered beforehand.
             first_dir = _write(pipeline.artifacts / f"{name}-first", case.first)
@@ -250,7 +243,7 @@ def corpus(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Corp
 
     # The burst: every hostile case at once.
     for name, case in cases.items():
-        base = BASE_MODEL if case.base_model == uploads.BASE else case.base_model
+        base = BASE_MODEL if case.base_model == hostile.BASE else case.base_model
         directory = _write(pipeline.artifacts / name, case.files)
         events[name] = _announce(pipeline, name, directory.as_uri(), base)
         outcomes[name] = Outcome(expected_code=case.code, marker=case.marker)

@@ -27,13 +27,7 @@ import httpx
 import pytest
 from sqlmodel import Session
 from support.factories import random_adapter, write_hf_peft
-from support.live_api import (
-    LiveRegistry,
-    directory_files,
-    fresh_database,
-    live_registry_api,
-    upload,
-)
+from support.live_api import LiveRegistry, directory_files, fresh_database, serve_registry, upload
 from support.tiny import tiny_hf_config
 
 from store import packaging, registry
@@ -75,7 +69,7 @@ def tenancy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     root = tmp_path_factory.mktemp(f"tenancy-{request.param}")
     source = write_hf_peft(random_adapter(rank=2, modules=("q_proj", "v_proj")), root / "adapter")
     files = directory_files(source)
-    with fresh_database(request.param, root) as url, live_registry_api(url, root) as stack:
+    with fresh_database(request.param, root) as url, serve_registry(url, root) as stack:
         with stack.http(stack.admin_token) as admin:
             r = admin.post("/v1/base-models", json={"name": BASE, "config": tiny_hf_config()})
             assert r.status_code == 201, r.text

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from support.live_api import LiveRegistry, live_registry_api
+from support.live_api import LiveRegistry, serve_registry
 from support.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
 from store.models import Package, PackageFile
@@ -109,7 +109,7 @@ def blob_store(request: pytest.FixtureRequest, tmp_path: Path):
 @pytest.fixture
 def live_registry(db_url: str, engine: Engine, tmp_path: Path) -> Iterator[LiveRegistry]:
     """The registry API on ``db_url`` (SQLite and PostgreSQL) with a filesystem blob store."""
-    with live_registry_api(db_url, tmp_path, engine=engine) as live:
+    with serve_registry(db_url, tmp_path, engine=engine) as live:
         yield live
 
 

@@ -227,3 +227,49 @@ def test_cli_prints_a_validation_pattern_verbatim_in_a_sentence(
     line = _one_line_error(result)
     # Rich would take "[a-z0-9]" for markup and print "^{0,62}$".
     assert "name 'Acme_1' does not match the pattern ^[a-z0-9][a-z0-9_.-]{0,62}$" in line
+
+
+def test_cli_finds_a_running_stack_and_sends_its_token_only_to_it(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    import os
+
+    from store.settings import STACK_FILE, RunningStack
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "admin-token").write_text(live_registry.admin_token + "\n")
+
+    def describe(pid: int) -> None:
+        stack = RunningStack(
+            api_url=live_registry.base_url,
+            redis_url="redis://127.0.0.1:1/0",
+            engine_url="http://127.0.0.1:1",
+            token_file=home / "admin-token",
+            pid=pid,
+        )
+        (home / STACK_FILE).write_text(stack.model_dump_json())
+
+    # No LORAFLEET_API_URL or LORAFLEET_TOKEN: the stack file says where and with what.
+    env = {"LORAFLEET_HOME": str(home), "LORAFLEET_API_URL": None, "LORAFLEET_TOKEN": None}
+    describe(os.getpid())
+    result = runner.invoke(app, ["namespaces", "list", "--json"], env=env)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["data"] == []
+
+    # Another URL (the same server, by another name) does not get the stack's token.
+    elsewhere = live_registry.base_url.replace("127.0.0.1", "localhost")
+    result = runner.invoke(app, ["namespaces", "list", "--url", elsewhere], env=env)
+    assert result.exit_code == 1 and "unauthorized" in result.stderr
+
+    # A stack whose supervisor has exited is ignored: the default address is used instead.
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    describe(int(gone.stdout))
+    from support.services import free_port
+
+    result = runner.invoke(
+        app, ["namespaces", "list"], env={**env, "LORAFLEET_API_PORT": str(free_port())}
+    )
+    assert result.exit_code == 1 and "unreachable" in result.stderr

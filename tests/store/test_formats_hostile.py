@@ -3,7 +3,6 @@ detail naming the culprit, no code executed, and the input left as it was."""
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import io
 import json
@@ -17,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import save_file
 from support.factories import random_adapter, write_hf_peft, write_nemo, write_trtllm
+from support.hostile import MarkerPayload, make_tar, member, nemo_config
 from support.tiny import tiny_spec
 
 from store.errors import AdapterInvalid
@@ -48,44 +47,6 @@ def _snapshot(path: Path) -> dict[str, str]:
         else "?"
         for p in sorted(path.iterdir())
     }
-
-
-class MarkerPayload:
-    """Unpickling this would create ``path``: proof that code ran."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (builtins.open, (str(self.path), "w"))
-
-
-def make_tar(directory: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "hostile.nemo"
-    with tarfile.open(path, "w") as tf:
-        for info, data in members:
-            tf.addfile(info, io.BytesIO(data) if data is not None else None)
-    return path
-
-
-def member(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = link
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    return info, (data if kind == tarfile.REGTYPE else None)
-
-
-def nemo_config(rank: int = 4) -> bytes:
-    return yaml.safe_dump(
-        {
-            "hidden_size": 64,
-            "num_attention_heads": 4,
-            "num_query_groups": 2,
-            "peft": {"lora_tuning": {"adapter_dim": rank, "alpha": 8}},
-        }
-    ).encode()
 
 
 # --- detection --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The registry API and the engine served over real HTTP (uvicorn in a thread, real database).
 
-* ``live_registry_api(database_url, root, **settings)``: the registry API with a filesystem
+* ``serve_registry(database_url, root, **settings)``: the registry API with a filesystem
   blob store under ``root``; yields a ``LiveRegistry`` (URL, admin token, admin client, the
   engine and blob store it writes to).
 * ``fresh_database(kind, directory)``: a migrated, empty SQLite or PostgreSQL database.
@@ -67,7 +67,7 @@ class LiveRegistry:
 
 
 @contextmanager
-def live_registry_api(
+def serve_registry(
     database_url: str, root: Path, *, engine: Engine | None = None, **settings: Any
 ) -> Iterator[LiveRegistry]:
     """Serve the registry API on ``database_url`` (migrated already), home ``root/home``,
