@@ -36,7 +36,14 @@ def serve(
     except UnknownBaseModel as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
-    uvicorn.run(create_app(runtime), host=settings.host, port=settings.port, log_level="warning")
+    # log_config=None: uvicorn's records go through lorafleet.logging (JSON under json format).
+    uvicorn.run(
+        create_app(runtime),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        log_config=None,
+    )
 
 
 @app.command("init-tiny")
