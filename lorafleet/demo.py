@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True)
 
-Home = Annotated[Path | None, typer.Option(help="State directory (default LORAFLEET_HOME).")]
+Home = Annotated[
+    Path | None, typer.Option(help="State directory (default LORAFLEET_HOME, else .lorafleet).")
+]
 ApiPort = Annotated[
     int | None, typer.Option(help="Registry API port (default LORAFLEET_API_PORT).")
 ]
@@ -58,7 +60,8 @@ def demo(
         bool, typer.Option("--non-interactive", "--plain", help="Plain line output (CI, logs).")
     ] = False,
     home: Annotated[
-        Path | None, typer.Option(help="State directory, wiped first (default HOME/demo).")
+        Path | None,
+        typer.Option(help="State directory, wiped first (default <LORAFLEET_HOME>/demo)."),
     ] = None,
     steps: Annotated[int, typer.Option(help="Training steps per adapter.")] = 60,
     api_port: ApiPort = None,

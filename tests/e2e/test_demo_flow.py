@@ -17,7 +17,9 @@ from lorafleet.stack import Stack
 
 
 @pytest.mark.slow
-def test_demo_trains_serves_side_by_side_archives_and_stops_everything(tmp_path: Path) -> None:
+def test_demo_trains_serves_side_by_side_archives_and_stops_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     seen: list[Stack] = []
     pids: list[int] = []
 
@@ -51,6 +53,16 @@ def test_demo_trains_serves_side_by_side_archives_and_stops_everything(tmp_path:
             "loaded",
         }
     assert report.statuses == {math: "ready", pirate: "ready"}
+    # The manual approval is a step of its own, between following the pipeline and serving.
+    narration = capsys.readouterr().out
+    steps = [line for line in narration.splitlines() if line.startswith("== ")]
+    assert [s.split("  (+")[0] for s in steps[2:6]] == [
+        "== 2. Fine-tuning two LoRAs and announcing them on Redis",
+        "== 3. Following the adapters through the pipeline",
+        f"== 4. A reviewer approves {pirate}",
+        "== 5. One prompt, three models",
+    ]
+    assert report.stage_times[math]["loaded"] < report.stage_times[pirate]["approved"]
 
     # Archiving evicted exactly that adapter from the engine.
     assert report.archived == pirate
