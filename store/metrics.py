@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import prometheus_client
 import sqlalchemy as sa
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -23,6 +24,8 @@ from starlette.responses import Response
 from store.models import AdapterFile, AdapterVersion
 
 log = structlog.get_logger(__name__)
+
+prometheus_client.disable_created_metrics()  # no *_created twin of every counter
 
 
 class _CatalogCollector(Collector):
