@@ -27,19 +27,13 @@ AUTO_NS, MANUAL_NS = "acme", "gated"
 CELERY_APP = os.environ.get("LORAFLEET_CHAOS_CELERY_APP", DEFAULT_CELERY_APP)
 
 
-def base_model_config(**overrides: object) -> dict:
-    """The tiny Llama every chaos and load run registers (the engine can load it too)."""
-    from engine.tiny import tiny_config
-
-    return tiny_config(**overrides)  # type: ignore[arg-type]
-
-
 @contextmanager
 def fresh_database(prefix: str = "lorafleet_chaos") -> Iterator[str]:
     """A brand-new PostgreSQL database, migrated and seeded with namespaces ``acme`` (auto
     approval), ``gated`` (manual) and the base model; dropped afterwards."""
     from sqlmodel import Session
 
+    from engine.tiny import tiny_config
     from store import tenancy
     from store.db import make_engine, upgrade
 
@@ -50,7 +44,7 @@ def fresh_database(prefix: str = "lorafleet_chaos") -> Iterator[str]:
             with Session(engine) as s:
                 tenancy.create_namespace(s, AUTO_NS, approval_policy="auto", actor="chaos")
                 tenancy.create_namespace(s, MANUAL_NS, approval_policy="manual", actor="chaos")
-                tenancy.register_base_model(s, BASE_MODEL, base_model_config(), actor="chaos")
+                tenancy.register_base_model(s, BASE_MODEL, tiny_config(), actor="chaos")
         finally:
             engine.dispose()
         yield url
@@ -61,10 +55,12 @@ def write_artifacts(root: Path) -> dict[str, Path]:
     (refused with ``shape_mismatch``), under the artifact root ``root``."""
     from support.factories import random_adapter, write_hf_peft
 
+    from engine.tiny import tiny_config
     from store.formats import BaseModelSpec
 
-    spec = BaseModelSpec.from_hf_config(base_model_config())
-    other = BaseModelSpec.from_hf_config(base_model_config(hidden_size=32, intermediate_size=64))
+    # engine.tiny's Llama, so the engine can load the base model the chaos runs register.
+    spec = BaseModelSpec.from_hf_config(tiny_config())
+    other = BaseModelSpec.from_hf_config(tiny_config(hidden_size=32, intermediate_size=64))
     out: dict[str, Path] = {"root": root}
     for seed in range(3):
         out[f"valid-{seed}"] = write_hf_peft(
