@@ -3,12 +3,12 @@
 A trainer finishes a LoRA fine-tune, optionally has its output directory uploaded to the
 artifacts location (a ``file://`` directory or ``s3://bucket/prefix``), and XADDs one
 ``customizer.job.completed`` event to the ingest stream. ``events`` imports nothing else of
-lorafleet, so S3 credentials come from arguments or the ``LORAFLEET_S3_*`` variables.
+lorafleet, so S3 credentials come from arguments or the ``LORAFLEET_S3_*`` variables
+(``events.s3.S3Settings``).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -73,18 +73,22 @@ def upload_output(
         return target.resolve().as_uri()
     if parsed.scheme == "s3":
         from minio import Minio
+        from pydantic import ValidationError
 
-        endpoint = s3_endpoint or os.environ.get("LORAFLEET_S3_ENDPOINT")
+        from events.s3 import S3Settings
+
+        try:
+            env = S3Settings()
+        except ValidationError as exc:
+            raise ValueError(f"LORAFLEET_S3_*: {exc}") from None
+        endpoint = s3_endpoint or env.endpoint
         if not endpoint:
             raise ValueError("s3:// upload needs an endpoint (LORAFLEET_S3_ENDPOINT)")
-        secure = s3_secure
-        if secure is None:
-            secure = os.environ.get("LORAFLEET_S3_SECURE", "false").lower() in ("1", "true", "yes")
         client = Minio(
             endpoint,
-            access_key=s3_access_key or os.environ.get("LORAFLEET_S3_ACCESS_KEY"),
-            secret_key=s3_secret_key or os.environ.get("LORAFLEET_S3_SECRET_KEY"),
-            secure=secure,
+            access_key=s3_access_key or env.access_key,
+            secret_key=s3_secret_key or env.secret_key,
+            secure=env.secure if s3_secure is None else s3_secure,
         )
         bucket = parsed.netloc
         if not client.bucket_exists(bucket):

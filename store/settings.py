@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from events.s3 import S3Settings
 from events.streams import DEFAULT_REDIS_URL
 
 DEFAULT_HOME = Path(".lorafleet")
@@ -39,11 +41,10 @@ class StoreSettings(BaseSettings):
     blob_url: str | None = Field(
         default=None, description="file://DIR or s3://BUCKET; default file://home/blobs."
     )
-    s3_endpoint: str | None = None
-    s3_access_key: str | None = None
-    s3_secret_key: str | None = None
-    s3_secure: bool = False
-    s3_region: str | None = None
+    s3: S3Settings = Field(
+        default_factory=S3Settings,
+        description="LORAFLEET_S3_* (events.s3); also given as s3_endpoint=..., s3_secure=...",
+    )
     admin_token: str | None = Field(default=None, description="Bootstrap admin bearer token.")
     max_lora_rank: int = 256
     max_file_bytes: int = 4 * 1024**3
@@ -57,6 +58,37 @@ class StoreSettings(BaseSettings):
         description="The API clients talk to; default a running `lorafleet up`'s, "
         "else http://api_host:api_port.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_s3(cls, data: Any) -> Any:
+        """``StoreSettings(s3_endpoint=...)`` sets ``s3.endpoint``; the rest still comes
+        from ``LORAFLEET_S3_*``."""
+        if isinstance(data, dict) and any(key.startswith("s3_") for key in data):
+            data = dict(data)
+            given = {key[3:]: data.pop(key) for key in list(data) if key.startswith("s3_")}
+            data["s3"] = S3Settings(**given)
+        return data
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        return self.s3.endpoint
+
+    @property
+    def s3_access_key(self) -> str | None:
+        return self.s3.access_key
+
+    @property
+    def s3_secret_key(self) -> str | None:
+        return self.s3.secret_key
+
+    @property
+    def s3_secure(self) -> bool:
+        return self.s3.secure
+
+    @property
+    def s3_region(self) -> str | None:
+        return self.s3.region
 
     def resolved_database_url(self) -> str:
         """``database_url``, else a SQLite file under ``home`` (created)."""

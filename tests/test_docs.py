@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.settings import EngineSettings
+from events.s3 import S3Settings
 from store.settings import StoreSettings
 from workers.settings import WorkerSettings
 
@@ -26,7 +27,8 @@ def _env_names(cls: type) -> set[str]:
 
 def test_every_environment_variable_is_in_the_readme_configuration_table() -> None:
     documented = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    names = set().union(*(_env_names(c) for c in (StoreSettings, WorkerSettings, EngineSettings)))
+    classes = (StoreSettings, S3Settings, WorkerSettings, EngineSettings)
+    names = set().union(*(_env_names(c) for c in classes))
     missing = sorted(n for n in names if f"`{n}`" not in documented and n not in documented)
     assert not missing, f"README's configuration table lacks {missing}"
 
