@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> dict:
         with Session(engine) as s:
             tenancy.create_namespace(s, "bench", approval_policy="auto", actor="bench")
             tenancy.register_base_model(s, "bench-llama", HF_CONFIG, actor="bench")
+            s.commit()
         spec = BaseModelSpec.from_hf_config(HF_CONFIG)
 
         # Generate every adapter before the clock starts.

@@ -158,6 +158,7 @@ def _time_commits(engine: sa.Engine, n: int) -> dict[str, float]:
             actor="bench",
         )
         tenancy.create_namespace(s, "bench-auto", approval_policy="auto", actor="bench")
+        s.commit()
         samples = []
         for i in range(n):
             f = PackageFile("adapter_model.safetensors", "original", f"{i:064x}", 10, f"k{i}")
@@ -173,6 +174,7 @@ def _time_commits(engine: sa.Engine, n: int) -> dict[str, float]:
                 provenance=Provenance(),
                 actor="bench",
             )
+            s.commit()
             samples.append((time.perf_counter() - t0) * 1000)
     samples.sort()
     return {

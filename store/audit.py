@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from store.db import commit_or_flush
 from store.models import AccessLog
 
 __all__ = ["record_access"]
@@ -23,7 +22,6 @@ def record_access(
     target: str | None = None,
     namespace: str | None = None,
     remote_addr: str | None = None,
-    commit: bool = True,
 ) -> AccessLog:
     """Append one access-log entry."""
     entry = AccessLog(
@@ -35,5 +33,5 @@ def record_access(
         outcome=outcome,
     )
     session.add(entry)
-    commit_or_flush(session, commit)
+    session.flush()
     return entry

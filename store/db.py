@@ -66,7 +66,8 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """One unit of work: commits if the block succeeds, rolls back if it raises.
+    """One unit of work: commits if the block succeeds, rolls back if it raises. The store's
+    services only flush; this (or a route's or task's one ``session.commit()``) commits.
 
     Connection-level database faults (server down, connection lost, serialization failure)
     come out as ``TransientError`` so tasks retry them; every other error passes unchanged.
@@ -90,12 +91,30 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         session.close()
 
 
-def commit_or_flush(session: Session, commit: bool) -> None:
-    """Commit the session's transaction, or only flush it when the caller owns the commit."""
-    if commit:
-        session.commit()
-    else:
-        session.flush()
+def begin_write(session: Session) -> None:
+    """Begin the session's transaction as a write transaction now.
+
+    A no-op on PostgreSQL (rows are locked with ``SELECT ... FOR UPDATE``) and inside a
+    transaction that already wrote. SQLite's driver (pysqlite) would begin the transaction
+    only at the first INSERT/UPDATE/DELETE: ``BEGIN IMMEDIATE`` takes the database's write
+    lock now (waiting up to the busy timeout for another writer), so the checks that follow
+    and the writes they allow see one state, and a SAVEPOINT taken afterwards is nested in
+    the transaction instead of becoming it (pysqlite would let its RELEASE commit).
+    """
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """A SAVEPOINT in the caller's transaction: an error inside the block (an
+    ``IntegrityError`` of a lost race) rolls back the block only, never the caller's work."""
+    begin_write(session)
+    with session.begin_nested():
+        yield
 
 
 def _alembic_config(url: str | None = None) -> Config:

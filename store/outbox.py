@@ -10,8 +10,7 @@ serving state (into ``ready``, out of ``ready``) bumps it (``next_generation``) 
 ``FleetRefresh`` row carrying it (``announce_refresh``); ``fleet_state`` reads it back
 (``current_generation``).
 
-Only ``mark_sent`` commits (unless given ``commit=False``); the rest write inside the
-caller's transaction.
+Nothing here commits: the caller's unit of work does (``store.db.session_scope``).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from sqlmodel import Session
 
 from events.models import AdapterStatusChanged, Event, FleetRefresh
 from events.streams import REFRESH_STREAM, STATUS_STREAM
-from store.db import commit_or_flush
 from store.models import AdapterVersion, FleetState, OutboxRow, utcnow
 
 __all__ = [
@@ -136,7 +134,7 @@ def pending_outbox(session: Session, limit: int) -> list[OutboxRow]:
     )
 
 
-def mark_sent(session: Session, ids: list[int], *, commit: bool = True) -> None:
+def mark_sent(session: Session, ids: list[int]) -> None:
     """Mark outbox rows as delivered (idempotent)."""
     if ids:
         session.execute(
@@ -145,4 +143,3 @@ def mark_sent(session: Session, ids: list[int], *, commit: bool = True) -> None:
             .values(sent_at=utcnow())
             .execution_options(synchronize_session=False)
         )
-    commit_or_flush(session, commit)

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from store.approval import Status
+from store.db import begin_write
 from store.errors import BadRequest, NotFound, QuotaExceeded
 from store.models import AdapterVersion, Namespace
 
@@ -31,8 +32,9 @@ def check_quota_value(value: int | None, what: str) -> None:
 def lock_namespace(session: Session, namespace: str) -> Namespace:
     """The namespace row, locked until the transaction ends; ``NotFound`` otherwise.
 
-    The row lock serializes quota checks of concurrent registrations (PostgreSQL); SQLite
-    serializes all writers anyway."""
+    The row lock serializes quota checks of concurrent registrations (PostgreSQL); on SQLite
+    the database's write lock does (``begin_write``)."""
+    begin_write(session)
     ns = session.execute(
         sa.select(Namespace).where(Namespace.name == namespace).with_for_update()
     ).scalar_one_or_none()

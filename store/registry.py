@@ -2,9 +2,9 @@
 edit. The API and the Celery tasks both call these functions; they take the session and
 blob store as arguments and own nothing else.
 
-Transactions: each mutating function is one unit of work and commits before returning
-(pass ``commit=False`` to fold it into a larger transaction the caller commits). On any
-error the caller's session must be rolled back (``store.db.session_scope`` does it).
+Transactions: nothing here commits. Each function writes and flushes inside the caller's
+transaction; the unit of work around it (``store.db.session_scope``, or the route's or
+task's one ``session.commit()``) commits, or rolls back on any error.
 
 Immutability: ``namespace/name@version`` with the same ``content_sha256`` is an idempotent
 no-op; with other bytes it is ``VersionConflict``. A ``failed`` version does not hold its
@@ -30,7 +30,7 @@ from sqlmodel import Session
 from events.models import parse_coordinates
 from store import catalog, packaging, quotas
 from store.approval import Status, apply_transition, parse_status, statuses_after_validation
-from store.db import commit_or_flush
+from store.db import savepoint
 from store.errors import AdapterInvalid, BadRequest, IllegalTransition, VersionConflict
 from store.models import (
     AdapterFile,
@@ -148,7 +148,6 @@ def commit_version(
     provenance: Provenance,
     actor: str,
     description: str | None = None,
-    commit: bool = True,
 ) -> tuple[AdapterVersion, bool]:
     """Record ``package`` as ``namespace/name@version``; returns (version, created).
 
@@ -168,8 +167,7 @@ def commit_version(
         existing = _find(session, namespace, name, version)
         if existing is not None and existing.status != Status.FAILED:
             _existing_outcome(existing, package, base_model)
-            commit_or_flush(session, commit)  # nothing changed; ends the transaction and its locks
-            return existing, False
+            return existing, False  # nothing changed
         quotas.enforce_quota(session, ns, package.total_bytes)
         if existing is not None:
             log.info(
@@ -193,12 +191,12 @@ def commit_version(
             manifest=package.manifest,
             total_bytes=package.total_bytes,
         )
-        session.add(row)
         try:
-            session.flush()
+            with savepoint(session):
+                session.add(row)
         except IntegrityError:
             # A concurrent registration of the same coordinates won; judge against it.
-            session.rollback()
+            # Only the savepoint is rolled back: the caller's transaction goes on.
             if attempt == 0:
                 continue
             raise
@@ -216,7 +214,6 @@ def commit_version(
         for status in statuses_after_validation(ns.approval_policy):
             reason = "auto-approved" if status == Status.READY else "validated"
             apply_transition(session, row, status, actor=actor, reason=reason)
-        commit_or_flush(session, commit)
         log.info(
             "adapter.registered",
             adapter_id=row.id,
@@ -242,7 +239,6 @@ def register_adapter(
     actor: str,
     limits: ValidationLimits,
     description: str | None = None,
-    commit: bool = True,
 ) -> tuple[AdapterVersion, bool]:
     """``prepare_package`` + ``commit_version``: validate, store blobs, record the version."""
     _check_coordinates(namespace, name, version)
@@ -259,7 +255,6 @@ def register_adapter(
         provenance=provenance,
         actor=actor,
         description=description,
-        commit=commit,
     )
 
 
@@ -274,7 +269,6 @@ def record_failure(
     message: str,
     provenance: Provenance,
     actor: str,
-    commit: bool = True,
 ) -> AdapterVersion:
     """Record that the files for ``namespace/name@version`` were rejected: a ``failed`` row
     with ``status_code=code`` and the reason. Idempotent (a second failure updates the
@@ -290,7 +284,7 @@ def record_failure(
             )
         existing.status_code, existing.status_reason = code, message
         existing.updated_at, existing.updated_by = utcnow(), actor
-        commit_or_flush(session, commit)
+        session.flush()
         return existing
     row = _validating_row(
         namespace=namespace,
@@ -303,7 +297,6 @@ def record_failure(
     session.add(row)
     session.flush()
     apply_transition(session, row, Status.FAILED, actor=actor, reason=message, code=code)
-    commit_or_flush(session, commit)
     log.warning("adapter.failed", adapter_id=row.id, adapter=row.coordinates, code=code)
     return row
 
@@ -315,7 +308,6 @@ def transition(
     *,
     actor: str,
     reason: str | None = None,
-    commit: bool = True,
 ) -> AdapterVersion:
     """Move adapter ``adapter_id`` to ``to_status`` with a compare-and-set.
 
@@ -337,7 +329,6 @@ def transition(
         path = (target,)
     for status in path:
         apply_transition(session, version, status, actor=actor, reason=reason)
-    commit_or_flush(session, commit)
     log.info("adapter.transitioned", adapter_id=adapter_id, status=version.status, actor=actor)
     return version
 
@@ -363,7 +354,7 @@ def archive(
     return transition(session, adapter_id, Status.ARCHIVED, actor=actor, reason=reason)
 
 
-def purge(session: Session, adapter_id: str, *, actor: str, commit: bool = True) -> None:
+def purge(session: Session, adapter_id: str, *, actor: str) -> None:
     """Delete a version and its file rows. A ready version is evicted in the same
     transaction (generation bump + ``FleetRefresh``). Blobs are left to the GC, which
     removes them once nothing references them."""
@@ -381,7 +372,7 @@ def purge(session: Session, adapter_id: str, *, actor: str, commit: bool = True)
     if deleted.rowcount != 1:
         raise IllegalTransition(f"adapter {adapter_id} changed concurrently; purge again")
     session.expunge(version)
-    commit_or_flush(session, commit)
+    session.flush()
     log.info("adapter.purged", adapter_id=adapter_id, adapter=version.coordinates, actor=actor)
 
 
@@ -392,7 +383,6 @@ def update_adapter_metadata(
     actor: str,
     description: str | None = _UNSET,
     custom_fields: dict[str, Any] | None = _UNSET,
-    commit: bool = True,
 ) -> AdapterVersion:
     """Edit a version's descriptive metadata: ``description`` and/or ``custom_fields``
     (None clears a field; an argument not given is left as it is). Records ``actor`` and
@@ -424,6 +414,6 @@ def update_adapter_metadata(
         version.custom_fields = None if custom_fields is None else dict(custom_fields)
         changed.append("custom_fields")
     version.updated_at, version.updated_by = utcnow(), actor
-    commit_or_flush(session, commit)
+    session.flush()
     log.info("adapter.metadata_updated", adapter_id=adapter_id, fields=changed, actor=actor)
     return version

@@ -2,8 +2,7 @@
 
 The write side of both; look-ups (``get_namespace``, ``list_namespaces``,
 ``get_base_model_spec``, ...) are in ``store.catalog``, what a quota counts is in
-``store.quotas``. Like the registry's, each function commits before returning unless given
-``commit=False``.
+``store.quotas``. Like the registry's, nothing here commits: the caller's unit of work does.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from sqlmodel import Session
 from events.models import parse_coordinates
 from store.approval import parse_policy
 from store.catalog import base_model_spec, get_namespace
-from store.db import commit_or_flush
+from store.db import savepoint
 from store.errors import AlreadyExists, BadRequest
 from store.models import BaseModel, Namespace
 from store.quotas import check_quota_value
@@ -38,7 +37,6 @@ def create_namespace(
     max_versions: int | None = None,
     actor: str,
     description: str | None = None,
-    commit: bool = True,
 ) -> Namespace:
     """Create namespace ``name``; ``AlreadyExists`` if taken, ``BadRequest`` if malformed."""
     try:
@@ -62,19 +60,16 @@ def create_namespace(
         description=description,
         created_by=actor,
     )
-    session.add(ns)
     try:
-        commit_or_flush(session, commit)
+        with savepoint(session):  # a lost race rolls back this insert only
+            session.add(ns)
     except IntegrityError:
-        session.rollback()
         raise AlreadyExists(f"namespace {name!r} already exists") from None
     log.info("namespace.created", namespace=name, policy=approval_policy, actor=actor)
     return ns
 
 
-def update_namespace(
-    session: Session, name: str, *, actor: str, commit: bool = True, **changes: Any
-) -> Namespace:
+def update_namespace(session: Session, name: str, *, actor: str, **changes: Any) -> Namespace:
     """Change a namespace's policy, quotas or description. A stricter quota does not remove
     versions already stored; a policy change applies to versions validated afterwards.
 
@@ -96,13 +91,13 @@ def update_namespace(
             check_quota_value(changes[key], key)
     for key, value in changes.items():
         setattr(ns, key, value)
-    commit_or_flush(session, commit)
+    session.flush()
     log.info("namespace.updated", namespace=name, changes=sorted(changes), actor=actor)
     return ns
 
 
 def register_base_model(
-    session: Session, name: str, hf_config: dict[str, Any], *, actor: str, commit: bool = True
+    session: Session, name: str, hf_config: dict[str, Any], *, actor: str
 ) -> BaseModel:
     """Register base model ``name`` from its HF ``config.json``. Idempotent for the same
     dimensions; ``AlreadyExists`` if ``name`` is registered with other dimensions;
@@ -119,6 +114,6 @@ def register_base_model(
         raise AlreadyExists(f"base model {name!r} is already registered with other dimensions")
     row = BaseModel(name=name, config=hf_config, created_by=actor, **spec.to_dict())
     session.add(row)
-    commit_or_flush(session, commit)
+    session.flush()
     log.info("base_model.registered", base_model=name, actor=actor)
     return row

@@ -72,7 +72,6 @@ def reclaim_stuck(rt: Runtime, celery_app: Celery) -> dict[str, int]:
                     Status.FAILED.value,
                     actor=ACTOR,
                     reason=f"stuck in validating for over {s.stuck_version_s}s",
-                    commit=False,
                 )
             counts["versions_failed"] += 1
         except (IllegalTransition, LorafleetError) as exc:  # moved on meanwhile: fine

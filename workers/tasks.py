@@ -180,7 +180,6 @@ def record_pipeline_failure(
                     message=message,
                     provenance=_provenance(event),
                     actor=ACTOR,
-                    commit=False,
                 )
                 adapter_id = row.id
             except LorafleetError as exc:
@@ -274,7 +273,6 @@ def register(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
             provenance=_provenance(event),
             actor=ACTOR,
             description=event.description,
-            commit=False,
         )
         ingest.set_status(session, event.event_id, ingest.DONE, adapter_id=row.id)
         status = row.status

@@ -358,7 +358,7 @@ def patch_adapter(
             caller.require_role(version.namespace, "writer", f"adapter {adapter_id} not found")
             if edits:
                 version = registry.update_adapter_metadata(
-                    session, adapter_id, actor=caller.actor, commit=body.status is None, **edits
+                    session, adapter_id, actor=caller.actor, **edits
                 )
             if body.status is not None:
                 version = registry.transition(

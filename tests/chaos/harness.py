@@ -45,6 +45,7 @@ def fresh_database(prefix: str = "lorafleet_chaos") -> Iterator[str]:
                 tenancy.create_namespace(s, AUTO_NS, approval_policy="auto", actor="chaos")
                 tenancy.create_namespace(s, MANUAL_NS, approval_policy="manual", actor="chaos")
                 tenancy.register_base_model(s, BASE_MODEL, tiny_config(), actor="chaos")
+                s.commit()
         finally:
             engine.dispose()
         yield url

@@ -83,6 +83,7 @@ def pipeline(
         tenancy.create_namespace(s, "acme", approval_policy="auto", actor="test")
         tenancy.create_namespace(s, "gated", approval_policy="manual", actor="test")
         tenancy.register_base_model(s, BASE_MODEL, tiny_hf_config(), actor="test")
+        s.commit()
     store_settings = StoreSettings(
         database_url=pipeline_db_url,
         redis_url=redis_url,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,11 @@ class Pipeline:
     worker_log: Path
     bridge: Any
 
-    def session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
+    def session(self) -> AbstractContextManager[Session]:
+        """One unit of work (``store.db.session_scope``): commits unless the block raises."""
+        from store.db import session_scope
+
+        return session_scope(self.engine)
 
     def wait_ingest(self, event_id: str, timeout: float = 90.0) -> Any:
         """The ingest record of ``event_id`` once it is ``done`` or ``failed``."""

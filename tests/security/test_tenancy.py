@@ -116,6 +116,7 @@ def fresh_adapter(stack: LiveRegistry, namespace: str, *, ready: bool = False) -
         )
         if ready:
             registry.approve(session, version.id, actor="setup")
+        session.commit()
         return Target(namespace, version.id, version.name, version.version)
 
 

@@ -160,6 +160,7 @@ def base_model(session: Session) -> str:
     from store.tenancy import register_base_model
 
     register_base_model(session, BASE, tiny_hf_config(), actor="admin")
+    session.commit()
     return BASE
 
 
@@ -169,6 +170,7 @@ def auto_ns(session: Session) -> str:
     from store.tenancy import create_namespace
 
     create_namespace(session, "acme", approval_policy="auto", actor="admin")
+    session.commit()
     return "acme"
 
 
@@ -178,6 +180,7 @@ def manual_ns(session: Session) -> str:
     from store.tenancy import create_namespace
 
     create_namespace(session, "bank", approval_policy="manual", actor="admin")
+    session.commit()
     return "bank"
 
 

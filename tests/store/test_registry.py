@@ -25,7 +25,7 @@ from store.errors import (
     QuotaExceeded,
     VersionConflict,
 )
-from store.models import AdapterFile, AdapterVersion, OutboxRow, Provenance
+from store.models import AccessLog, AdapterFile, AdapterVersion, OutboxRow, Provenance
 from store.outbox import current_generation, mark_sent, pending_outbox
 from store.tenancy import NAMESPACE_FIELDS, create_namespace, register_base_model, update_namespace
 
@@ -33,7 +33,8 @@ PROV = Provenance(job_id="job-1", dataset="ds", hyperparameters={"lr": 1e-4}, me
 
 
 def commit(session, package, ns, version="1.0.0", name="bot", base="tiny-llama"):
-    return registry.commit_version(
+    """``commit_version`` as one unit of work (the service only flushes)."""
+    result = registry.commit_version(
         session,
         package,
         namespace=ns,
@@ -43,6 +44,8 @@ def commit(session, package, ns, version="1.0.0", name="bot", base="tiny-llama")
         provenance=PROV,
         actor="trainer",
     )
+    session.commit()
+    return result
 
 
 def outbox(session: Session, stream: str) -> list[dict]:
@@ -167,6 +170,7 @@ def test_illegal_transitions_are_409(session, manual_ns, base_model, make_packag
     assert info.value.http_status == 409
     session.rollback()
     registry.reject(session, version.id, actor="x", reason="bad eval")
+    session.commit()
     for target in ("ready", "pending", "archived", "validating"):
         with pytest.raises(IllegalTransition):
             registry.transition(session, version.id, target, actor="x")
@@ -187,6 +191,7 @@ def test_lost_race_is_illegal_transition_and_writes_nothing(
         assert seen_by_a.status == "pending"
         a.commit()  # end a's read transaction; a still holds its (soon stale) copy
         registry.approve(b, version.id, actor="b")
+        b.commit()
         with pytest.raises(IllegalTransition, match="changed concurrently"):
             apply_transition(a, seen_by_a, "rejected", actor="a")
         a.rollback()
@@ -220,6 +225,51 @@ def test_concurrent_approvals_one_wins(
     assert outcomes == ["lost", "lost", "lost", "won"]
     assert current_generation(session) == 1
     assert len(outbox(session, REFRESH_STREAM)) == 1
+
+
+def test_a_registration_rolled_back_by_its_caller_leaves_nothing(
+    engine: Engine, auto_ns, base_model, make_package, session
+):
+    # The services only flush; their SAVEPOINT must stay inside the caller's transaction
+    # (on SQLite too, where the driver would let a first SAVEPOINT's RELEASE commit).
+    commit(session, make_package(1), auto_ns, version="1.0.0")
+    with Session(engine) as s:
+        registry.commit_version(
+            s,
+            make_package(2),
+            namespace=auto_ns,
+            name="bot",
+            version="2.0.0",
+            base_model=base_model,
+            provenance=PROV,
+            actor="trainer",
+        )
+        s.rollback()
+    session.expire_all()
+    versions = session.execute(sa.select(AdapterVersion.version)).scalars().all()
+    assert versions == ["1.0.0"]
+    assert current_generation(session) == 1
+
+
+def test_a_lost_insert_race_rolls_back_the_savepoint_only(
+    engine: Engine, auto_ns, base_model, make_package, session, monkeypatch
+):
+    winner, _ = commit(session, make_package(1), auto_ns)
+    real_find = registry._find
+    calls = []
+
+    def find_after_the_race(*args, **kwargs):
+        calls.append(1)  # the first look-up ran before the winner committed
+        return None if len(calls) == 1 else real_find(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "_find", find_after_the_race)
+    with Session(engine, expire_on_commit=False) as s:
+        record_access(s, actor="trainer", action="adapter.upload", outcome="ok")
+        again, created = commit(s, make_package(1), auto_ns)
+    assert (again.id, created) == (winner.id, False) and len(calls) == 2
+    session.expire_all()
+    assert session.execute(sa.select(sa.func.count()).select_from(AccessLog)).scalar() == 1
+    assert session.execute(sa.select(sa.func.count()).select_from(AdapterVersion)).scalar() == 1
 
 
 def test_purge_of_ready_version_evicts(session, auto_ns, base_model, make_package):
@@ -348,6 +398,7 @@ def test_update_of_a_missing_namespace_is_not_found_before_any_change_is_judged(
 
 def test_null_approval_policy_is_a_precise_bad_request(session):
     create_namespace(session, "team-n", approval_policy="manual", actor="admin")
+    session.commit()
     with pytest.raises(BadRequest) as info:
         update_namespace(session, "team-n", approval_policy=None, actor="admin")
     assert "approval_policy cannot be null" in info.value.message

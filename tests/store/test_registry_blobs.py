@@ -23,7 +23,8 @@ LIMITS = ValidationLimits()
 
 
 def register(session, blobs, source: Path, version: str = "1.0.0"):
-    return registry.register_adapter(
+    """``register_adapter`` as one unit of work (the service only flushes)."""
+    result = registry.register_adapter(
         session,
         blobs,
         namespace="acme",
@@ -35,6 +36,8 @@ def register(session, blobs, source: Path, version: str = "1.0.0"):
         actor="trainer",
         limits=LIMITS,
     )
+    session.commit()
+    return result
 
 
 def stored_keys(blobs) -> set[str]:

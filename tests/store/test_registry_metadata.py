@@ -28,6 +28,7 @@ def _ready(session: Session, ns: str, make_package, seed: int = 1) -> AdapterVer
         actor="trainer",
         description="first",
     )
+    session.commit()
     return version
 
 
