@@ -359,3 +359,50 @@ def test_up_in_a_scripts_background_stops_on_sigint_and_honours_the_admin_token(
     assert "stopping" in (tmp_path / "up.out").read_text()
     assert _wait_gone(home) == []
     assert not (home / "stack.json").exists()
+
+
+_SERVE = """
+import os, signal, subprocess, sys, time
+name, record = sys.argv[1], sys.argv[2]
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+def stop(*_):
+    with open(record, "a") as fh:
+        fh.write(name + "\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print(f"{name} ready. child {child.pid}", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_supervisor_waits_for_ready_lines_and_stops_services_before_infrastructure(
+    tmp_path: Path,
+) -> None:
+    from lorafleet.supervisor import Component, Supervisor, SupervisorError
+
+    record = tmp_path / "stopped"
+    supervisor = Supervisor(tmp_path / "logs", health_timeout=30, stop_timeout=5)
+    try:
+        for name, tier in (("infra", 0), ("svc", 1)):
+            argv = [sys.executable, "-c", _SERVE, name, str(record)]
+            supervisor.launch(Component(name, argv, ready_line=r"ready\.", tier=tier))
+        supervisor.check_alive()
+        children = [int(c.tail().split()[-1]) for c in supervisor.components]
+        with pytest.raises(SupervisorError, match=r"migrate exited with status 3.*\n.*bad schema"):
+            argv = [sys.executable, "-c", "print('bad schema'); raise SystemExit(3)"]
+            supervisor.launch(Component("migrate", argv, oneshot=True))
+    finally:
+        supervisor.stop()
+    assert record.read_text().split() == ["svc", "infra"]
+    assert (tmp_path / "logs" / "svc.log").read_text().startswith("svc ready.")
+    for pid in children:  # a component's own children go with it
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    supervisor.stop()  # a second stop is harmless
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
