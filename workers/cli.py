@@ -10,6 +10,14 @@ from events.streams import QUEUES
 
 app = typer.Typer(help="Event pipeline processes.", no_args_is_help=True)
 
+METRICS_PORT_HELP = "Serve Prometheus /metrics on this port (docs/METRICS.md); default: off."
+
+
+def _metrics_port() -> int | None:
+    return typer.Option(
+        None, "--metrics-port", envvar="LORAFLEET_METRICS_PORT", help=METRICS_PORT_HELP
+    )
+
 
 @app.command()
 def worker(
@@ -18,8 +26,16 @@ def worker(
     pool: str = typer.Option("prefork", "--pool", help="prefork | solo | threads."),
     hostname: str | None = typer.Option(None, "--hostname", "-n", help="Celery node name."),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+    metrics_port: int | None = _metrics_port(),
 ) -> None:
     """Run a Celery worker for the ingest chain, broadcasts and sweeps."""
+    if metrics_port is not None:
+        from workers import metrics
+        from workers.runtime import get_runtime
+
+        metrics.enable_multiprocess()  # before the pool forks, before prometheus_client loads
+        metrics.install_ingest_hooks()
+        metrics.serve_metrics(metrics_port, get_runtime(), multiprocess=True)
     from workers.celery_app import app as celery_app
 
     argv = [
@@ -43,12 +59,17 @@ def bridge(
     consumer: str | None = typer.Option(
         None, "--consumer", help="Consumer name (unique per replica)."
     ),
+    metrics_port: int | None = _metrics_port(),
 ) -> None:
     """Run one ingest bridge replica: the jobs stream → Celery chains."""
     from workers.bridge import run_bridge
     from workers.celery_app import app as celery_app
     from workers.runtime import get_runtime
 
+    if metrics_port is not None:
+        from workers.metrics import serve_metrics
+
+        serve_metrics(metrics_port, get_runtime())
     run_bridge(get_runtime(), celery_app, consumer=consumer)
 
 
@@ -58,12 +79,19 @@ def beat(
         None, "--schedule", help="Beat state file; default <home>/celerybeat-schedule."
     ),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+    metrics_port: int | None = _metrics_port(),
 ) -> None:
     """Run the periodic scheduler: outbox relay, stuck-work reclaim, blob GC."""
     from pathlib import Path
 
     from store.settings import get_settings
     from workers.celery_app import app as celery_app
+
+    if metrics_port is not None:
+        from workers.metrics import serve_metrics
+        from workers.runtime import get_runtime
+
+        serve_metrics(metrics_port, get_runtime())
 
     path = Path(schedule) if schedule else get_settings().home / "celerybeat-schedule"
     path.parent.mkdir(parents=True, exist_ok=True)
