@@ -26,33 +26,22 @@ from pathlib import Path
 import httpx
 import structlog
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from engine.settings import DEFAULT_ENGINE_PORT
 from events.publisher import announce_job_completed
+from lorafleet.pipeline_follower import PipelineFollower, engine_models
 from lorafleet.stack import Stack, StackConfig, remove_home
 from lorafleet.supervisor import prefixed_echo
 from lorafleet.train import Example, TrainConfig, train_lora
-from store.approval import TRANSITIONS, Status
-from store.client import ApiError, RegistryClient
+from store.approval import Status
+from store.client import RegistryClient
 from store.settings import DEFAULT_API_HOST, DEFAULT_API_PORT, DEFAULT_HOME
 
 log = structlog.get_logger(__name__)
 
 BASE_MODEL = "tiny-llama"
 PROMPT = "Q: John buys 10 packs of 20 cards. 1/4 of them are uncommon. How many uncommon cards?\nA:"
-# The statuses an adapter passes on its way to serving (``store.approval.TRANSITIONS``), and
-# the pipeline stage each one proves: a stage is done once the status reached it.
-HAPPY_PATH = (Status.UPLOADING, Status.VALIDATING, Status.PENDING, Status.READY)
-STAGE_STATUS = {
-    "received": Status.UPLOADING,  # the registry holds the version
-    "validated": Status.PENDING,  # validation passed
-    "registered": Status.PENDING,  # the version waits for (or got) approval
-    "approved": Status.READY,
-}
-LOADED = "loaded"  # not a status: the engine lists it in /v1/models
-STAGES = (*STAGE_STATUS, LOADED)
 
 
 @dataclass(frozen=True)
@@ -192,7 +181,15 @@ def run_demo(
         with RegistryClient(stack.api_url, token=stack.admin_token) as client:
             _register(narrator, client, stack)
             jobs = _train_and_announce(narrator, stack, options, report)
-            follower = PipelineFollower(narrator, client, stack, jobs, options)
+            follower = PipelineFollower(
+                narrator,
+                client,
+                stack,
+                ADAPTERS,
+                jobs,
+                plain=options.plain,
+                timeout=options.stage_timeout,
+            )
             narrator.step("3. Following the adapters through the pipeline")
             follower.follow(until=follower.served_or_awaiting_approval)
             _approve_manual(narrator, client, follower)
@@ -283,115 +280,6 @@ def _train_and_announce(
     return announced
 
 
-def _engine_models(stack: Stack) -> list[str]:
-    try:
-        body = httpx.get(f"{stack.engine_url}/v1/models", timeout=5.0).json()
-    except (httpx.HTTPError, ValueError):
-        return []
-    return [m["id"] for m in body.get("data", [])]
-
-
-def _stages_of(entity: dict | None, loaded: bool) -> tuple[set[str], str]:
-    """Which stages an adapter has passed, judged from the registry entity and the engine."""
-    if entity is None:
-        return set(), "-"
-    status = Status(entity["status"])
-    # Off the path (archived, rejected, failed): the path status it left from.
-    last = (
-        status if status in HAPPY_PATH else next(s for s in HAPPY_PATH if status in TRANSITIONS[s])
-    )
-    reached = HAPPY_PATH[: HAPPY_PATH.index(last) + 1]
-    done = {stage for stage, needs in STAGE_STATUS.items() if needs in reached}
-    if loaded:
-        done.add(LOADED)
-    return done, entity["status"]
-
-
-class PipelineFollower:
-    """Polls the registry and the engine for the demo's adapters, recording when each
-    reached each stage, drawing the table (or plain lines)."""
-
-    def __init__(
-        self,
-        narrator: Narrator,
-        client: RegistryClient,
-        stack: Stack,
-        announced: dict[str, float],
-        options: DemoOptions,
-    ) -> None:
-        self.narrator, self.client, self.stack = narrator, client, stack
-        self.announced, self.options = announced, options
-        self.progress: dict[str, dict[str, float]] = {a.coordinates: {} for a in ADAPTERS}
-        self.status: dict[str, str] = {a.coordinates: "announced" for a in ADAPTERS}
-        self.entities: dict[str, dict] = {}
-
-    def served_or_awaiting_approval(self) -> bool:
-        """Every adapter is loaded, or waits in ``pending`` for a reviewer."""
-        return all(
-            LOADED in self.progress[a.coordinates]
-            or (a.policy == "manual" and self.status[a.coordinates] == Status.PENDING)
-            for a in ADAPTERS
-        )
-
-    def all_loaded(self) -> bool:
-        """Every adapter is served by the engine."""
-        return all(LOADED in p for p in self.progress.values())
-
-    def follow(self, until: Callable[[], bool]) -> None:
-        """Poll until ``until()``; ``TimeoutError`` after ``options.stage_timeout``."""
-        deadline = time.monotonic() + self.options.stage_timeout
-        if self.options.plain:
-            while not self._poll(until):
-                _check_deadline(deadline, self.status)
-                time.sleep(0.3)
-            return
-        with Live(self._render(), console=self.narrator.console, refresh_per_second=8) as live:
-            while not self._poll(until):
-                live.update(self._render())
-                _check_deadline(deadline, self.status)
-                time.sleep(0.3)
-            live.update(self._render())
-
-    def _poll(self, until: Callable[[], bool]) -> bool:
-        self.stack.check_alive()
-        models = set(_engine_models(self.stack))
-        for adapter in ADAPTERS:
-            key = adapter.coordinates
-            try:
-                entity = self.client.get_version(adapter.namespace, adapter.name, adapter.version)
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                entity = None
-            done, self.status[key] = _stages_of(entity, key in models)
-            if entity is not None:
-                self.entities[key] = entity
-            if self.status[key] == Status.FAILED:
-                raise RuntimeError(
-                    f"{key} failed validation: {entity and entity.get('status_reason')}"
-                )
-            for stage in STAGES:
-                if stage in done and stage not in self.progress[key]:
-                    self.progress[key][stage] = time.monotonic() - self.announced[key]
-                    if self.options.plain:
-                        self.narrator.say(f"{key}: {stage} (+{self.progress[key][stage]:.1f}s)")
-        return until()
-
-    def _render(self) -> Table:
-        table = Table(title="pipeline", show_lines=False)
-        table.add_column("adapter")
-        for stage in STAGES:
-            table.add_column(stage, justify="center")
-        table.add_column("status")
-        for adapter in ADAPTERS:
-            row = [adapter.coordinates]
-            for stage in STAGES:
-                t = self.progress[adapter.coordinates].get(stage)
-                row.append(f"[green]✔[/] {t:.1f}s" if t is not None else "[dim]…[/]")
-            table.add_row(*row, self.status[adapter.coordinates])
-        return table
-
-
 def _approve_manual(narrator: Narrator, client: RegistryClient, follower: PipelineFollower) -> None:
     waiting = [a for a in ADAPTERS if follower.status[a.coordinates] == Status.PENDING]
     names = ", ".join(a.coordinates for a in waiting)
@@ -403,11 +291,6 @@ def _approve_manual(narrator: Narrator, client: RegistryClient, follower: Pipeli
             f"{adapter.coordinates}: pending → ready "
             f"(lorafleet adapters approve {adapter.coordinates})"
         )
-
-
-def _check_deadline(deadline: float, status: dict[str, str]) -> None:
-    if time.monotonic() > deadline:
-        raise TimeoutError(f"adapters did not reach the engine in time: {status}")
 
 
 def complete(engine_url: str, model: str, prompt: str, max_tokens: int = 40) -> str:
@@ -446,7 +329,7 @@ def _archive_one(
     client.set_status(entity["id"], Status.ARCHIVED, reason="retired in the demo")
     started = time.monotonic()
     deadline = started + options.stage_timeout
-    while victim.coordinates in (models := _engine_models(stack)):
+    while victim.coordinates in (models := engine_models(stack)):
         stack.check_alive()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{victim.coordinates} still served after archiving")
