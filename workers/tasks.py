@@ -34,7 +34,6 @@ from store.errors import (
     TransientError,
     VersionConflict,
 )
-from store.formats import SUPPORTED_MODULES
 from store.models import Package, PackageFile, Provenance
 from workers import ingest, sweeps
 from workers.celery_app import TASK_MODULE, app
@@ -232,8 +231,10 @@ def package(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
 
 @app.task(base=IngestTask, bind=True, name=f"{TASK_MODULE}.validate")
 def validate(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Re-check the package against the base model as registered now, and that every blob
-    it names is stored (the base model could change, a blob could be collected)."""
+    """Re-check only what can change after packaging: the base model as registered now,
+    and that every blob the package names is still stored (GC could have collected one).
+    Whether the adapter fits (rank, modules, shapes) was decided by packaging, through
+    ``store.formats.validate_adapter``, the one adapter-fit rule."""
     event = JobCompleted.model_validate(ctx["event"])
     pkg = package_from_dict(ctx["package"])
     rt = get_runtime()
@@ -244,11 +245,6 @@ def validate(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
         raise AdapterInvalid(
             "shape_mismatch", f"base model {event.base_model!r} changed since packaging"
         )
-    if not 0 < pkg.rank <= rt.limits.max_rank:
-        raise AdapterInvalid("rank_too_large", f"rank {pkg.rank} is over {rt.limits.max_rank}")
-    unsupported = set(pkg.target_modules) - set(SUPPORTED_MODULES)
-    if unsupported:
-        raise AdapterInvalid("unsupported_module", f"unsupported modules {sorted(unsupported)}")
     for f in pkg.files:
         if not rt.blobs.exists(f.blob_key):
             raise AdapterInvalid("missing_file", f"blob {f.blob_key} of {f.path} is not stored")
