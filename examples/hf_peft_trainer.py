@@ -12,6 +12,9 @@ engine of the base model serves it as ``namespace/name@version``.
 
 ``--data`` is JSON lines of ``{"prompt": ..., "completion": ...}``. Any training loop works
 (transformers' ``Trainer``, TRL, NeMo); only the final ``save_pretrained`` + announce matter.
+
+``--no-announce`` only trains and saves (HF PEFT layout in ``--output-dir``), for an upload
+with ``lorafleet adapters upload`` instead of an event (the README's Quick start).
 """
 
 from __future__ import annotations
@@ -43,16 +46,23 @@ def encode(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-model-dir", type=Path, required=True)
-    parser.add_argument("--base-model", required=True, help="Registered base model name.")
+    parser.add_argument("--base-model", help="Registered base model name (to announce).")
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--output-model", required=True, help="namespace/name@version")
+    parser.add_argument("--output-model", help="namespace/name@version (to announce)")
     parser.add_argument("--output-dir", type=Path, default=Path("out/lora"))
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--upload-to", help="s3://bucket/prefix or file:///shared/dir")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--no-announce",
+        action="store_true",
+        help="Only train and save the adapter; upload it yourself (lorafleet adapters upload).",
+    )
     args = parser.parse_args()
+    if not args.no_announce and not (args.base_model and args.output_model):
+        parser.error("--base-model and --output-model are required unless --no-announce")
 
     tokenizer = AutoTokenizer.from_pretrained(args.base_model_dir)
     model = AutoModelForCausalLM.from_pretrained(args.base_model_dir, torch_dtype=torch.float32)
@@ -84,6 +94,9 @@ def main() -> None:
 
     # HF PEFT format: adapter_config.json + adapter_model.safetensors.
     model.save_pretrained(args.output_dir)
+    print(f"saved the adapter to {args.output_dir} (final loss {loss.item():.4f})")
+    if args.no_announce:
+        return
 
     namespace = args.output_model.split("/", 1)[0]
     event = announce_job_completed(
