@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -24,6 +26,22 @@ def _redis_url(value: str | None) -> str:
 
 
 RedisOpt = typer.Option(None, "--redis-url", help="Default: LORAFLEET_REDIS_URL.")
+
+
+@contextmanager
+def _redis_reachable(url: str) -> Iterator[None]:
+    """Turn "Redis is not there" into one line naming the URL and the setting, exit 1."""
+    import redis
+
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        typer.echo(
+            f"error: cannot reach Redis at {url} ({exc}); is it running? "
+            "Set LORAFLEET_REDIS_URL or --redis-url.",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -74,23 +92,25 @@ def publish_job_completed(
     from events.models import parse_coordinates
     from events.publisher import announce_job_completed
 
+    url = _redis_url(redis_url)
     try:
         ns = namespace or parse_coordinates(output_model)[0]
-        event = announce_job_completed(
-            _redis_url(redis_url),
-            job_id=job_id,
-            namespace=ns,
-            output_model=output_model,
-            base_model=base_model,
-            output_dir=output_dir,
-            artifact_uri=artifact_uri,
-            upload_to=upload_to,
-            hyperparameters=json.loads(hyperparameters) if hyperparameters else None,
-            metrics=json.loads(metrics) if metrics else None,
-            dataset=dataset,
-            description=description,
-            event_id=event_id,
-        )
+        with _redis_reachable(url):
+            event = announce_job_completed(
+                url,
+                job_id=job_id,
+                namespace=ns,
+                output_model=output_model,
+                base_model=base_model,
+                output_dir=output_dir,
+                artifact_uri=artifact_uri,
+                upload_to=upload_to,
+                hyperparameters=json.loads(hyperparameters) if hyperparameters else None,
+                metrics=json.loads(metrics) if metrics else None,
+                dataset=dataset,
+                description=description,
+                event_id=event_id,
+            )
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -110,8 +130,10 @@ def dlq_list(
 
     from events.dlq import list_dead_letters
 
-    client = redis.Redis.from_url(_redis_url(redis_url))
-    letters = list_dead_letters(client, count=count)
+    url = _redis_url(redis_url)
+    client = redis.Redis.from_url(url)
+    with _redis_reachable(url):
+        letters = list_dead_letters(client, count=count)
     if as_json:
         for letter in letters:
             typer.echo(json.dumps(letter.to_dict()))
@@ -136,10 +158,12 @@ def dlq_replay(
 
     from events.dlq import list_dead_letters, replay
 
-    client = redis.Redis.from_url(_redis_url(redis_url))
+    url = _redis_url(redis_url)
+    client = redis.Redis.from_url(url)
     targets = list(ids or [])
     if all_:
-        targets = [letter.id for letter in list_dead_letters(client, count=100_000)]
+        with _redis_reachable(url):
+            targets = [letter.id for letter in list_dead_letters(client, count=100_000)]
     if not targets:
         typer.echo("nothing to replay: give DLQ ids or --all", err=True)
         raise typer.Exit(2)
@@ -149,7 +173,8 @@ def dlq_replay(
     event_json = event_file.read_text() if event_file is not None else None
     for dlq_id in targets:
         try:
-            new_id = replay(client, dlq_id, event_json=event_json)
+            with _redis_reachable(url):
+                new_id = replay(client, dlq_id, event_json=event_json)
         except KeyError:
             typer.echo(f"no dead letter {dlq_id}", err=True)
             raise typer.Exit(1) from None
