@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from engine.settings import EngineSettings
+from events.s3 import S3Settings
 from store.settings import StoreSettings
 from workers.settings import WorkerSettings
 
@@ -165,6 +166,7 @@ def test_gpu_engine_reserves_an_nvidia_gpu_and_cpu_profile_exists(compose: dict[
 def _settings_env_names() -> set[str]:
     names = {f"LORAFLEET_{f.upper()}" for f in StoreSettings.model_fields}
     names |= {f"LORAFLEET_{f.upper()}" for f in WorkerSettings.model_fields}
+    names |= {f"LORAFLEET_S3_{f.upper()}" for f in S3Settings.model_fields}
     for field in EngineSettings.model_fields.values():
         alias = field.validation_alias
         names |= {c for c in getattr(alias, "choices", []) if isinstance(c, str) and c.isupper()}
