@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from store.approval import Status, parse_status
 from store.errors import AdapterInvalid, BadRequest, NotFound
-from store.models import AdapterFile, AdapterVersion, BaseModel, Namespace
+from store.models import AdapterFile, AdapterVersion, BaseModelRecord, Namespace
 from store.outbox import current_generation
 
 if TYPE_CHECKING:
@@ -53,13 +53,15 @@ def list_namespaces(session: Session, names: set[str] | None = None) -> list[Nam
     return list(session.execute(query).scalars())
 
 
-def list_base_models(session: Session) -> list[BaseModel]:
+def list_base_models(session: Session) -> list[BaseModelRecord]:
     """Every registered base model, sorted by name."""
-    return list(session.execute(sa.select(BaseModel).order_by(BaseModel.name)).scalars())
+    return list(
+        session.execute(sa.select(BaseModelRecord).order_by(BaseModelRecord.name)).scalars()
+    )
 
 
-def base_model_spec(row: BaseModel) -> BaseModelSpec:
-    """The dimensions stored on a ``BaseModel`` row, as a ``BaseModelSpec``."""
+def base_model_spec(row: BaseModelRecord) -> BaseModelSpec:
+    """The dimensions stored on a ``BaseModelRecord`` row, as a ``BaseModelSpec``."""
     from store.formats.spec import BaseModelSpec
 
     return BaseModelSpec.from_dict(row.model_dump())
@@ -67,7 +69,7 @@ def base_model_spec(row: BaseModel) -> BaseModelSpec:
 
 def get_base_model_spec(session: Session, name: str) -> BaseModelSpec:
     """The dimensions of base model ``name``; ``AdapterInvalid("unknown_base_model")``."""
-    row = session.get(BaseModel, name)
+    row = session.get(BaseModelRecord, name)
     if row is None:
         raise AdapterInvalid("unknown_base_model", f"base model {name!r} is not registered")
     return base_model_spec(row)

@@ -78,8 +78,9 @@ class Namespace(SQLModel, table=True):
     created_by: str = Field(max_length=256)
 
 
-class BaseModel(SQLModel, table=True):
-    """A base model adapters are trained against, with the dimensions from its config.json."""
+class BaseModelRecord(SQLModel, table=True):
+    """A base model adapters are trained against, with the dimensions from its config.json
+    (table ``base_models``; ``Record``, not pydantic's ``BaseModel``)."""
 
     __tablename__ = "base_models"
 

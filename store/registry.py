@@ -35,7 +35,7 @@ from store.errors import AdapterInvalid, BadRequest, IllegalTransition, VersionC
 from store.models import (
     AdapterFile,
     AdapterVersion,
-    BaseModel,
+    BaseModelRecord,
     Package,
     Provenance,
     new_adapter_id,
@@ -160,7 +160,7 @@ def commit_version(
     _check_coordinates(namespace, name, version)
     for attempt in range(2):
         ns = quotas.lock_namespace(session, namespace)
-        if session.get(BaseModel, base_model) is None:
+        if session.get(BaseModelRecord, base_model) is None:
             raise AdapterInvalid(
                 "unknown_base_model", f"base model {base_model!r} is not registered"
             )

@@ -18,7 +18,7 @@ from store.approval import parse_policy
 from store.catalog import base_model_spec, get_namespace
 from store.db import savepoint
 from store.errors import AlreadyExists, BadRequest
-from store.models import BaseModel, Namespace
+from store.models import BaseModelRecord, Namespace
 from store.quotas import check_quota_value
 
 __all__ = ["NAMESPACE_FIELDS", "create_namespace", "register_base_model", "update_namespace"]
@@ -98,7 +98,7 @@ def update_namespace(session: Session, name: str, *, actor: str, **changes: Any)
 
 def register_base_model(
     session: Session, name: str, hf_config: dict[str, Any], *, actor: str
-) -> BaseModel:
+) -> BaseModelRecord:
     """Register base model ``name`` from its HF ``config.json``. Idempotent for the same
     dimensions; ``AlreadyExists`` if ``name`` is registered with other dimensions;
     ``AdapterInvalid("invalid_base_model")`` if the config is unusable."""
@@ -107,12 +107,12 @@ def register_base_model(
     if not name or len(name) > 256:
         raise BadRequest("base model name must be 1 to 256 characters")
     spec = BaseModelSpec.from_hf_config(hf_config)
-    existing = session.get(BaseModel, name)
+    existing = session.get(BaseModelRecord, name)
     if existing is not None:
         if base_model_spec(existing) == spec:
             return existing
         raise AlreadyExists(f"base model {name!r} is already registered with other dimensions")
-    row = BaseModel(name=name, config=hf_config, created_by=actor, **spec.to_dict())
+    row = BaseModelRecord(name=name, config=hf_config, created_by=actor, **spec.to_dict())
     session.add(row)
     session.flush()
     log.info("base_model.registered", base_model=name, actor=actor)

@@ -28,7 +28,7 @@ from store.api.schemas import (
 from store.auth import Principal, create_token
 from store.db import session_scope
 from store.errors import NotFound
-from store.models import BaseModel
+from store.models import BaseModelRecord
 
 router = APIRouter(prefix="/v1", responses=error_responses(401))
 Caller = Annotated[Principal, Depends(get_principal)]
@@ -109,7 +109,7 @@ def register_base_model(
     with audited(request, caller, "base_model.register", target=body.name):
         caller.require_global_admin()
         with session_scope(state.engine) as session:
-            existed = session.get(BaseModel, body.name) is not None
+            existed = session.get(BaseModelRecord, body.name) is not None
             row = tenancy.register_base_model(session, body.name, body.config, actor=caller.actor)
             if existed:
                 response.status_code = 200
@@ -124,8 +124,8 @@ def list_base_models(caller: Caller, state: State) -> dict:
     return page_of(data, page=1, page_size=max(len(data), 1), total=len(data))
 
 
-def _get_base_model(session: Session, name: str) -> BaseModel:
-    row = session.get(BaseModel, name)
+def _get_base_model(session: Session, name: str) -> BaseModelRecord:
+    row = session.get(BaseModelRecord, name)
     if row is None:
         raise NotFound(f"base model {name!r} not found")
     return row

@@ -95,10 +95,10 @@ def fleet(
     import difflib
 
     from store.errors import NotFound
-    from store.models import BaseModel
+    from store.models import BaseModelRecord
 
     with session_scope(state.engine) as session:
-        if session.get(BaseModel, base_model) is None:
+        if session.get(BaseModelRecord, base_model) is None:
             known = [m.name for m in catalog.list_base_models(session)]
             close = difflib.get_close_matches(base_model, known, n=1, cutoff=0.6)
             if close:

@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field
 
 from store.api.errors import ErrorDetail
 from store.approval import Status
-from store.models import AdapterFile, AdapterVersion, BaseModel, Namespace
+from store.models import AdapterFile, AdapterVersion, BaseModelRecord, Namespace
 
 Policy = Literal["auto", "manual"]
 # The namespace part of ``events.models.COORDINATES_RE``; the registry enforces the same.
@@ -87,7 +87,7 @@ def namespace_out(ns: Namespace) -> dict[str, Any]:
     return {"object": "namespace", **ns.model_dump(mode="json")}
 
 
-def base_model_out(bm: BaseModel) -> dict[str, Any]:
+def base_model_out(bm: BaseModelRecord) -> dict[str, Any]:
     return {"object": "base_model", **bm.model_dump(mode="json")}
 
 
