@@ -17,7 +17,6 @@ event exists exactly when the change does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
 
 import sqlalchemy as sa
@@ -145,8 +144,3 @@ def apply_transition(
         announce_refresh(session, version, "evict")
     session.flush()
     return version
-
-
-def serving_statuses() -> Sequence[str]:
-    """The statuses engines load (only ``ready``)."""
-    return (Status.READY.value,)
