@@ -228,7 +228,7 @@ class IngestRecord(SQLModel, table=True):
     job_id: str | None = Field(default=None, max_length=256, index=True)
     received_at: datetime = _ts()
     updated_at: datetime | None = _ts(nullable=True)
-    status: str = Field(default="received", max_length=16)  # received|enqueued|done|failed
+    status: str = Field(default="received", max_length=16)  # workers.ingest.State
     adapter_id: str | None = Field(default=None, max_length=40)
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = None

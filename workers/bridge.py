@@ -187,12 +187,12 @@ class IngestBridge:
             status = record.status
         # A duplicate whose first delivery died before enqueueing is ours to finish; one
         # that got further is a no-op (and a rare double enqueue is harmless: idempotent).
-        if not inserted and status != ingest.RECEIVED:
+        if not inserted and status != ingest.State.RECEIVED:
             return "duplicate"
         self._enqueue(event)
         with self.rt.session() as session:
             ingest.set_status(
-                session, event.event_id, ingest.ENQUEUED, only_from=(ingest.RECEIVED,)
+                session, event.event_id, ingest.State.ENQUEUED, only_from=(ingest.State.RECEIVED,)
             )
         return "enqueued"
 

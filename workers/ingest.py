@@ -8,6 +8,7 @@ pipeline step so the reclaim sweep can tell stuck work from slow work.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,8 +18,18 @@ from sqlmodel import Session
 from events.models import JobCompleted
 from store.models import IngestRecord, utcnow
 
-RECEIVED, ENQUEUED, DONE, FAILED = "received", "enqueued", "done", "failed"
-NOT_DONE = (RECEIVED, ENQUEUED, FAILED)  # the states a final failure may be recorded over
+
+class State(StrEnum):
+    """Where an announcement is: ``received`` (recorded by the bridge), ``enqueued`` (its
+    chain sent to Celery), then ``done`` (version registered) or ``failed``."""
+
+    RECEIVED = "received"
+    ENQUEUED = "enqueued"
+    DONE = "done"
+    FAILED = "failed"
+
+
+NOT_DONE = (State.RECEIVED, State.ENQUEUED, State.FAILED)  # a final failure may overwrite these
 RECLAIMS_KEY = "_reclaims"  # stored next to the event in ``payload``; not part of the event
 
 
@@ -31,7 +42,7 @@ def record_received(session: Session, event: JobCompleted) -> tuple[IngestRecord
     values = {
         "event_id": event.event_id,
         "job_id": event.job_id,
-        "status": RECEIVED,
+        "status": State.RECEIVED,
         "received_at": utcnow(),
         "updated_at": utcnow(),
         "payload": event.model_dump(mode="json"),
@@ -60,7 +71,7 @@ def set_status(
     values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
     if adapter_id is not None:
         values["adapter_id"] = adapter_id
-    if status in (DONE, FAILED):
+    if status in (State.DONE, State.FAILED):
         values["error_code"] = error_code
         values["error_message"] = error_message
     stmt = sa.update(IngestRecord).where(IngestRecord.event_id == event_id)
@@ -80,7 +91,10 @@ def touch(session: Session, event_id: str) -> None:
     """Note progress on an in-flight record (the reclaim sweep measures from here)."""
     session.execute(
         sa.update(IngestRecord)
-        .where(IngestRecord.event_id == event_id, IngestRecord.status.in_((RECEIVED, ENQUEUED)))
+        .where(
+            IngestRecord.event_id == event_id,
+            IngestRecord.status.in_((State.RECEIVED, State.ENQUEUED)),
+        )
         .values(updated_at=utcnow())
     )
 
@@ -96,8 +110,8 @@ def stuck_records(
             sa.select(IngestRecord)
             .where(
                 sa.or_(
-                    sa.and_(IngestRecord.status == RECEIVED, last < received_before),
-                    sa.and_(IngestRecord.status == ENQUEUED, last < enqueued_before),
+                    sa.and_(IngestRecord.status == State.RECEIVED, last < received_before),
+                    sa.and_(IngestRecord.status == State.ENQUEUED, last < enqueued_before),
                 )
             )
             .order_by(IngestRecord.received_at)
@@ -125,7 +139,7 @@ def note_reclaimed(session: Session, record: IngestRecord) -> int:
         .where(IngestRecord.event_id == record.event_id)
         .values(
             payload={**(record.payload or {}), RECLAIMS_KEY: count},
-            status=ENQUEUED,
+            status=State.ENQUEUED,
             updated_at=utcnow(),
         )
     )

@@ -41,7 +41,7 @@ def reclaim_stuck(rt: Runtime, celery_app: Celery) -> dict[str, int]:
                 ingest.set_status(
                     session,
                     record.event_id,
-                    ingest.FAILED,
+                    ingest.State.FAILED,
                     error_code="retries_exhausted",
                     error_message=f"re-enqueued {MAX_RECLAIMS} times without finishing",
                 )

@@ -165,7 +165,7 @@ def record_pipeline_failure(
     namespace, name, version = event.coordinates()
     adapter_id = None
     with get_runtime().session() as session:
-        if ingest.status_of(session, event.event_id) == ingest.DONE:
+        if ingest.status_of(session, event.event_id) == ingest.State.DONE:
             return False
         if version_failed:
             try:
@@ -188,7 +188,7 @@ def record_pipeline_failure(
         return ingest.set_status(
             session,
             event.event_id,
-            ingest.FAILED,
+            ingest.State.FAILED,
             only_from=ingest.NOT_DONE,
             adapter_id=adapter_id,
             error_code=code,
@@ -270,7 +270,7 @@ def register(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
             actor=ACTOR,
             description=event.description,
         )
-        ingest.set_status(session, event.event_id, ingest.DONE, adapter_id=row.id)
+        ingest.set_status(session, event.event_id, ingest.State.DONE, adapter_id=row.id)
         status = row.status
     log.info("adapter_registered", adapter_id=row.id, status=status, created=created)
     return {"event": ctx["event"], "adapter_id": row.id, "status": status, "created": created}
