@@ -100,7 +100,7 @@ def main() -> None:
         with run_registry_api(settings) as (base_url, token):
             client = RegistryClient(base_url, token, timeout=600)
             client.register_base_model("bench-llama", config)
-            client.create_namespace("bench")
+            client.create_namespace("bench", approval_policy="auto")
             for i in range(args.rounds):
                 src = tmp / f"src{i}"
                 write_hf_peft(make_adapter(spec, args.rank, seed=i), src)

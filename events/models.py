@@ -13,8 +13,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+# The one spelling of a namespace and an adapter name (lowercase letters, digits, '-', '_'
+# or '.', starting with a letter or digit); the API, the registry and the CLI use these.
+NAMESPACE_PART = r"[a-z0-9][a-z0-9_.-]{0,62}"
+NAME_PART = r"[a-z0-9][a-z0-9_.-]{0,127}"
+VERSION_PART = r"\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?"
+NAMESPACE_PATTERN = f"^{NAMESPACE_PART}$"
+NAME_PATTERN = f"^{NAME_PART}$"
+NAME_RULE = "lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
 COORDINATES_RE = re.compile(
-    r"^(?P<namespace>[a-z0-9][a-z0-9_.-]{0,62})/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})@(?P<version>\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?)$"
+    f"^(?P<namespace>{NAMESPACE_PART})/(?P<name>{NAME_PART})@(?P<version>{VERSION_PART})$"
 )
 
 
@@ -44,10 +52,22 @@ def parse_coordinates(value: str) -> tuple[str, str, str]:
     """Split ``namespace/name@version``; ValueError with a precise message when malformed."""
     match = COORDINATES_RE.match(value)
     if not match:
-        raise ValueError(
-            f"{value!r} is not namespace/name@version with a semantic version (e.g. acme/bot@1.2.0)"
-        )
+        raise ValueError(_coordinates_problem(value))
     return match["namespace"], match["name"], match["version"]
+
+
+def _coordinates_problem(value: str) -> str:
+    """What is wrong with ``value`` as coordinates, naming the part when one can be told."""
+    head, _, version = value.rpartition("@")
+    namespace, _, name = head.partition("/")
+    if head and namespace and name and "/" not in name:
+        if not re.fullmatch(NAMESPACE_PART, namespace):
+            return f"invalid namespace {namespace!r} in {value!r}: 1 to 63 {NAME_RULE}"
+        if not re.fullmatch(NAME_PART, name):
+            return f"invalid adapter name {name!r} in {value!r}: 1 to 128 {NAME_RULE}"
+        if not re.fullmatch(VERSION_PART, version):
+            return f"invalid version {version!r} in {value!r}: a semantic version, e.g. 1.2.0"
+    return f"{value!r} is not namespace/name@version with a semantic version (e.g. acme/bot@1.2.0)"
 
 
 class JobCompleted(Event):

@@ -127,9 +127,10 @@ def up(
     running with every component's logs prefixed by its name; Ctrl-C (SIGINT) or SIGTERM
     stops it all.
 
-    It registers the served base model and the ``default`` namespace (the namespace default
-    approval policy), writes an example adapter to HOME/examples/example-lora and describes
-    itself in HOME/stack.json, so commands in another shell reach it with no exports."""
+    It registers the served base model and the ``default`` namespace (auto approval: what
+    you upload is served at once), writes an example adapter to HOME/examples/example-lora
+    and describes itself in HOME/stack.json, so commands in another shell reach it with no
+    exports."""
     from lorafleet.stack import Stack, StackConfig
     from lorafleet.supervisor import SupervisorError, prefixed_echo
     from store.settings import StoreSettings

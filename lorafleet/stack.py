@@ -248,8 +248,9 @@ class Stack:
             with RegistryClient(self.api_url, self.admin_token) as client:
                 client.register_base_model(name, config)
                 try:
-                    # The namespace default policy (the registry's, not ours).
-                    client.create_namespace(DEFAULT_NAMESPACE)
+                    # auto, explicitly (the registry's default is manual): the stack's
+                    # Quick start serves what it uploads without an approval step.
+                    client.create_namespace(DEFAULT_NAMESPACE, approval_policy="auto")
                 except ApiError as exc:
                     if exc.status != 409:
                         raise

@@ -105,14 +105,21 @@ def api(
 @ns_app.command("create")
 def namespaces_create(
     name: Annotated[str, typer.Argument(help="Namespace name, e.g. acme.")],
-    policy: Annotated[str, typer.Option(help="Approval policy: auto or manual.")] = "auto",
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="Approval policy: manual (uploads wait for `lorafleet adapters approve`) or "
+            "auto (validated uploads are served at once).",
+        ),
+    ] = "manual",
     max_bytes: Annotated[int | None, typer.Option(help="Quota: bytes stored.")] = None,
     max_versions: Annotated[int | None, typer.Option(help="Quota: adapter versions.")] = None,
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
     url: Url = None,
     token: Token = None,
 ) -> None:
-    """Create a namespace (global admin)."""
+    """Create a namespace (global admin). Without --policy it is manual: nothing uploaded
+    to it is served until someone approves it."""
     with api_client(url, token) as client:
         ns = client.create_namespace(
             name,
@@ -145,12 +152,20 @@ def namespaces_list(url: Url = None, token: Token = None, as_json: AsJson = Fals
 
 @bm_app.command("add")
 def base_models_add(
-    config: Annotated[Path, typer.Argument(help="The model's HF config.json.", exists=True)],
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="The model's HF config.json, or its directory (./tiny reads ./tiny/config.json).",
+            exists=True,
+        ),
+    ],
     name: Annotated[str, typer.Option(help="Name adapters refer to, e.g. llama-3-8b.")],
     url: Url = None,
     token: Token = None,
 ) -> None:
-    """Register a base model from its HF config.json (global admin)."""
+    """Register a base model (Llama family) from its HF config.json (global admin)."""
+    if config.is_dir():
+        config = config / "config.json"
     try:
         body = json.loads(config.read_text())
     except (OSError, json.JSONDecodeError) as exc:

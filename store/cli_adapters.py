@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from events.models import parse_coordinates
 from store.cli_api import (
     AsJson,
     Token,
@@ -26,7 +27,7 @@ from store.cli_api import (
     resolve_api,
     transfer_progress,
 )
-from store.client import adapter_files
+from store.client import upload_files
 
 adapters_app = typer.Typer(
     help="Upload, list, approve, archive and pull adapter versions.", no_args_is_help=True
@@ -53,7 +54,9 @@ def _adapter_table(rows: list[dict]) -> Table:
 def adapters_upload(
     directory: Annotated[Path, typer.Argument(help="Adapter directory.", file_okay=False)],
     namespace: Annotated[str, typer.Option(help="Target namespace.")],
-    name: Annotated[str, typer.Option(help="Adapter name.")],
+    name: Annotated[
+        str, typer.Option(help="Adapter name: lowercase letters, digits, '-', '_', '.'.")
+    ],
     version: Annotated[str, typer.Option(help="Semantic version, e.g. 1.0.0.")],
     base_model: Annotated[str, typer.Option(help="Registered base model name.")],
     provenance: Annotated[
@@ -61,11 +64,34 @@ def adapters_upload(
         typer.Option(help="JSON (or @file) with job_id, dataset, hyperparameters, metrics."),
     ] = None,
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Send files matching this glob even when they are trainer state or match "
+            "--exclude (repeatable; a glob without '/' matches file names).",
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="Leave out files matching this glob (repeatable)."),
+    ] = None,
     url: Url = None,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Upload an adapter directory (HF PEFT, NeMo or TensorRT-LLM) as a new version."""
+    """Upload an adapter directory (HF PEFT, NeMo or TensorRT-LLM) as a new version.
+
+    Before any file is sent, the coordinates, the namespace, the base model and the token's
+    role are checked (one request). An HF Trainer checkpoint's resuming state (optimizer.pt,
+    scheduler.pt, scaler.pt, rng_state*.pth, training_args.bin, trainer_state.json) is left
+    out, with a warning, unless --include names it.
+    """
+    coordinates = f"{namespace}/{name}@{version}"
+    try:
+        parse_coordinates(coordinates)
+    except ValueError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     prov = None
     if provenance:
         try:
@@ -80,18 +106,29 @@ def adapters_upload(
             err.print(f"[red]error[/red] --provenance is not JSON: {escape(str(exc))}")
             raise typer.Exit(1) from None
     with api_client(url, token) as client:
-        total = sum(p.stat().st_size for _, p in adapter_files(directory))
+        files, left_out = upload_files(directory, include=include or (), exclude=exclude or ())
+        for rel in left_out:
+            err.print(
+                f"[yellow]warning[/yellow] {escape(rel)} is trainer state, not adapter files: "
+                f"left out (--include {escape(PurePosixPath(rel).name)} sends it)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        target = {"namespace": namespace, "name": name, "version": version}
+        client.check_upload(**target, base_model=base_model)
         with transfer_progress() as bar:
-            task = bar.add_task(f"upload {namespace}/{name}@{version}", total=total)
+            total = sum(p.stat().st_size for _, p in files)
+            task = bar.add_task(f"upload {coordinates}", total=total)
             entity = client.upload_adapter(
                 directory,
-                namespace=namespace,
-                name=name,
-                version=version,
+                **target,
                 base_model=base_model,
                 provenance=prov,
                 description=description,
                 progress=lambda n: bar.advance(task, n),
+                include=include or (),
+                exclude=exclude or (),
+                check_first=False,
             )
     if as_json:
         return print_json(entity)

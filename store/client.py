@@ -14,12 +14,13 @@ lorafleet image as 10001).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import quote
@@ -31,6 +32,19 @@ Progress = Callable[[int], None]  # called with the number of bytes just transfe
 FILE_MODE = 0o644  # downloaded files: readable by the serving process, whichever its uid
 DIR_MODE = 0o755
 ROLES = ("canonical", "original")
+# What an HF Trainer checkpoint holds besides the adapter: resuming state, never served.
+# Left out of an upload unless an ``include`` pattern names it.
+TRAINER_STATE_FILES = (
+    "optimizer.pt",
+    "optimizer.bin",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state.pth",
+    "rng_state_*.pth",
+    "training_args.bin",
+    "trainer_state.json",
+)
+TOKEN_HINT = "give a valid token with LORAFLEET_TOKEN or --token"
 
 
 class ApiError(Exception):
@@ -104,6 +118,35 @@ def adapter_files(source_dir: Path) -> list[tuple[str, Path]]:
     ]
 
 
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    """A pattern with a ``/`` matches the relative path, one without it the file name."""
+    name = PurePosixPath(rel).name
+    return any(fnmatch.fnmatchcase(rel if "/" in p else name, p) for p in patterns)
+
+
+def upload_files(
+    source_dir: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The files of ``source_dir`` an upload sends, and the trainer-state files it leaves out.
+
+    A file is sent when an ``include`` glob matches it; otherwise unless an ``exclude`` glob
+    matches it or it is trainer state (``TRAINER_STATE_FILES``: optimizer, scheduler, RNG
+    state, training arguments). A glob with a ``/`` matches the relative path, one without
+    it the file name. ``ApiError("no_files")`` when nothing is left to send."""
+    chosen: list[tuple[str, Path]] = []
+    left_out: list[str] = []
+    for rel, path in adapter_files(source_dir):
+        if _matches(rel, include):
+            chosen.append((rel, path))
+        elif _matches(rel, TRAINER_STATE_FILES):
+            left_out.append(rel)
+        elif not _matches(rel, exclude):
+            chosen.append((rel, path))
+    if not chosen:
+        raise ApiError(0, "no_files", f"no files to upload in {source_dir} (after --exclude)")
+    return chosen, left_out
+
+
 class RegistryClient:
     """A thin, typed client of the registry's REST API (``/v1``)."""
 
@@ -133,14 +176,25 @@ class RegistryClient:
             code, message = str(err["code"]), str(err["message"])
         except (ValueError, KeyError, TypeError):
             code, message = "http_error", response.text[:500] or response.reason_phrase
+        if response.status_code == 401:
+            message = f"{message.rstrip('.')}: {TOKEN_HINT}"
         raise ApiError(response.status_code, code, message)
+
+    def _unreachable(self, exc: httpx.TransportError) -> ApiError:
+        return ApiError(
+            0,
+            "unreachable",
+            f"cannot reach the registry API at {self.base_url} ({exc or type(exc).__name__}): "
+            "check that it is up (lorafleet api, or lorafleet up) and that --url / "
+            "LORAFLEET_API_URL names it",
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one request and return its decoded JSON (None for an empty body)."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ApiError(0, "unreachable", f"{self.base_url}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         self._raise_for(response)
         return response.json() if response.content else None
 
@@ -215,6 +269,15 @@ class RegistryClient:
         params = {"purge": "true"} if purge else None
         return self.request("DELETE", f"/v1/adapters/{quote(adapter_id)}", params=params)
 
+    def check_upload(self, *, namespace: str, name: str, version: str, base_model: str) -> dict:
+        """What an upload to these coordinates would be refused for before its files: this
+        token's role, the coordinates, the namespace, the base model (``ApiError`` with the
+        upload's own status and code). Returns ``approval_policy`` and ``exists``."""
+        params = {"namespace": namespace, "name": name, "version": version}
+        return self.request(
+            "GET", "/v1/adapters/upload-check", params={**params, "base_model": base_model}
+        )
+
     def fleet(self, base_model: str) -> dict:
         """``{"generation": N, "adapters": [...]}``: the ready set engines reconcile with."""
         return self.request("GET", "/v1/fleet", params={"base_model": base_model})
@@ -230,14 +293,22 @@ class RegistryClient:
         provenance: dict | None = None,
         description: str | None = None,
         progress: Progress | None = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        check_first: bool = True,
     ) -> dict:
-        """Upload every file under ``source_dir`` as a new version; returns the entity.
+        """Upload the files under ``source_dir`` (``upload_files``: trainer state left out
+        unless ``include`` names it) as a new version; returns the entity.
 
+        With ``check_first`` (the default) ``check_upload`` runs before any file is read, so a
+        refusal for the token, coordinates, namespace or base model costs one small request.
         Re-uploading the same bytes returns the existing version; different bytes under the
         same coordinates raise ``ApiError(409, "version_conflict")``.
         """
-        files = adapter_files(Path(source_dir))
+        files, _ = upload_files(Path(source_dir), include=include, exclude=exclude)
         data = {"namespace": namespace, "name": name, "version": version, "base_model": base_model}
+        if check_first:
+            self.check_upload(**data)
         if provenance is not None:
             data["provenance"] = json.dumps(provenance)
         if description is not None:
@@ -299,7 +370,7 @@ class RegistryClient:
                 raise ApiError(0, "digest_mismatch", f"{path}: got {digest.hexdigest()}")
             os.replace(tmp_name, dest)
         except httpx.TransportError as exc:
-            raise ApiError(0, "unreachable", f"{self.base_url}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         finally:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)

@@ -168,7 +168,7 @@ def commit_version(
         if existing is not None and existing.status != Status.FAILED:
             _existing_outcome(existing, package, base_model)
             return existing, False  # nothing changed
-        quotas.enforce_quota(session, ns, package.total_bytes)
+        quotas.enforce_quota(session, ns, package.files)
         if existing is not None:
             log.info(
                 "adapter.replacing_failed", adapter_id=existing.id, coordinates=existing.coordinates

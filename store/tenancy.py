@@ -7,13 +7,14 @@ The write side of both; look-ups (``get_namespace``, ``list_namespaces``,
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from events.models import parse_coordinates
+from events.models import NAME_RULE, NAMESPACE_PART
 from store.approval import parse_policy
 from store.catalog import base_model_spec, get_namespace
 from store.db import savepoint
@@ -32,21 +33,17 @@ def create_namespace(
     session: Session,
     name: str,
     *,
-    approval_policy: str = "auto",
+    approval_policy: str = "manual",
     max_bytes: int | None = None,
     max_versions: int | None = None,
     actor: str,
     description: str | None = None,
 ) -> Namespace:
-    """Create namespace ``name``; ``AlreadyExists`` if taken, ``BadRequest`` if malformed."""
-    try:
-        parse_coordinates(f"{name}/x@0.0.0")
-    except ValueError:
-        # Say what is wrong with the name, not with made-up coordinates around it.
-        raise BadRequest(
-            f"invalid namespace name {name!r}: 1 to 63 lowercase letters, digits, '-', '_' "
-            "or '.', starting with a letter or digit"
-        ) from None
+    """Create namespace ``name`` (``manual`` approval unless told otherwise: nothing it
+    receives is served before someone approves it); ``AlreadyExists`` if taken,
+    ``BadRequest`` if malformed."""
+    if not re.fullmatch(NAMESPACE_PART, name):
+        raise BadRequest(f"invalid namespace name {name!r}: 1 to 63 {NAME_RULE}")
     parse_policy(approval_policy)
     check_quota_value(max_bytes, "max_bytes")
     check_quota_value(max_versions, "max_versions")

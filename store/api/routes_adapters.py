@@ -15,15 +15,16 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from events.models import NAME_PATTERN, NAMESPACE_PATTERN, parse_coordinates
 from store import catalog, registry
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
 from store.api.schemas import (
-    NAMESPACE_PATTERN,
     AdapterDeleted,
     AdapterList,
     AdapterOut,
     AdapterPatch,
+    UploadCheckOut,
     adapter_out,
     page_of,
 )
@@ -86,7 +87,7 @@ _UPLOAD_BODY = {
                 "required": ["namespace", "name", "version", "base_model", "files"],
                 "properties": {
                     "namespace": {"type": "string", "pattern": NAMESPACE_PATTERN},
-                    "name": {"type": "string"},
+                    "name": {"type": "string", "pattern": NAME_PATTERN},
                     "version": {"type": "string", "description": "semantic version"},
                     "base_model": {"type": "string"},
                     "provenance": {
@@ -296,6 +297,39 @@ def download_file(
         media_type="application/octet-stream",
         headers=headers,
     )
+
+
+# Before ``/{adapter_id}``, which would take ``upload-check`` for an id.
+@router.get(
+    "/upload-check", response_model=UploadCheckOut, responses=error_responses(400, 403, 404, 422)
+)
+def check_upload(
+    namespace: str, name: str, version: str, base_model: str, caller: Caller, state: State
+) -> dict[str, Any]:
+    """What ``POST /v1/adapters`` would refuse before looking at any file, answered with the
+    same error: a token that may not write the namespace (403, or 404 when it cannot see it),
+    malformed coordinates (400), a missing namespace (404), an unregistered base model (422
+    ``unknown_base_model``). Clients ask first, so nothing is sent to be refused."""
+    caller.require_role(namespace, "writer", f"namespace {namespace!r} not found")
+    coordinates = f"{namespace}/{name}@{version}"
+    try:
+        parse_coordinates(coordinates)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    with session_scope(state.engine) as session:
+        ns = catalog.get_namespace(session, namespace)
+        catalog.get_base_model_spec(session, base_model)
+        try:  # a failed version is replaced by the next upload, as if absent
+            exists = catalog.get_version(session, namespace, name, version).status != Status.FAILED
+        except NotFound:
+            exists = False
+        return {
+            "object": "upload_check",
+            "coordinates": coordinates,
+            "base_model": base_model,
+            "approval_policy": ns.approval_policy,
+            "exists": exists,
+        }
 
 
 @router.get("/{adapter_id}", response_model=AdapterOut, responses=error_responses(404))

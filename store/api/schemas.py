@@ -8,13 +8,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel as Body
 from pydantic import ConfigDict, Field
 
+from events.models import NAMESPACE_PATTERN
 from store.api.errors import ErrorDetail
 from store.approval import Status
 from store.models import AdapterFile, AdapterVersion, BaseModelRecord, Namespace
 
 Policy = Literal["auto", "manual"]
-# The namespace part of ``events.models.COORDINATES_RE``; the registry enforces the same.
-NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
 
 def _not_nullable(schema: dict[str, Any]) -> None:
@@ -32,7 +31,8 @@ class _Strict(Body):
 
 class NamespaceCreate(_Strict):
     name: str = Field(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)
-    approval_policy: Policy = "auto"
+    # Safe by default: a new namespace's uploads wait for an approval before engines serve them.
+    approval_policy: Policy = "manual"
     max_bytes: int | None = Field(default=None, ge=0)
     max_versions: int | None = Field(default=None, ge=0)
     description: str | None = None
@@ -408,6 +408,30 @@ class Readiness(Body):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str]
     error: dict[str, str] | None = None
+
+
+class UploadCheckOut(Body):
+    """An upload to these coordinates would be accepted up to its files: the caller may write
+    the namespace, the coordinates are valid and the base model is registered."""
+
+    model_config = _out(
+        {
+            "object": "upload_check",
+            "coordinates": "acme/support-bot@1.2.0",
+            "base_model": "meta/llama-3-8b",
+            "approval_policy": "manual",
+            "exists": False,
+        }
+    )
+
+    object: Literal["upload_check"] = "upload_check"
+    coordinates: str
+    base_model: str
+    approval_policy: Policy
+    exists: bool = Field(
+        description="A version already holds these coordinates: the same bytes get it back, "
+        "other bytes a 409 version_conflict."
+    )
 
 
 class AdapterDeleted(Body):

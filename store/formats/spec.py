@@ -26,6 +26,10 @@ SUPPORTED_MODULES: tuple[str, ...] = (
 
 ATTENTION_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
 
+# The architectures whose layers have the seven modules above under these names and
+# shapes (the engine's model and the adapters' checks assume them).
+LLAMA_FAMILY: dict[str, str] = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
+
 GiB = 1024**3
 
 
@@ -48,6 +52,30 @@ def llama_module_shapes(
     }
 
 
+def _llama_family_architecture(config: dict[str, Any]) -> str:
+    """The config's architecture if it is of the Llama family, else ``invalid_base_model``."""
+    archs = config.get("architectures")
+    model_type = config.get("model_type")
+    if isinstance(archs, list) and archs:
+        architecture = str(archs[0])
+        known = architecture in LLAMA_FAMILY
+    elif isinstance(model_type, str) and model_type:
+        architecture = next(
+            (a for a, t in LLAMA_FAMILY.items() if t == model_type), f"model_type {model_type!r}"
+        )
+        known = model_type in LLAMA_FAMILY.values()
+    else:
+        return "LlamaForCausalLM"
+    if not known:
+        what = architecture if architecture.startswith("model_type") else repr(architecture)
+        raise AdapterInvalid(
+            "invalid_base_model",
+            f"unsupported architecture {what} (Llama family: {', '.join(LLAMA_FAMILY)}): "
+            "lorafleet validates and serves LoRA adapters of Llama-family models only",
+        )
+    return architecture
+
+
 @dataclass(frozen=True)
 class BaseModelSpec:
     """The dimensions of a Llama-family base model that an adapter must match."""
@@ -60,19 +88,23 @@ class BaseModelSpec:
     head_dim: int
     vocab_size: int
     architecture: str = "LlamaForCausalLM"
+    # The registered name, for messages ("tiny-llama has 64"); not a dimension: equality,
+    # ``to_dict`` and so manifests leave it out.
+    name: str = field(default="", compare=False)
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> BaseModelSpec:
         """Build a spec from a HF ``config.json`` dict.
 
-        Raises ``AdapterInvalid("invalid_base_model")`` when a dimension is missing, not a
-        positive integer, or inconsistent (heads not dividing hidden size, kv heads not
-        dividing heads).
+        Raises ``AdapterInvalid("invalid_base_model")`` for an architecture outside the
+        Llama family (``LLAMA_FAMILY``, by ``architectures`` or else ``model_type``; a config
+        naming neither is taken for Llama), and when a dimension is missing, not a positive
+        integer, or inconsistent (heads not dividing hidden size, kv heads not dividing
+        heads).
         """
         if not isinstance(config, dict):
             raise AdapterInvalid("invalid_base_model", "base model config must be a JSON object")
-        archs = config.get("architectures") or ["LlamaForCausalLM"]
-        architecture = str(archs[0]) if isinstance(archs, list) and archs else "LlamaForCausalLM"
+        architecture = _llama_family_architecture(config)
 
         def positive(key: str, value: Any) -> int:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -120,8 +152,14 @@ class BaseModelSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict that ``from_dict`` turns back into an equal spec."""
-        return asdict(self)
+        """A JSON-ready dict of the dimensions that ``from_dict`` turns back into an equal
+        spec (without ``name``)."""
+        return {k: v for k, v in asdict(self).items() if k != "name"}
+
+    @property
+    def label(self) -> str:
+        """How messages name this base model."""
+        return self.name or "the base model"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BaseModelSpec:

@@ -22,6 +22,26 @@ def check_rank(rank: object, limits: ValidationLimits, source: str) -> int:
     return rank
 
 
+# What sets each module's (in_features, out_features) in a Llama-family config.
+_DIMENSIONS: dict[str, tuple[str, str]] = {
+    "q_proj": ("hidden_size", "num_attention_heads x head_dim"),
+    "k_proj": ("hidden_size", "num_key_value_heads x head_dim"),
+    "v_proj": ("hidden_size", "num_key_value_heads x head_dim"),
+    "o_proj": ("num_attention_heads x head_dim", "hidden_size"),
+    "gate_proj": ("hidden_size", "intermediate_size"),
+    "up_proj": ("hidden_size", "intermediate_size"),
+    "down_proj": ("intermediate_size", "hidden_size"),
+}
+
+
+def _misfit(module: str, got: tuple[int, int], expected: tuple[int, int], base: str) -> str:
+    """``trained for hidden_size 128, tiny-llama has 64``: the first dimension that differs."""
+    for dimension, have, want in zip(_DIMENSIONS[module], got, expected, strict=True):
+        if have != want:
+            return f"trained for {dimension} {have}, {base} has {want}"
+    raise AssertionError("no dimension differs")  # pragma: no cover
+
+
 def validate_adapter(
     adapter: CanonicalAdapter, spec: BaseModelSpec | None, limits: ValidationLimits
 ) -> None:
@@ -70,14 +90,16 @@ def validate_adapter(
             if layer >= spec.num_layers:
                 raise AdapterInvalid(
                     "shape_mismatch",
-                    f"{where}: layer index {layer} but the base model has {spec.num_layers}",
+                    f"{where}: layer index {layer}: trained for at least {layer + 1} layers, "
+                    f"{spec.label} has {spec.num_layers}",
                 )
             in_f, out_f = shapes[module]
             if a.shape[1] != in_f or b.shape[0] != out_f:
+                misfit = _misfit(module, (a.shape[1], b.shape[0]), (in_f, out_f), spec.label)
                 raise AdapterInvalid(
                     "shape_mismatch",
-                    f"{where}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit the "
-                    f"base model (expected [{adapter.rank}, {in_f}] / [{out_f}, {adapter.rank}])",
+                    f"{where}: {misfit} (lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)}, "
+                    f"expected [{adapter.rank}, {in_f}] / [{out_f}, {adapter.rank}])",
                 )
         for name, t in (("lora_A", a), ("lora_B", b)):
             if not t.is_floating_point():

@@ -57,7 +57,8 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory):
         with stack.http(stack.admin_token) as admin:
             r = admin.post("/v1/base-models", json={"name": BASE, "config": tiny_hf_config()})
             assert r.status_code == 201, r.text
-            assert admin.post("/v1/namespaces", json={"name": "acme"}).status_code == 201
+            body = {"name": "acme", "approval_policy": "auto"}
+            assert admin.post("/v1/namespaces", json=body).status_code == 201
             files = directory_files(write_hf_peft(random_adapter(rank=2), Path(root, "a")))
             r = upload(admin, files, namespace="acme", name="bot", version="1.0.0", base_model=BASE)
             assert r.status_code == 201, r.text

@@ -51,7 +51,7 @@ def api(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         blob_url=f"file://{pipeline.blob_dir}",
     )
     with pipeline.session() as s:
-        tenancy.create_namespace(s, "tight", max_versions=0, actor="test")
+        tenancy.create_namespace(s, "tight", approval_policy="auto", max_versions=0, actor="test")
     with run_registry_api(settings) as (base_url, token):
         yield Api(base_url, token)
 

@@ -46,7 +46,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory):
         with stack.http(stack.admin_token) as admin:
             r = admin.post("/v1/base-models", json={"name": BASE, "config": tiny_hf_config()})
             assert r.status_code == 201, r.text
-            assert admin.post("/v1/namespaces", json={"name": NS}).status_code == 201
+            body = {"name": NS, "approval_policy": "auto"}
+            assert admin.post("/v1/namespaces", json=body).status_code == 201
         yield Hostile(stack, stack.mint("writer", NS, "ci"))
 
 

@@ -312,3 +312,23 @@ def test_delete_archives_and_admin_purge_removes(
     with pytest.raises(ApiError) as gone:
         live_registry.admin.get_adapter(entity["id"])
     assert gone.value.status == 404
+
+
+def test_shape_mismatch_names_the_registered_base_model(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    from support.tiny import tiny_spec
+
+    live_registry.admin.register_base_model("tiny-llama", tiny_hf_config())
+    live_registry.admin.create_namespace("acme", approval_policy="auto")
+    wide = random_adapter(tiny_spec(hidden_size=128), modules=("q_proj", "v_proj"))
+    with pytest.raises(ApiError) as err:
+        live_registry.admin.upload_adapter(
+            write_hf_peft(wide, tmp_path / "wide"),
+            namespace="acme",
+            name="bot",
+            version="1.0.0",
+            base_model="tiny-llama",
+        )
+    assert (err.value.status, err.value.code) == (422, "shape_mismatch")
+    assert "trained for hidden_size 128, tiny-llama has 64" in err.value.message

@@ -103,7 +103,7 @@ def test_null_approval_policy_is_404_for_a_missing_namespace_else_a_precise_400(
             http.patch("/v1/namespaces/acme", json={"approval_policy": None}), 400, "bad_request"
         )
         assert message == "approval_policy cannot be null: give auto or manual"
-        assert http.get("/v1/namespaces/acme").json()["approval_policy"] == "auto"
+        assert http.get("/v1/namespaces/acme").json()["approval_policy"] == "manual"  # unchanged
         cleared = http.patch("/v1/namespaces/acme", json={"max_bytes": None, "description": None})
         assert cleared.status_code == 200 and cleared.json()["max_bytes"] is None
 
@@ -122,7 +122,7 @@ def test_adapter_patch_that_changes_nothing_is_a_precise_400(
 ) -> None:
     admin = live_registry.admin
     admin.register_base_model(BASE, tiny_hf_config())
-    admin.create_namespace("acme")
+    admin.create_namespace("acme", approval_policy="auto")
     entity = admin.upload_adapter(
         write_hf_peft(random_adapter(), tmp_path / "a"),
         namespace="acme",

@@ -38,7 +38,7 @@ def test_upload_and_download_through_s3_blobs(
         with RegistryClient(url, token) as admin:
             assert httpx.get(f"{url}/v1/health/ready").json()["checks"]["blob_store"] == "ok"
             admin.register_base_model("tiny", tiny_hf_config())
-            admin.create_namespace("acme")
+            admin.create_namespace("acme", approval_policy="auto")
             entity = admin.upload_adapter(
                 src, namespace="acme", name="bot", version="1.0.0", base_model="tiny"
             )
@@ -55,7 +55,7 @@ def test_quota_exceeded_is_413_and_keeps_the_namespace_usable(
 ) -> None:
     admin = live_registry.admin
     admin.register_base_model("tiny", tiny_hf_config())
-    admin.create_namespace("small", max_versions=1)
+    admin.create_namespace("small", approval_policy="auto", max_versions=1)
     src = write_hf_peft(random_adapter(seed=1), tmp_path / "a")
     admin.upload_adapter(src, namespace="small", name="a", version="1.0.0", base_model="tiny")
     other = write_hf_peft(random_adapter(seed=2), tmp_path / "b")

@@ -273,3 +273,44 @@ def test_cli_finds_a_running_stack_and_sends_its_token_only_to_it(
         app, ["namespaces", "list"], env={**env, "LORAFLEET_API_PORT": str(free_port())}
     )
     assert result.exit_code == 1 and "unreachable" in result.stderr
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_base_models_add_takes_the_model_directory(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "config.json").write_text(json.dumps(tiny_hf_config()))
+    result = _cli(live_registry, tmp_path, "base-models", "add", "./tiny", "--name", "tiny-llama")
+    assert result.returncode == 0, result.stderr
+    assert live_registry.admin.get_base_model("tiny-llama")["hidden_size"] == 64
+
+    gpt2 = tmp_path / "gpt2.json"
+    gpt2.write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    line = _one_line_error(
+        _cli(live_registry, tmp_path, "base-models", "add", str(gpt2), "--name", "g")
+    )
+    assert "unsupported architecture 'GPT2LMHeadModel' (Llama family" in line
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_401_names_the_token_variable_and_option(
+    live_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    env = process_env(
+        {
+            "LORAFLEET_API_URL": live_registry.base_url,
+            "LORAFLEET_TOKEN": "lft_wrong",
+            "COLUMNS": "80",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "from lorafleet.cli import app; app()", "namespaces", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**env, "LORAFLEET_HOME": str(tmp_path)},
+    )
+    line = _one_line_error(result)
+    assert "401 unauthorized" in line and "LORAFLEET_TOKEN" in line and "--token" in line

@@ -16,7 +16,7 @@ from store.client import ApiError, RegistryClient
 
 def _ready_adapter(reg: LiveRegistry, tmp_path: Path) -> tuple[dict, Path]:
     reg.admin.register_base_model("tiny", tiny_hf_config())
-    reg.admin.create_namespace("acme")
+    reg.admin.create_namespace("acme", approval_policy="auto")
     src = write_hf_peft(random_adapter(seed=5, rank=8), tmp_path / "src")
     seen: list[int] = []
     entity = reg.admin.upload_adapter(
@@ -230,3 +230,26 @@ def test_fleet_of_an_unregistered_base_model_is_404_with_a_suggestion(
         live_registry.admin.fleet("mistral-7b")
     assert far.value.code == "unknown_base_model" and "'tiny'" in far.value.message
     assert len(live_registry.admin.fleet("tiny")["adapters"]) == 1
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_401_says_how_to_give_a_token(live_registry: LiveRegistry) -> None:
+    for token in (None, "lft_wrong"):
+        with (
+            RegistryClient(live_registry.base_url, token) as client,
+            pytest.raises(ApiError) as err,
+        ):
+            client.list_namespaces()
+        assert (err.value.status, err.value.code) == (401, "unauthorized")
+        assert "LORAFLEET_TOKEN" in err.value.message and "--token" in err.value.message
+
+
+def test_unreachable_names_the_url_and_says_to_check_the_api_is_up() -> None:
+    from support.services import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with RegistryClient(url, "lft_x", timeout=5) as client, pytest.raises(ApiError) as err:
+        client.list_namespaces()
+    assert err.value.code == "unreachable"
+    assert url in err.value.message and "check that it is up" in err.value.message
+    assert "LORAFLEET_API_URL" in err.value.message

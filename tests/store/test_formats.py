@@ -254,3 +254,36 @@ def test_gzipped_nemo_archive_loads(tmp_path: Path) -> None:
     (tmp_path / "gz" / "adapter.nemo").write_bytes(gzip.compress(plain.read_bytes()))
     loaded = load_adapter(tmp_path / "gz", spec)
     assert torch.equal(loaded.weights[(0, "k_proj")][1], adapter.weights[(0, "k_proj")][1])
+
+
+def test_shape_mismatch_names_the_dimension_and_the_base_model(tmp_path: Path) -> None:
+    from store.formats.spec import ValidationLimits
+    from store.formats.validate import validate_adapter
+
+    trained_on = tiny_spec(hidden_size=128, intermediate_size=256)
+    base = BaseModelSpec.from_dict({**tiny_spec().to_dict(), "name": "tiny-llama"})
+    adapter = random_adapter(trained_on, modules=("q_proj",))
+    with pytest.raises(AdapterInvalid) as err:
+        validate_adapter(adapter, base, ValidationLimits())
+    assert err.value.code == "shape_mismatch"
+    assert "trained for hidden_size 128, tiny-llama has 64" in err.value.message
+    down = random_adapter(tiny_spec(intermediate_size=256), modules=("down_proj",))
+    with pytest.raises(AdapterInvalid, match="trained for intermediate_size 256, tiny-llama has"):
+        validate_adapter(down, base, ValidationLimits())
+    assert base == tiny_spec() and "name" not in base.to_dict()  # a label, not a dimension
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 768, "n_layer": 12},
+        {"model_type": "gpt2", "n_embd": 768},
+    ],
+    ids=["architectures", "model_type_only"],
+)
+def test_a_gpt2_config_is_an_unsupported_architecture(config: dict) -> None:
+    with pytest.raises(AdapterInvalid) as err:
+        BaseModelSpec.from_hf_config(config)
+    assert err.value.code == "invalid_base_model"
+    assert "unsupported architecture" in err.value.message
+    assert "Llama family" in err.value.message and "LlamaForCausalLM" in err.value.message

@@ -149,7 +149,9 @@ def test_failed_version_is_replaced_by_fixed_bytes(session, auto_ns, base_model,
 
 
 def test_quota_on_versions_and_bytes(session, base_model, make_package):
-    create_namespace(session, "small", max_versions=2, max_bytes=1000, actor="admin")
+    create_namespace(
+        session, "small", approval_policy="auto", max_versions=2, max_bytes=1000, actor="admin"
+    )
     commit(session, make_package(1, size=100), "small", "1.0.0")
     with pytest.raises(QuotaExceeded, match="bytes"):
         commit(session, make_package(2, size=900), "small", "2.0.0")
@@ -435,3 +437,57 @@ def test_each_name_has_one_home_and_the_registry_re_exports_none() -> None:
             assert name not in registry.__all__, name
     assert not hasattr(registry, "NAMESPACE_FIELDS")
     assert tenancy.NAMESPACE_FIELDS == NAMESPACE_FIELDS
+
+
+def test_byte_quota_counts_each_distinct_blob_once(session, base_model):
+    from dataclasses import replace
+
+    from store.models import Package, PackageFile
+
+    def package(seed: int, version_bytes: int = 100) -> Package:
+        # An HF PEFT upload whose canonical weights are byte-identical to the original.
+        digest = f"{seed:064x}"
+        same = [
+            PackageFile("adapter_model.safetensors", role, digest, version_bytes, f"sha256/{seed}")
+            for role in ("original", "canonical")
+        ]
+        return Package(
+            source_format="hf_peft",
+            rank=4,
+            alpha=8.0,
+            target_modules=["q_proj"],
+            files=tuple(same),
+            manifest={"seed": seed},
+            manifest_sha256=digest,
+            content_sha256=f"{seed + 1:064x}",
+        )
+
+    create_namespace(session, "small", approval_policy="auto", max_bytes=150, actor="admin")
+    # 100 distinct bytes, although two file rows of 100 each.
+    commit(session, package(1), "small", "1.0.0")
+    # The same blob under another version adds no bytes either.
+    commit(session, replace(package(1), content_sha256=f"{99:064x}"), "small", "1.0.1")
+    with pytest.raises(QuotaExceeded, match="holds 100 bytes; 100 more"):
+        commit(session, package(2), "small", "2.0.0")
+
+
+def test_adapter_names_are_lowercase_in_the_registry_and_in_events(
+    session, auto_ns, base_model, make_package
+):
+    from pydantic import ValidationError
+
+    from events.models import NAMESPACE_PATTERN, JobCompleted
+    from store.api.schemas import NamespaceCreate
+
+    with pytest.raises(BadRequest, match="invalid adapter name 'Bot'.*lowercase"):
+        commit(session, make_package(1), auto_ns, name="Bot")
+    with pytest.raises(ValidationError, match="invalid adapter name"):
+        JobCompleted(
+            job_id="j",
+            namespace="acme",
+            output_model="acme/Bot@1.0.0",
+            base_model="tiny-llama",
+            artifact_uri="file:///x",
+        )
+    pattern = NamespaceCreate.model_json_schema()["properties"]["name"]["pattern"]
+    assert pattern == NAMESPACE_PATTERN  # one spelling, from events.models
