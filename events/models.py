@@ -61,12 +61,13 @@ def _coordinates_problem(value: str) -> str:
     head, _, version = value.rpartition("@")
     namespace, _, name = head.partition("/")
     if head and namespace and name and "/" not in name:
+        where = f"in namespace/name@version {value!r}"
         if not re.fullmatch(NAMESPACE_PART, namespace):
-            return f"invalid namespace {namespace!r} in {value!r}: 1 to 63 {NAME_RULE}"
+            return f"invalid namespace {namespace!r} {where}: 1 to 63 {NAME_RULE}"
         if not re.fullmatch(NAME_PART, name):
-            return f"invalid adapter name {name!r} in {value!r}: 1 to 128 {NAME_RULE}"
+            return f"invalid adapter name {name!r} {where}: 1 to 128 {NAME_RULE}"
         if not re.fullmatch(VERSION_PART, version):
-            return f"invalid version {version!r} in {value!r}: a semantic version, e.g. 1.2.0"
+            return f"invalid version {version!r} {where}: a semantic version, e.g. 1.2.0"
     return f"{value!r} is not namespace/name@version with a semantic version (e.g. acme/bot@1.2.0)"
 
 
