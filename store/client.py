@@ -143,7 +143,9 @@ def upload_files(
         elif not _matches(rel, exclude):
             chosen.append((rel, path))
     if not chosen:
-        raise ApiError(0, "no_files", f"no files to upload in {source_dir} (after --exclude)")
+        raise ApiError(
+            0, "no_files", f"no files to upload in {source_dir}: every file was left out"
+        )
     return chosen, left_out
 
 
