@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli
 from support.factories import random_adapter, write_hf_peft
 from support.live_api import LiveRegistry
 from support.processes import process_env
@@ -154,26 +155,6 @@ def test_cli_pull_original_gets_the_uploaded_files_and_fails_without_leftovers(
 # --- mistakes a user makes: a one-line error and a non-zero exit, never a traceback -------
 
 
-def _cli(reg: LiveRegistry, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``lorafleet ARGS`` in a fresh interpreter, in ``cwd``, against ``reg``."""
-    env = process_env(
-        {
-            "LORAFLEET_API_URL": reg.base_url,
-            "LORAFLEET_TOKEN": reg.admin_token,
-            "LORAFLEET_HOME": str(cwd / ".lorafleet"),
-            "COLUMNS": "80",
-        }
-    )
-    return subprocess.run(
-        [sys.executable, "-c", "from lorafleet.cli import app; app()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env=env,
-    )
-
-
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     """The single ``error ...`` line of a failed command (a progress bar may precede it)."""
     assert result.returncode != 0, result.stdout
@@ -195,9 +176,9 @@ def test_cli_destination_that_is_a_file_is_a_one_line_error(
     )
     (tmp_path / "somefile").write_text("not a directory")
 
-    pulled = _cli(live_registry, tmp_path, "adapters", "pull", "acme/bot@1.0.0", "somefile")
+    pulled = run_cli(live_registry, tmp_path, "adapters", "pull", "acme/bot@1.0.0", "somefile")
     assert "somefile" in _one_line_error(pulled)
-    fleet = _cli(live_registry, tmp_path, "pull", "--dest", "somefile", "--base-model", "tiny")
+    fleet = run_cli(live_registry, tmp_path, "pull", "--dest", "somefile", "--base-model", "tiny")
     assert "somefile" in _one_line_error(fleet)
     assert (tmp_path / "somefile").read_text() == "not a directory"
 
@@ -209,7 +190,7 @@ def test_cli_upload_with_a_missing_provenance_file_is_a_one_line_error(
     live_registry.admin.register_base_model("tiny", tiny_hf_config())
     live_registry.admin.create_namespace("acme", approval_policy="auto")
     write_hf_peft(random_adapter(seed=5), tmp_path / "adapter")
-    result = _cli(
+    result = run_cli(
         live_registry, tmp_path, "adapters", "upload", "adapter", "--namespace", "acme",
         "--name", "bot", "--version", "1.0.0", "--base-model", "tiny",
         "--provenance", "@missing.json",
@@ -223,7 +204,7 @@ def test_cli_upload_with_a_missing_provenance_file_is_a_one_line_error(
 def test_cli_prints_a_validation_pattern_verbatim_in_a_sentence(
     live_registry: LiveRegistry, tmp_path: Path
 ) -> None:
-    result = _cli(live_registry, tmp_path, "namespaces", "create", "Acme_1")
+    result = run_cli(live_registry, tmp_path, "namespaces", "create", "Acme_1")
     line = _one_line_error(result)
     # Rich would take "[a-z0-9]" for markup and print "^{0,62}$".
     assert "name 'Acme_1' does not match the pattern ^[a-z0-9][a-z0-9_.-]{0,62}$" in line
@@ -281,14 +262,16 @@ def test_cli_base_models_add_takes_the_model_directory(
 ) -> None:
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "config.json").write_text(json.dumps(tiny_hf_config()))
-    result = _cli(live_registry, tmp_path, "base-models", "add", "./tiny", "--name", "tiny-llama")
+    result = run_cli(
+        live_registry, tmp_path, "base-models", "add", "./tiny", "--name", "tiny-llama"
+    )
     assert result.returncode == 0, result.stderr
     assert live_registry.admin.get_base_model("tiny-llama")["hidden_size"] == 64
 
     gpt2 = tmp_path / "gpt2.json"
     gpt2.write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
     line = _one_line_error(
-        _cli(live_registry, tmp_path, "base-models", "add", str(gpt2), "--name", "g")
+        run_cli(live_registry, tmp_path, "base-models", "add", str(gpt2), "--name", "g")
     )
     assert "unsupported architecture 'GPT2LMHeadModel' (Llama family" in line
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.cli import run_cli
 from support.factories import random_adapter, write_hf_peft
 from support.live_api import LiveRegistry
 from support.processes import process_env
@@ -37,25 +38,6 @@ def _checkpoint(directory: Path, seed: int = 1) -> Path:
         (directory / name).write_bytes(b"\x80\x04resume state")
     (directory / "trainer_state.json").write_text('{"global_step": 60}')
     return directory
-
-
-def _cli(reg: LiveRegistry, cwd: Path, token: str, *args: str) -> subprocess.CompletedProcess:
-    env = process_env(
-        {
-            "LORAFLEET_API_URL": reg.base_url,
-            "LORAFLEET_TOKEN": token,
-            "LORAFLEET_HOME": str(cwd / ".lorafleet"),
-            "COLUMNS": "200",
-        }
-    )
-    return subprocess.run(
-        [sys.executable, "-c", "from lorafleet.cli import app; app()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env=env,
-    )
 
 
 def _upload_args(src: Path, name: str = "bot", version: str = "1.0.0") -> list[str]:
@@ -121,7 +103,7 @@ def test_cli_upload_as_a_reader_fails_before_the_progress_bar(
     _setup(live_registry)
     reader = live_registry.mint("reader", "acme", "nim")
     src = write_hf_peft(random_adapter(seed=2), tmp_path / "adapter")
-    result = _cli(live_registry, tmp_path, reader, *_upload_args(src))
+    result = run_cli(live_registry, tmp_path, *_upload_args(src), token=reader, columns=200)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "403 forbidden" in result.stderr, result.stderr
     assert "upload acme/bot@1.0.0" not in result.stderr  # no progress bar was started
@@ -134,7 +116,9 @@ def test_cli_upload_leaves_trainer_state_out_with_a_warning_unless_included(
     src = _checkpoint(tmp_path / "checkpoint-60")
     (src / "README.md").write_text("notes")
 
-    result = _cli(live_registry, tmp_path, writer, *_upload_args(src), "--exclude", "*.md")
+    result = run_cli(
+        live_registry, tmp_path, *_upload_args(src), "--exclude", "*.md", token=writer, columns=200
+    )
     assert result.returncode == 0, result.stderr
     originals = {f["path"] for f in json.loads(result.stdout)["files"] if f["role"] == "original"}
     assert originals == {"adapter_config.json", "adapter_model.safetensors"}
@@ -143,7 +127,9 @@ def test_cli_upload_leaves_trainer_state_out_with_a_warning_unless_included(
     assert "README.md" not in result.stderr  # excluded on purpose: no warning
 
     args = _upload_args(src, version="1.0.1")
-    result = _cli(live_registry, tmp_path, writer, *args, "--include", "trainer_state.json")
+    result = run_cli(
+        live_registry, tmp_path, *args, "--include", "trainer_state.json", token=writer, columns=200
+    )
     assert result.returncode == 0, result.stderr
     originals = {f["path"] for f in json.loads(result.stdout)["files"] if f["role"] == "original"}
     assert originals == {
@@ -154,7 +140,9 @@ def test_cli_upload_leaves_trainer_state_out_with_a_warning_unless_included(
     }
     assert "warning trainer_state.json" not in result.stderr
 
-    shown = _cli(live_registry, tmp_path, writer, "adapters", "upload", "--help")
+    shown = run_cli(
+        live_registry, tmp_path, "adapters", "upload", "--help", token=writer, columns=200
+    )
     assert "--include" in shown.stdout and "--exclude" in shown.stdout
     assert "optimizer.pt" in shown.stdout and "left" in shown.stdout
 
@@ -189,8 +177,14 @@ def test_new_namespace_is_manual_unless_told_and_the_cli_says_so(
         created = http.post("/v1/namespaces", json={"name": "api-made"})
     assert created.status_code == 201 and created.json()["approval_policy"] == "manual"
 
-    result = _cli(
-        live_registry, tmp_path, live_registry.admin_token, "namespaces", "create", "acme"
+    result = run_cli(
+        live_registry,
+        tmp_path,
+        "namespaces",
+        "create",
+        "acme",
+        token=live_registry.admin_token,
+        columns=200,
     )
     assert result.returncode == 0, result.stderr
     assert "policy manual" in result.stdout
@@ -205,7 +199,9 @@ def test_new_namespace_is_manual_unless_told_and_the_cli_says_so(
         )
     assert entity["status"] == "pending"  # nothing served before someone approves it
 
-    shown = _cli(live_registry, tmp_path, writer, "namespaces", "create", "--help")
+    shown = run_cli(
+        live_registry, tmp_path, "namespaces", "create", "--help", token=writer, columns=200
+    )
     assert "Without --policy it is manual" in " ".join(shown.stdout.split())
 
 
