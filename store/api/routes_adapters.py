@@ -19,15 +19,15 @@ from events.models import NAME_PATTERN, NAMESPACE_PATTERN, parse_coordinates
 from store import catalog, registry
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
-from store.api.schemas import (
+from store.api.schemas.adapters import (
     AdapterDeleted,
     AdapterList,
     AdapterOut,
     AdapterPatch,
     UploadCheckOut,
     adapter_out,
-    page_of,
 )
+from store.api.schemas.common import page_of
 from store.api.uploads import StagedUpload, place_files, receive_upload
 from store.approval import Status
 from store.auth import Principal

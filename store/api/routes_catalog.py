@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from sqlmodel import Session
 
+from events.models import NAMESPACE_PATTERN
 from store import catalog, tenancy
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
-from store.api.schemas import (
-    NAMESPACE_PATTERN,
+from store.api.schemas.catalog import (
     BaseModelCreate,
     BaseModelList,
     BaseModelOut,
@@ -23,8 +23,8 @@ from store.api.schemas import (
     TokenOut,
     base_model_out,
     namespace_out,
-    page_of,
 )
+from store.api.schemas.common import page_of
 from store.auth import Principal, create_token
 from store.db import session_scope
 from store.errors import NotFound

@@ -16,7 +16,8 @@ from sqlmodel import Session
 
 from store.api.deps import AppState, get_principal, get_state
 from store.api.errors import error_responses
-from store.api.schemas import IngestList, IngestRecordOut, page_of
+from store.api.schemas.common import page_of
+from store.api.schemas.ops import IngestList, IngestRecordOut
 from store.auth import Principal
 from store.db import session_scope
 from store.errors import NotFound

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from store import catalog
 from store.api.deps import AppState, get_principal, get_state
 from store.api.errors import error_responses
-from store.api.schemas import FleetView, Liveness, Readiness
+from store.api.schemas.ops import FleetView, Liveness, Readiness
 from store.auth import Principal
 from store.db import ensure_migrated, session_scope
 from store.errors import LorafleetError

@@ -477,7 +477,7 @@ def test_adapter_names_are_lowercase_in_the_registry_and_in_events(
     from pydantic import ValidationError
 
     from events.models import NAMESPACE_PATTERN, JobCompleted
-    from store.api.schemas import NamespaceCreate
+    from store.api.schemas.catalog import NamespaceCreate
 
     with pytest.raises(BadRequest, match="invalid adapter name 'Bot'.*lowercase"):
         commit(session, make_package(1), auto_ns, name="Bot")
