@@ -31,6 +31,7 @@ from rich.table import Table
 from lorafleet.logging import configure_logging
 from store.api.server import run_registry_api
 from store.client import RegistryClient
+from store.client_download import download_adapter
 from store.db import upgrade
 from store.formats import SUPPORTED_MODULES, BaseModelSpec, CanonicalAdapter, write_hf_peft
 from store.settings import StoreSettings
@@ -116,7 +117,7 @@ def main() -> None:
                 uploads.append(time.perf_counter() - start)
                 out = tmp / f"out{i}"
                 start = time.perf_counter()
-                client.download_adapter(entity["id"], out)
+                download_adapter(client, entity["id"], out)
                 downloads.append(time.perf_counter() - start)
                 sizes["download_bytes"] = dir_bytes(out)
             client.close()

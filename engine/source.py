@@ -243,7 +243,7 @@ class RegistrySource:
         from store.client import ApiError
 
         try:
-            self.client.get_base_model(self.base_model)  # type: ignore[attr-defined]
+            self.client.get_base_model(self.base_model)
         except ApiError as exc:
             if exc.status == 404:
                 raise self._unknown_base_model() from exc
@@ -256,7 +256,7 @@ class RegistrySource:
         from store.client import ApiError
 
         try:
-            state = self.client.fleet(self.base_model)  # type: ignore[attr-defined]
+            state = self.client.fleet(self.base_model)
         except ApiError as exc:
             if exc.status == 404 and exc.code == "unknown_base_model":
                 raise self._unknown_base_model() from exc
@@ -281,8 +281,10 @@ class RegistrySource:
         if dest.exists():
             shutil.rmtree(dest)  # a partial download from an earlier attempt
         dest.mkdir(parents=True)
+        from store.client_download import download_adapter
+
         try:
-            self.client.download_adapter(entry.adapter_id, dest)  # type: ignore[attr-defined]
+            download_adapter(self.client, entry.adapter_id, dest)
             return load_adapter(dest, self.spec, self.limits)
         finally:
             shutil.rmtree(dest, ignore_errors=True)  # the CPU cache holds the tensors

@@ -28,6 +28,7 @@ from store.cli_api import (
     transfer_progress,
 )
 from store.client import upload_files
+from store.client_download import download_adapter
 
 adapters_app = typer.Typer(
     help="Upload, list, approve, archive and pull adapter versions.", no_args_is_help=True
@@ -238,7 +239,8 @@ def adapters_pull(
         total = sum(f["size"] for f in entity["files"] if f["role"] == role)
         with transfer_progress() as bar:
             task = bar.add_task(f"pull {entity['coordinates']}", total=total)
-            client.download_adapter(
+            download_adapter(
+                client,
                 entity["id"],
                 directory,
                 canonical=not original,

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import structlog
 
-from store.client import DIR_MODE, FILE_MODE, ApiError, RegistryClient, make_dirs
+from store.client import ApiError, RegistryClient
+from store.client_download import DIR_MODE, FILE_MODE, download_adapter, make_dirs
 
 log = structlog.get_logger(__name__)
 
@@ -222,7 +223,7 @@ def pull_adapters(
         staging.mkdir(exist_ok=True)
         workdir = Path(tempfile.mkdtemp(dir=staging, prefix="pull-"))
         try:
-            client.download_adapter(adapter["id"], workdir / dirname, canonical=canonical)
+            download_adapter(client, adapter["id"], workdir / dirname, canonical=canonical)
             os.chmod(workdir / dirname, DIR_MODE)
             if (dest / dirname).exists():
                 _remove(dest, dirname)

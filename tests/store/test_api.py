@@ -13,6 +13,7 @@ from support.live_api import LiveRegistry
 from support.tiny import tiny_hf_config
 
 from store.client import ApiError
+from store.client_download import download_adapter
 
 BASE = "meta/tiny"
 
@@ -276,7 +277,7 @@ def test_file_download_has_etag_length_and_verified_digest(
     assert original.content == (src / "adapter_model.safetensors").read_bytes()
     missing = httpx.get(url.replace("adapter_model", "nothing"), headers=headers)
     assert missing.status_code == 404
-    dest = live_registry.admin.download_adapter(entity["id"], tmp_path / "pulled")
+    dest = download_adapter(live_registry.admin, entity["id"], tmp_path / "pulled")
     assert sorted(p.name for p in dest.iterdir()) == sorted(canonical)
     for name, f in canonical.items():
         assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == f["sha256"]

@@ -16,6 +16,7 @@ from support.tiny import tiny_hf_config
 from store.api.server import run_registry_api
 from store.blobs import open_blob_store
 from store.client import ApiError, RegistryClient
+from store.client_download import download_adapter
 from store.settings import StoreSettings
 
 S3_KEY = "testing"
@@ -45,7 +46,7 @@ def test_upload_and_download_through_s3_blobs(
             assert entity["status"] == "ready"
             for f in entity["files"]:
                 assert blobs.exists(f"sha256/{f['sha256']}")
-            out = admin.download_adapter(entity["id"], tmp_path / "out", canonical=False)
+            out = download_adapter(admin, entity["id"], tmp_path / "out", canonical=False)
     for path in src.iterdir():
         assert (out / path.name).read_bytes() == path.read_bytes()
 

@@ -12,6 +12,7 @@ from support.live_api import LiveRegistry
 from support.tiny import tiny_hf_config
 
 from store.client import ApiError, RegistryClient
+from store.client_download import download_adapter, download_file
 
 
 def _ready_adapter(reg: LiveRegistry, tmp_path: Path) -> tuple[dict, Path]:
@@ -38,8 +39,8 @@ def test_pull_by_coordinates_gets_the_originals_byte_for_byte(
     resolved = live_registry.admin.resolve("acme/bot@2.0.0")
     assert resolved["id"] == entity["id"]
     got: list[int] = []
-    out = live_registry.admin.download_adapter(
-        entity["id"], tmp_path / "out", canonical=False, progress=got.append
+    out = download_adapter(
+        live_registry.admin, entity["id"], tmp_path / "out", canonical=False, progress=got.append
     )
     for path in src.iterdir():
         assert (out / path.name).read_bytes() == path.read_bytes()
@@ -62,7 +63,7 @@ def test_corrupted_blob_is_refused_and_leaves_no_file(
     blob.write_bytes(bytes(data))
     dest = tmp_path / "pulled"
     with pytest.raises(ApiError) as err:
-        live_registry.admin.download_file(entity["id"], weights["path"], dest / "w.safetensors")
+        download_file(live_registry.admin, entity["id"], weights["path"], dest / "w.safetensors")
     assert err.value.code == "digest_mismatch"
     assert not (dest / "w.safetensors").exists()
     assert [p.name for p in dest.iterdir()] == []  # no temp file left either
@@ -93,7 +94,7 @@ def test_etag_matches_the_sha256_the_client_verifies(
     for f in entity["files"]:
         if f["role"] != "canonical":
             continue
-        path = live_registry.admin.download_file(entity["id"], f["path"], tmp_path / f["path"])
+        path = download_file(live_registry.admin, entity["id"], f["path"], tmp_path / f["path"])
         assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"]
 
 
@@ -124,7 +125,7 @@ def test_original_files_download_even_when_they_share_a_path_with_canonical_ones
     import httpx
 
     entity, src = _trainer_style_adapter(live_registry, tmp_path)
-    out = live_registry.admin.download_adapter(entity["id"], tmp_path / "out", canonical=False)
+    out = download_adapter(live_registry.admin, entity["id"], tmp_path / "out", canonical=False)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
     for path in src.iterdir():
         assert (out / path.name).read_bytes() == path.read_bytes()
@@ -168,7 +169,7 @@ def test_a_failed_adapter_download_leaves_nothing_at_the_destination(
     parent = tmp_path / "pulled"
     parent.mkdir()
     with pytest.raises(ApiError) as err:
-        live_registry.admin.download_adapter(entity["id"], parent / "bot")
+        download_adapter(live_registry.admin, entity["id"], parent / "bot")
     assert err.value.code == "digest_mismatch"
     assert list(parent.iterdir()) == [], "no partial directory, no staging left behind"
 
@@ -182,9 +183,12 @@ def test_downloads_are_world_readable_whatever_the_umask(
     entity, _ = _ready_adapter(live_registry, tmp_path)
     previous = os.umask(0o077)
     try:
-        out = live_registry.admin.download_adapter(entity["id"], tmp_path / "a" / "b" / "out")
-        single = live_registry.admin.download_file(
-            entity["id"], "adapter_config.json", tmp_path / "c" / "adapter_config.json"
+        out = download_adapter(live_registry.admin, entity["id"], tmp_path / "a" / "b" / "out")
+        single = download_file(
+            live_registry.admin,
+            entity["id"],
+            "adapter_config.json",
+            tmp_path / "c" / "adapter_config.json",
         )
     finally:
         os.umask(previous)
@@ -201,18 +205,18 @@ def test_adapter_download_refuses_a_file_or_a_non_empty_directory(
     a_file = tmp_path / "file"
     a_file.write_text("mine")
     with pytest.raises(ApiError) as not_dir:
-        live_registry.admin.download_adapter(entity["id"], a_file)
+        download_adapter(live_registry.admin, entity["id"], a_file)
     assert not_dir.value.code == "not_a_directory" and a_file.read_text() == "mine"
     full = tmp_path / "full"
     full.mkdir()
     (full / "notes.txt").write_text("keep")
     with pytest.raises(ApiError) as not_empty:
-        live_registry.admin.download_adapter(entity["id"], full)
+        download_adapter(live_registry.admin, entity["id"], full)
     assert not_empty.value.code == "destination_not_empty"
     assert [p.name for p in full.iterdir()] == ["notes.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    out = live_registry.admin.download_adapter(entity["id"], empty)
+    out = download_adapter(live_registry.admin, entity["id"], empty)
     assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
