@@ -1,7 +1,8 @@
 """The registry's REST API (FastAPI): ``create_app`` is its composition root.
 
 Routes live by concern: ``routes_catalog`` (namespaces, base models, tokens),
-``routes_adapters`` (versions, approval, files), ``routes_ingest`` (what became of each
+``routes_transfer`` (upload, upload check, file downloads), ``routes_adapters``
+(versions, approval, edits), ``routes_ingest`` (what became of each
 trainer announcement), ``routes_ops`` (health, metrics, fleet).
 Every error leaves through ``errors`` in one JSON shape.
 
@@ -15,7 +16,13 @@ import structlog
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from store.api import routes_adapters, routes_catalog, routes_ingest, routes_ops
+from store.api import (
+    routes_adapters,
+    routes_catalog,
+    routes_ingest,
+    routes_ops,
+    routes_transfer,
+)
 from store.api.deps import AppState
 from store.api.docs import install_docs
 from store.api.errors import document_errors, install_error_handlers
@@ -70,6 +77,7 @@ def create_app(
     app.middleware("http")(metrics.middleware)
     app.include_router(routes_ops.router)
     app.include_router(routes_catalog.router)
+    app.include_router(routes_transfer.router)  # before ``/{adapter_id}`` takes its paths
     app.include_router(routes_adapters.router)
     app.include_router(routes_ingest.router)
     log.info("api.created", database=engine.url.render_as_string(), blobs=repr(blobs))
