@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from sqlmodel import Session
 
-from store import catalog, registry
+from store import catalog, metadata, registry
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
 from store.api.schemas.adapters import (
@@ -136,7 +136,7 @@ def patch_adapter(
             where["namespace"] = version.namespace
             caller.require_role(version.namespace, "writer", f"adapter {adapter_id} not found")
             if edits:
-                version = registry.update_adapter_metadata(
+                version = metadata.update_adapter_metadata(
                     session, adapter_id, actor=caller.actor, **edits
                 )
             if body.status is not None:

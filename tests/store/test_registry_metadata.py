@@ -1,4 +1,4 @@
-"""Metadata edits (``update_adapter_metadata``) and the catalog/registry split."""
+"""Metadata edits (``store.metadata.update_adapter_metadata``) and the catalog/registry split."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlmodel import Session
 from store import catalog, registry
 from store.catalog import get_adapter
 from store.errors import BadRequest, NotFound
+from store.metadata import update_adapter_metadata
 from store.models import AdapterVersion, OutboxRow, Provenance
 from store.outbox import current_generation
 
@@ -44,7 +45,7 @@ def test_edit_description_and_custom_fields_records_who_and_when(
     before = _snapshot(session, version.id)
     outbox_before = session.execute(sa.select(sa.func.count()).select_from(OutboxRow)).scalar()
 
-    registry.update_adapter_metadata(
+    update_adapter_metadata(
         session, version.id, actor="editor", description="better", custom_fields={"team": "b"}
     )
     after = _snapshot(session, version.id)
@@ -65,13 +66,13 @@ def test_only_the_given_field_changes_and_none_clears(
     session, auto_ns, base_model, make_package
 ) -> None:
     version = _ready(session, auto_ns, make_package)
-    registry.update_adapter_metadata(session, version.id, actor="e", custom_fields={"x": [1, 2]})
+    update_adapter_metadata(session, version.id, actor="e", custom_fields={"x": [1, 2]})
     row = _snapshot(session, version.id)
     assert row["description"] == "first" and row["custom_fields"] == {"x": [1, 2]}
-    registry.update_adapter_metadata(session, version.id, actor="e", description=None)
+    update_adapter_metadata(session, version.id, actor="e", description=None)
     row = _snapshot(session, version.id)
     assert row["description"] is None and row["custom_fields"] == {"x": [1, 2]}
-    registry.update_adapter_metadata(session, version.id, actor="e", custom_fields=None)
+    update_adapter_metadata(session, version.id, actor="e", custom_fields=None)
     assert _snapshot(session, version.id)["custom_fields"] is None
 
 
@@ -92,20 +93,20 @@ def test_bad_metadata_is_400_and_changes_nothing(
     version = _ready(session, auto_ns, make_package)
     before = _snapshot(session, version.id)
     with pytest.raises(BadRequest):
-        registry.update_adapter_metadata(session, version.id, actor="e", **kwargs)
+        update_adapter_metadata(session, version.id, actor="e", **kwargs)
     session.rollback()
     assert _snapshot(session, version.id) == before
 
 
 def test_edit_of_unknown_adapter_is_not_found(session) -> None:
     with pytest.raises(NotFound):
-        registry.update_adapter_metadata(session, "ad_" + "0" * 32, actor="e", description="x")
+        update_adapter_metadata(session, "ad_" + "0" * 32, actor="e", description="x")
 
 
 def test_edit_works_on_archived_versions_too(session, auto_ns, base_model, make_package) -> None:
     version = _ready(session, auto_ns, make_package)
     registry.archive(session, version.id, actor="ops")
-    registry.update_adapter_metadata(session, version.id, actor="e", description="retired")
+    update_adapter_metadata(session, version.id, actor="e", description="retired")
     row = _snapshot(session, version.id)
     assert row["status"] == "archived" and row["description"] == "retired"
     assert json.loads(json.dumps(row["custom_fields"])) == {"team": "a"}
