@@ -185,6 +185,12 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_no)
+    # uvicorn's own dictConfig (run by any server started with its default log_config) gives
+    # its loggers plain-text handlers and stops them propagating: take them back to ours.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        server_logger = logging.getLogger(name)
+        server_logger.handlers.clear()
+        server_logger.propagate = True
     logging.captureWarnings(True)  # a Python warning is a log line too
     # One line per HTTP request from the client library is noise in CLI output.
     for noisy in ("httpx", "httpcore", "urllib3", "alembic.runtime.plugins"):

@@ -241,3 +241,16 @@ def test_every_stderr_line_of_the_api_worker_and_beat_is_json(
     relayed = [e for e in logs["worker"] if e.get("event") == "outbox_relayed"]
     assert relayed and relayed[0]["level"] == "info"
     assert not events("worker", "celery.redirected")
+
+
+def test_a_server_started_with_uvicorns_own_log_config_still_logs_json() -> None:
+    """uvicorn's default dictConfig gives its loggers text handlers that do not propagate;
+    configuring our logging afterwards takes them back (every line JSON, none lost)."""
+    import logging.config
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    logging.config.dictConfig(LOGGING_CONFIG)
+    configure_logging("INFO", json=True)
+    lines = _capture(lambda: _access("/v1/adapters", 200))
+    assert [(line["logger"], line["level"]) for line in lines] == [("uvicorn.access", "info")]
