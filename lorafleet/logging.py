@@ -185,11 +185,13 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_no)
-    # uvicorn's own dictConfig (run by any server started with its default log_config) gives
-    # its loggers plain-text handlers and stops them propagating: take them back to ours.
+    # uvicorn's own logging set-up (run by any server started with its default log_config or
+    # a log_level) gives its loggers plain-text handlers, levels of their own and no
+    # propagation: take them back to ours.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         server_logger = logging.getLogger(name)
         server_logger.handlers.clear()
+        server_logger.setLevel(logging.NOTSET)
         server_logger.propagate = True
     logging.captureWarnings(True)  # a Python warning is a log line too
     # One line per HTTP request from the client library is noise in CLI output.

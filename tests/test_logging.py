@@ -251,6 +251,7 @@ def test_a_server_started_with_uvicorns_own_log_config_still_logs_json() -> None
     from uvicorn.config import LOGGING_CONFIG
 
     logging.config.dictConfig(LOGGING_CONFIG)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # Config(log_level=...)
     configure_logging("INFO", json=True)
     lines = _capture(lambda: _access("/v1/adapters", 200))
     assert [(line["logger"], line["level"]) for line in lines] == [("uvicorn.access", "info")]
