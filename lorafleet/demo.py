@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import signal
 import sys
 import threading
@@ -165,23 +164,13 @@ def up(
         stack.stop()
 
 
-def _lorafleet_command() -> str:
-    """How a user's shell runs this ``lorafleet``: the bare name when it is on PATH, else
-    the script beside this interpreter (a virtual environment not activated)."""
-    script = Path(sys.executable).parent / "lorafleet"
-    found = shutil.which("lorafleet")
-    if found and Path(found).resolve() == script.resolve():
-        return "lorafleet"
-    return str(script) if script.exists() else "lorafleet"
-
-
 def _banner(stack: Stack) -> str:
     """What is up and the next three commands, runnable as printed in another shell from
     this directory (they find the stack through HOME/stack.json)."""
-    from lorafleet.stack import DEFAULT_NAMESPACE
+    from lorafleet.stack import DEFAULT_NAMESPACE, lorafleet_command
     from store.settings import StoreSettings
 
-    lf, ns, base = _lorafleet_command(), DEFAULT_NAMESPACE, stack.config.base_model
+    lf, ns, base = lorafleet_command(), DEFAULT_NAMESPACE, stack.config.base_model
     coords = f"{ns}/example@1.0.0"
     example = os.path.relpath(stack.example_adapter) if _under_cwd(stack.home) else None
     upload = (

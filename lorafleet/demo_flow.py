@@ -31,7 +31,7 @@ from rich.table import Table
 from engine.settings import DEFAULT_ENGINE_PORT
 from events.publisher import announce_job_completed
 from lorafleet.pipeline_follower import PipelineFollower, engine_models
-from lorafleet.stack import Stack, StackConfig, remove_home
+from lorafleet.stack import Stack, StackConfig, lorafleet_command, remove_home
 from lorafleet.supervisor import prefixed_echo
 from lorafleet.train import Example, TrainConfig, train_lora
 from store.approval import Status
@@ -129,7 +129,8 @@ class Narrator:
             self.console.rule(f"[bold cyan]{title}[/]  [dim]+{elapsed:.1f}s[/]")
 
     def say(self, message: str) -> None:
-        self.console.print(message if not self.plain else _strip_markup(message))
+        # soft_wrap: a command line stays one line, whole for copy and paste.
+        self.console.print(message if not self.plain else _strip_markup(message), soft_wrap=True)
 
     def table(self, table: Table) -> None:
         self.console.print(table)
@@ -345,16 +346,19 @@ def _archive_one(
 def _next_steps(narrator: Narrator, options: DemoOptions, report: DemoReport) -> None:
     narrator.step(f"Done in {report.seconds:.0f}s: everything the demo started is stopped")
     home, api = options.home, f"http://{DEFAULT_API_HOST}:{options.api_port}"
+    lf = lorafleet_command()
     lines = [
-        (f"lorafleet up --home {home}", "the same stack again, left running (Ctrl-C stops it)"),
-        (f"open {api}/docs", "the registry's REST API, interactive"),
+        (f"{lf} up --home {home}", "the same stack again, left running (Ctrl-C stops it)"),
+        (f"{api}/docs", "in a browser, while it is up: the registry's REST API"),
         (f"export LORAFLEET_HOME={home}", f"then, while it is up ({home}/stack.json):"),
-        ("lorafleet adapters list", "every version, its status and base model"),
+        (f"{lf} adapters list", "every version, its status and base model"),
         (f"curl {DEFAULT_API_HOST}:{options.engine_port}/v1/models", "what the engine serves"),
-        ("lorafleet pull --base-model tiny-llama --dest ./loras", "NIM's LOCAL_PEFT_DIRECTORY"),
+        (f"{lf} pull --base-model tiny-llama --dest ./loras", "NIM's LOCAL_PEFT_DIRECTORY"),
         (f"ls {home}/logs/", "one log per component"),
         ("docs/trainer-integration.md", "announce your own fine-tunes"),
     ]
+    if lf != "lorafleet":
+        lines.append((f". {Path(lf).parent}/activate", f"to type lorafleet instead of {lf}"))
     width = max(len(cmd) for cmd, _ in lines)
     narrator.say("Where to look next:")
     for cmd, why in lines:

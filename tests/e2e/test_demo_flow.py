@@ -13,7 +13,7 @@ import pytest
 from support.services import free_port
 
 from lorafleet.demo_flow import ADAPTERS, BASE_MODEL, DemoOptions, run_demo
-from lorafleet.stack import Stack
+from lorafleet.stack import Stack, lorafleet_command
 
 
 @pytest.mark.slow
@@ -63,6 +63,9 @@ def test_demo_trains_serves_side_by_side_archives_and_stops_everything(
         "== 5. One prompt, three models",
     ]
     assert report.stage_times[math]["loaded"] < report.stage_times[pirate]["approved"]
+    # The closing hints name the lorafleet the user's shell can run (lorafleet_command).
+    hint = lorafleet_command()
+    assert f"{hint} up --home {options.home}" in narration
 
     # Archiving evicted exactly that adapter from the engine.
     assert report.archived == pirate
