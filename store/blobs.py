@@ -267,6 +267,8 @@ def open_blob_store(url: str, settings: StoreSettings) -> BlobStore:
             raise BadRequest(f"blob URL {url!r} must be s3://BUCKET")
         if not settings.s3_endpoint:
             raise BadRequest("an s3:// blob URL needs LORAFLEET_S3_ENDPOINT")
+        # Lazy on purpose (the one documented import circle): store.blobs_s3 builds on this
+        # module's base class, and the minio SDK loads only for an S3 store.
         from store.blobs_s3 import S3BlobStore
 
         return S3BlobStore.connect(
