@@ -202,7 +202,6 @@ class Stack:
         return {
             **self.env(),
             "NIM_PEFT_SOURCE": self.api_url,
-            "NIM_PEFT_SOURCE_TOKEN": self.admin_token,
             "NIM_SERVED_MODEL_NAME": self.config.base_model,
             "NIM_PEFT_REFRESH_INTERVAL": str(self.config.refresh_interval),
         }
