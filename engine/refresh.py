@@ -12,14 +12,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis
 import structlog
 
 from engine.lora_cache import AdapterCache
 from engine.source import AdapterEntry, Catalog, PeftSource
-from events.consumer import ReconnectingLoop
-from events.models import FleetRefresh, decode
-from events.streams import REFRESH_STREAM
+from events.models import FleetRefresh
 from store.errors import AdapterInvalid
 
 log = structlog.get_logger(__name__)
@@ -147,64 +144,3 @@ class Reconciler:
     def _evict(self, name: str) -> None:
         if self.cache is not None:
             self.cache.evict(name)
-
-
-class RefreshSubscriber:
-    """Reads every entry of the refresh stream (XREAD, no consumer group) from the last id it
-    saw and hands this engine's events to the reconciler. Reconnects through
-    ``events.consumer.ReconnectingLoop`` and reconciles after each reconnect, because events
-    may have been trimmed or missed while it was away."""
-
-    def __init__(
-        self,
-        redis_url: str,
-        base_model: str,
-        reconciler: Reconciler,
-        *,
-        stop: threading.Event | None = None,
-        block_ms: int = 1000,
-    ) -> None:
-        self.base_model = base_model
-        self.reconciler = reconciler
-        self.block_ms = block_ms
-        self.last_id: bytes | str | None = None
-        self.events_applied = 0
-        self.loop = ReconnectingLoop(
-            redis_url,
-            self._step,
-            stop=stop,
-            on_connect=self._on_connect,
-            name="engine-refresh",
-            socket_timeout=max(5.0, block_ms / 1000 * 5),
-        )
-
-    @property
-    def stop(self) -> threading.Event:
-        return self.loop.stop
-
-    def run(self) -> None:
-        """Block until ``stop`` is set."""
-        self.loop.run()
-
-    def _on_connect(self, client: redis.Redis) -> None:
-        if self.last_id is None:
-            # Start after what is already there: the reconciliation below covers it.
-            newest = client.xrevrange(REFRESH_STREAM, count=1)
-            self.last_id = newest[0][0] if newest else "0-0"
-        self.reconciler.reconcile()
-
-    def _step(self, client: redis.Redis) -> None:
-        assert self.last_id is not None
-        response = client.xread({REFRESH_STREAM: self.last_id}, count=100, block=self.block_ms)
-        for _stream, entries in response or []:
-            for entry_id, fields in entries:
-                self.last_id = entry_id
-                try:
-                    event = decode(fields)
-                except ValueError as exc:
-                    log.warning("refresh_event_malformed", entry_id=str(entry_id), error=str(exc))
-                    continue
-                if not isinstance(event, FleetRefresh) or event.base_model != self.base_model:
-                    continue
-                self.reconciler.apply_event(event)
-                self.events_applied += 1

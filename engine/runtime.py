@@ -19,7 +19,7 @@ import torch
 
 from engine.lora_cache import AdapterCache, CpuCache, GpuSlots
 from engine.metrics import EngineMetrics
-from engine.refresh import Reconciler, RefreshSubscriber
+from engine.refresh import Reconciler
 from engine.scheduler import Scheduler
 from engine.settings import EngineSettings
 from engine.source import (
@@ -30,6 +30,7 @@ from engine.source import (
     catalog_loader,
     check_entry,
 )
+from events.refresh import RefreshFollower
 from store.formats import BaseModelSpec
 
 if TYPE_CHECKING:  # annotations only: build_runtime imports the model code when it runs
@@ -59,7 +60,7 @@ class EngineRuntime:
     redis_url: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     started: bool = False
-    subscriber: RefreshSubscriber | None = None
+    subscriber: RefreshFollower | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -92,8 +93,13 @@ class EngineRuntime:
         first = self.reconciler.reconcile()
         self.scheduler.start()
         if self.redis_url:
-            self.subscriber = RefreshSubscriber(
-                self.redis_url, self.model_name, self.reconciler, stop=self._stop
+            self.subscriber = RefreshFollower(
+                self.redis_url,
+                self.model_name,
+                on_event=self.reconciler.apply_event,
+                on_connect=self.reconciler.reconcile,
+                stop=self._stop,
+                name="engine-refresh",
             )
             self._spawn("lorafleet-refresh", self.subscriber.run)
         if self.refresh_interval:

@@ -318,27 +318,15 @@ def watch_adapters(
 
 
 def _listen(redis_url: str, base_model: str, due: threading.Event, stop: threading.Event) -> None:
-    """Set ``due`` whenever a refresh event for ``base_model`` arrives on the stream."""
-    from events import streams
-    from events.consumer import ReconnectingLoop
-    from events.models import FleetRefresh, decode
+    """Set ``due`` whenever a refresh event for ``base_model`` arrives on the stream, and
+    after every (re)connect (events may have been missed: reconcile once to catch up)."""
+    from events.refresh import RefreshFollower
 
-    cursor = {"id": "$"}
-
-    def on_connect(client) -> None:  # type: ignore[no-untyped-def]
-        # After a reconnect, events may have been missed: reconcile once to catch up.
-        due.set()
-
-    def step(client) -> None:  # type: ignore[no-untyped-def]
-        replies = client.xread({streams.REFRESH_STREAM: cursor["id"]}, count=100, block=1000)
-        for _stream, entries in replies or []:
-            for entry_id, fields in entries:
-                cursor["id"] = entry_id
-                try:
-                    event = decode(fields)
-                except ValueError:
-                    continue
-                if isinstance(event, FleetRefresh) and event.base_model == base_model:
-                    due.set()
-
-    ReconnectingLoop(redis_url, step, stop=stop, on_connect=on_connect, name="pull").run()
+    RefreshFollower(
+        redis_url,
+        base_model,
+        on_event=lambda _event: due.set(),
+        on_connect=due.set,
+        stop=stop,
+        name="pull",
+    ).run()
