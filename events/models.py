@@ -17,12 +17,29 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 # or '.', starting with a letter or digit); the API, the registry and the CLI use these.
 NAMESPACE_PART = r"[a-z0-9][a-z0-9_.-]{0,62}"
 NAME_PART = r"[a-z0-9][a-z0-9_.-]{0,127}"
-VERSION_PART = r"\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?"
+# The one spelling of a version: SemVer 2.0.0 (semver.org's regex), ASCII digits only (``\d``
+# would take ``１``), no leading zeros. Each numeric identifier has at most 9 digits and the
+# whole version at most 64 characters (the column's length): sorting parses the numbers, and
+# an unbounded one is a 500 on PostgreSQL and a ``ValueError`` in ``int()`` past 4,300 digits.
+_NUMBER = r"(?:0|[1-9][0-9]{0,8})"
+_PRE_ID = rf"(?:{_NUMBER}|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
+_BUILD_ID = r"[0-9A-Za-z-]+"
+VERSION_PART = (
+    rf"{_NUMBER}\.{_NUMBER}\.{_NUMBER}"
+    rf"(?:-{_PRE_ID}(?:\.{_PRE_ID})*)?(?:\+{_BUILD_ID}(?:\.{_BUILD_ID})*)?"
+)
+VERSION_MAX_LENGTH = 64
+VERSION_PATTERN = f"^{VERSION_PART}$"
+VERSION_RULE = (
+    f"a semantic version (SemVer 2.0.0, e.g. 1.2.0 or 1.2.0-rc.1) of at most "
+    f"{VERSION_MAX_LENGTH} ASCII characters, numbers without leading zeros and of at most 9 digits"
+)
 NAMESPACE_PATTERN = f"^{NAMESPACE_PART}$"
 NAME_PATTERN = f"^{NAME_PART}$"
 NAME_RULE = "lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
 COORDINATES_RE = re.compile(
-    f"^(?P<namespace>{NAMESPACE_PART})/(?P<name>{NAME_PART})@(?P<version>{VERSION_PART})$"
+    f"^(?P<namespace>{NAMESPACE_PART})/(?P<name>{NAME_PART})@(?P<version>{VERSION_PART})$",
+    re.ASCII,
 )
 
 
@@ -50,10 +67,20 @@ class Event(BaseModel):
 
 def parse_coordinates(value: str) -> tuple[str, str, str]:
     """Split ``namespace/name@version``; ValueError with a precise message when malformed."""
-    match = COORDINATES_RE.match(value)
-    if not match:
-        raise ValueError(_coordinates_problem(value))
+    # fullmatch: ``$`` alone would also take a trailing newline.
+    match = COORDINATES_RE.fullmatch(value) if isinstance(value, str) else None
+    if not match or len(match["version"]) > VERSION_MAX_LENGTH:
+        raise ValueError(_coordinates_problem(str(value)))
     return match["namespace"], match["name"], match["version"]
+
+
+def is_version(value: str) -> bool:
+    """Whether ``value`` is a version as the registry accepts it (``VERSION_RULE``)."""
+    return (
+        isinstance(value, str)
+        and len(value) <= VERSION_MAX_LENGTH
+        and re.fullmatch(VERSION_PART, value, re.ASCII) is not None
+    )
 
 
 def _coordinates_problem(value: str) -> str:
@@ -61,14 +88,23 @@ def _coordinates_problem(value: str) -> str:
     head, _, version = value.rpartition("@")
     namespace, _, name = head.partition("/")
     if head and namespace and name and "/" not in name:
-        where = f"in namespace/name@version {value!r}"
+        where = f"in namespace/name@version {_shown(value)}"
         if not re.fullmatch(NAMESPACE_PART, namespace):
             return f"invalid namespace {namespace!r} {where}: 1 to 63 {NAME_RULE}"
         if not re.fullmatch(NAME_PART, name):
             return f"invalid adapter name {name!r} {where}: 1 to 128 {NAME_RULE}"
-        if not re.fullmatch(VERSION_PART, version):
-            return f"invalid version {version!r} {where}: a semantic version, e.g. 1.2.0"
-    return f"{value!r} is not namespace/name@version with a semantic version (e.g. acme/bot@1.2.0)"
+        if not is_version(version):
+            return f"invalid version {_shown(version)} {where}: {VERSION_RULE}"
+    return (
+        f"{_shown(value)} is not namespace/name@version with a semantic version "
+        "(e.g. acme/bot@1.2.0)"
+    )
+
+
+def _shown(value: str, limit: int = 100) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a refusal must not echo a megabyte."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[: limit - 5]}...{shown[-2:]}"
 
 
 class JobCompleted(Event):

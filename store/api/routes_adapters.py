@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from sqlmodel import Session
 
+from events.models import VERSION_MAX_LENGTH, VERSION_PATTERN, VERSION_RULE, is_version
 from store import catalog, metadata, registry
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
@@ -29,6 +31,9 @@ router = APIRouter(prefix="/v1/adapters", responses=error_responses(401))
 Caller = Annotated[Principal, Depends(get_principal)]
 State = Annotated[AppState, Depends(get_state)]
 Sort = Literal["created_at", "-created_at", "name", "-name"]
+# In the schema only: ``parse_coordinates`` refuses with a message naming the rule.
+VERSION_SCHEMA = {"pattern": VERSION_PATTERN, "maxLength": VERSION_MAX_LENGTH}
+Version = Annotated[str, PathParam(description=VERSION_RULE, json_schema_extra=VERSION_SCHEMA)]
 
 
 def visible_adapter(session: Session, caller: Principal, adapter_id: str) -> AdapterVersion:
@@ -101,12 +106,15 @@ def list_versions(namespace: str, name: str, caller: Caller, state: State) -> di
     "/{namespace}/{name}/{version}",
     response_model=AdapterOut,
     description="One version by its coordinates (``namespace/name@version``), with its files "
-    "(both roles) and provenance; 404 when it does not exist or the caller may not see it.",
-    responses=error_responses(404),
+    "(both roles) and provenance; 404 when it does not exist or the caller may not see it, "
+    "400 for a malformed version.",
+    responses=error_responses(400, 404),
 )
 def get_version(
-    namespace: str, name: str, version: str, caller: Caller, state: State
+    namespace: str, name: str, version: Version, caller: Caller, state: State
 ) -> dict[str, Any]:
+    if not is_version(version):  # also for the ``/{namespace}/files/{version}`` route's call
+        raise BadRequest(f"invalid version {version[:80]!r}: {VERSION_RULE}")
     caller.require_read(namespace, f"adapter {namespace}/{name}@{version} not found")
     with session_scope(state.engine) as session:
         return adapter_entity(session, catalog.get_version(session, namespace, name, version))

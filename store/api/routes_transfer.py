@@ -18,11 +18,18 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from events.models import NAME_PATTERN, NAMESPACE_PATTERN, parse_coordinates
+from events.models import (
+    NAME_PATTERN,
+    NAMESPACE_PATTERN,
+    VERSION_MAX_LENGTH,
+    VERSION_PATTERN,
+    VERSION_RULE,
+    parse_coordinates,
+)
 from store import catalog, registry
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
-from store.api.routes_adapters import adapter_entity, get_version, visible_adapter
+from store.api.routes_adapters import VERSION_SCHEMA, adapter_entity, get_version, visible_adapter
 from store.api.schemas.adapters import AdapterOut, UploadCheckOut
 from store.api.uploads import StagedUpload, place_files, receive_upload
 from store.approval import Status
@@ -67,7 +74,12 @@ _UPLOAD_BODY = {
                 "properties": {
                     "namespace": {"type": "string", "pattern": NAMESPACE_PATTERN},
                     "name": {"type": "string", "pattern": NAME_PATTERN},
-                    "version": {"type": "string", "description": "semantic version"},
+                    "version": {
+                        "type": "string",
+                        "pattern": VERSION_PATTERN,
+                        "maxLength": VERSION_MAX_LENGTH,
+                        "description": VERSION_RULE,
+                    },
                     "base_model": {"type": "string"},
                     "provenance": {
                         "type": "string",
@@ -254,7 +266,12 @@ def download_file(
     "/upload-check", response_model=UploadCheckOut, responses=error_responses(400, 403, 404, 422)
 )
 def check_upload(
-    namespace: str, name: str, version: str, base_model: str, caller: Caller, state: State
+    namespace: str,
+    name: str,
+    version: Annotated[str, Query(description=VERSION_RULE, json_schema_extra=VERSION_SCHEMA)],
+    base_model: str,
+    caller: Caller,
+    state: State,
 ) -> dict[str, Any]:
     """What ``POST /v1/adapters`` would refuse before looking at any file, answered with the
     same error: a token that may not write the namespace (403, or 404 when it cannot see it),
