@@ -276,16 +276,19 @@ def fleet_pull(
         ),
     ] = None,
 ) -> None:
-    """Materialise ready adapters as one directory each (``ns--name--version``, HF PEFT
-    files, 0644), atomically, removing the ones no longer ready. For stock NIM and vLLM.
+    """Materialise ready adapters as one directory each (``ns--name--version``, or
+    ``ns~name~version`` when a part holds ``--``; HF PEFT files, 0644), atomically, removing
+    the ones no longer ready. For stock NIM and vLLM.
 
     An unregistered base model, or a directory already pulled for another base model, is an
-    error (exit 1) and nothing is removed."""
+    error (exit 1) and nothing is removed. An entry the registry sent that is unsafe to write
+    (a name outside the coordinate pattern, a file path leaving its directory) is reported
+    as refused and not written; the others are pulled."""
     from store.client import ApiError, RegistryClient
     from store.pull import PullError, PullResult, pull_adapters, watch_adapters
 
     selectors = set(adapter) if adapter else None
-    reported: dict[str, str] = {}
+    reported: dict[str, dict[str, str]] = {}
 
     def show(result: PullResult) -> None:
         for name in result.added:
@@ -294,12 +297,19 @@ def fleet_pull(
             typer.echo(f"- {dest / name}")
         for name, reason in sorted(result.skipped.items()):
             typer.echo(f"! {dest / name} skipped: {reason}")
-        reported.clear()
-        reported.update(result.skipped)
+        for sent, reason in sorted(result.refused.items()):
+            typer.echo(f"! refused {sent} from the registry: {reason}", err=True)
+        reported.update(skipped=result.skipped, refused=result.refused)
         skipped = f", {len(result.skipped)} skipped" if result.skipped else ""
+        refused = f", {len(result.refused)} refused" if result.refused else ""
         typer.echo(
             f"{len(result.added) + len(result.kept)} adapter(s) in {dest} "
-            f"(generation {result.generation}){skipped}"
+            f"(generation {result.generation}){skipped}{refused}"
+        )
+
+    def news(result: PullResult) -> bool:
+        return result.changed or {"skipped": result.skipped, "refused": result.refused} != (
+            reported or {"skipped": {}, "refused": {}}
         )
 
     def fail(exc: ApiError | PullError) -> typer.Exit:
@@ -328,7 +338,7 @@ def fleet_pull(
                 selectors=selectors,
                 interval=interval,
                 stop=stop,
-                on_result=lambda r: show(r) if r.changed or r.skipped != reported else None,
+                on_result=lambda r: show(r) if news(r) else None,
                 max_rank=max_lora_rank,
             )
         except (ApiError, PullError) as exc:

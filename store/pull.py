@@ -2,7 +2,7 @@
 
 For NIM and vLLM users who do not run a lorafleet engine: one sub-directory per adapter,
 holding HF PEFT files (``adapter_config.json`` + ``adapter_model.safetensors``), named from
-the adapter's coordinates (``namespace--name--version``; NIM serves an adapter under its
+the adapter's coordinates by ``adapter_dir_name`` (NIM serves an adapter under its
 directory's name). Each adapter is downloaded into a staging directory inside the target,
 verified, then renamed into place, so a NIM refresh never sees half an adapter. Adapters
 that are no longer ready are removed the same way. Only directories this tool created are
@@ -16,6 +16,13 @@ replace the whole served set), and an unregistered base model is an error from t
 (``max_rank``: NIM's ``NIM_MAX_LORA_RANK``), adapters it could not load are skipped and
 reported, never written.
 
+The registry is not trusted with the disk: a fleet entry whose namespace, name, version or
+id is not what the registry itself would accept (``events.models``' one coordinate pattern)
+is refused and reported (``result.refused``), never written; so is an adapter whose files
+fail verification. State-file entries are deleted only when they name a directory this tool
+would create for the adapter recorded with them, directly inside ``dest``; others are
+dropped from the state with a warning and left alone.
+
 ``watch`` keeps the directory in sync: it reconciles after every fleet refresh event for the
 base model and, since events are only hints, every ``interval`` seconds regardless.
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -34,6 +42,7 @@ from pathlib import Path
 
 import structlog
 
+from events.models import parse_coordinates
 from store.client import ApiError, RegistryClient
 from store.client_download import DIR_MODE, FILE_MODE, download_adapter, make_dirs
 
@@ -43,12 +52,28 @@ STATE_FILE = ".lorafleet-pull.json"
 STAGING_DIR = ".lorafleet-staging"
 
 
-def adapter_dir_name(namespace: str, name: str, version: str) -> str:
-    """The directory (and so NIM's served model) name of an adapter version.
+# Ids as the registry mints them (``ad_`` + hex); bounded, and safe in a URL and a log line.
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
+_COORDS = ("namespace", "name", "version")
 
-    ``/`` and ``@`` cannot appear in a directory name, so coordinates become
-    ``namespace--name--version``; the parts' own alphabets cannot produce ``--`` ambiguity
-    that matters for serving (names are unique per namespace and version)."""
+
+def adapter_dir_name(namespace: str, name: str, version: str) -> str:
+    """The directory (and so NIM's served model) name of an adapter version: injective and
+    stable. ``namespace--name--version`` (``acme--bot--1.2.0``) when no part holds ``--``;
+    otherwise ``namespace~name~version`` (``a~x--y~1.0.0``).
+
+    ``~`` is in no part's alphabet, so the second form splits one way only and never equals
+    the first; in the first, a part holds no ``--`` and names and versions start with a
+    letter or digit, so the separators are the two ``--`` followed by one. Before, every
+    name was ``namespace--name--version`` and ``a/x--y`` and ``a--x/y`` shared one
+    directory. The caller validates the parts (``parse_coordinates``)."""
+    if "--" in namespace or "--" in name or "--" in version:
+        return f"{namespace}~{name}~{version}"
+    return f"{namespace}--{name}--{version}"
+
+
+def legacy_dir_name(namespace: str, name: str, version: str) -> str:
+    """The name pulls before the injective mapping gave a directory (cleaned up by this one)."""
     return f"{namespace}--{name}--{version}"
 
 
@@ -64,13 +89,16 @@ class PullError(Exception):
 @dataclass
 class PullResult:
     """What one reconciliation did. ``skipped``: directory name -> why the target cannot
-    take that adapter (it is not written, and removed if an earlier pull wrote it)."""
+    take that adapter (it is not written, and removed if an earlier pull wrote it).
+    ``refused``: an entry the registry sent that is not safe to write (its coordinates as
+    sent, cut short) -> why; never written."""
 
     generation: int
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -94,8 +122,64 @@ def _read_state_file(dest: Path) -> dict:
 
 
 def _read_state(dest: Path) -> dict[str, dict]:
+    """The state file's entries that name a directory this tool creates, directly inside
+    ``dest``; any other entry (a hand-edited path, a symlink, a name pull never gives) is
+    dropped with a warning and its target left alone."""
     adapters = _read_state_file(dest).get("adapters")
-    return adapters if isinstance(adapters, dict) else {}
+    state: dict[str, dict] = {}
+    for dirname, entry in (adapters if isinstance(adapters, dict) else {}).items():
+        problem = _state_entry_problem(dest, dirname, entry)
+        if problem is None:
+            state[dirname] = entry
+        else:
+            log.warning("state_entry_ignored", entry=_shown(dirname), reason=problem)
+    return state
+
+
+def _state_entry_problem(dest: Path, dirname: str, entry: object) -> str | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("adapter"), str):
+        return "not an entry this tool writes"
+    try:
+        coordinates = parse_coordinates(entry["adapter"])
+    except ValueError:
+        return "its adapter is not namespace/name@version"
+    if dirname not in (adapter_dir_name(*coordinates), legacy_dir_name(*coordinates)):
+        return f"not the directory pull gives {_shown(entry['adapter'])}"
+    real = Path(os.path.realpath(dest / dirname))
+    if real != Path(os.path.realpath(dest)) / dirname:
+        return f"resolves outside {dest}"
+    return None
+
+
+def _shown(value: object, limit: int = 100) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for reports of untrusted input."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[: limit - 5]}...{shown[-2:]}"
+
+
+def _fleet_entry_problem(adapter: object) -> str | None:
+    """Why a fleet entry from the registry is unsafe to write (None when it is not)."""
+    if not isinstance(adapter, dict):
+        return "not an object"
+    parts = [adapter.get(key) for key in _COORDS]
+    if not all(isinstance(part, str) for part in parts):
+        return "namespace, name and version must be strings"
+    try:
+        if parse_coordinates("{}/{}@{}".format(*parts)) != tuple(parts):
+            return "not namespace/name@version"
+    except ValueError as exc:
+        return str(exc)
+    if not isinstance(adapter.get("id"), str) or not _ID_RE.fullmatch(adapter["id"]):
+        return f"invalid adapter id {_shown(adapter.get('id'))}"
+    if not isinstance(adapter.get("manifest_sha256"), str | None):
+        return "manifest_sha256 must be a string"
+    return None
+
+
+def _sent_as(adapter: object) -> str:
+    if not isinstance(adapter, dict):
+        return _shown(adapter)
+    return _shown("{}/{}@{}".format(*(adapter.get(key) for key in _COORDS)))
 
 
 def _write_state(dest: Path, state: dict[str, dict], generation: int, base_model: str) -> None:
@@ -151,6 +235,15 @@ def _skip_reason(adapter: dict, max_rank: int | None) -> str | None:
     return None
 
 
+# What ``download_adapter`` refuses in what the registry sent (not a transport failure).
+_UNSAFE_FILES = frozenset({"unsafe_path", "digest_mismatch", "no_files"})
+
+
+def _refuse(result: PullResult, sent: str, reason: str) -> None:
+    result.refused[sent] = reason
+    log.warning("adapter_refused", adapter=sent, reason=reason)
+
+
 def _remove(dest: Path, dirname: str) -> None:
     """Take a directory out of the served set atomically (rename), then delete it."""
     target = dest / dirname
@@ -189,14 +282,25 @@ def pull_adapters(
     # "this directory holds another base model".
     fleet = client.fleet(base_model)
     _check_base_model(dest, base_model)
-    generation = int(fleet.get("generation", 0))
+    generation = fleet.get("generation", 0) if isinstance(fleet, dict) else None
+    entries = fleet.get("adapters", []) if isinstance(fleet, dict) else None
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise PullError("bad_fleet", f"the registry sent generation {_shown(generation)}")
+    if not isinstance(entries, list):
+        raise PullError("bad_fleet", "the registry sent no list of adapters")
     result = PullResult(generation=generation)
     state = _read_state(dest)
     wanted: dict[str, dict] = {}
-    for adapter in fleet.get("adapters", []):
-        if not _wanted(adapter, selectors):
+    for adapter in entries:
+        problem = _fleet_entry_problem(adapter)
+        if problem is None and not _wanted(adapter, selectors):
             continue
-        dirname = adapter_dir_name(adapter["namespace"], adapter["name"], adapter["version"])
+        dirname = "" if problem else adapter_dir_name(*(adapter[k] for k in _COORDS))
+        if problem is None and dirname in wanted:
+            problem = "the registry sent these coordinates twice"
+        if problem is not None:
+            _refuse(result, _sent_as(adapter), problem)
+            continue
         reason = _skip_reason(adapter, max_rank)
         if reason is not None:
             result.skipped[dirname] = reason
@@ -228,6 +332,11 @@ def pull_adapters(
             if (dest / dirname).exists():
                 _remove(dest, dirname)
             os.replace(workdir / dirname, dest / dirname)
+        except ApiError as exc:
+            if exc.status != 0 or exc.code not in _UNSAFE_FILES:
+                raise  # the registry is down or refused us: retry later, change nothing
+            _refuse(result, _sent_as(adapter), str(exc))
+            continue
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         state[dirname] = {

@@ -6,8 +6,10 @@ adapters above the target's max rank skipped and reported."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -18,11 +20,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.factories import random_adapter, write_hf_peft
 from support.tiny import tiny_hf_config
 
 from events import streams
-from events.models import FleetRefresh
+from events.models import VERSION_PATTERN, FleetRefresh, parse_coordinates
 from events.publisher import publish
 from store.api.server import run_registry_api
 from store.client import ApiError, RegistryClient
@@ -291,3 +295,96 @@ def _wait(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_coordinates_that_shared_a_directory_now_get_one_each(registry, tmp_path: Path) -> None:
+    """``a/x--y`` and ``a--x/y`` were both ``a--x--y--1.0.0``: one tenant's adapter served
+    under another's name. Names are lowercase, so ``--`` inside a part was the only
+    collision; versions may differ in case only (``1.0.0-RC`` / ``1.0.0-rc``), which
+    collides on a case-insensitive file system alone."""
+    admin, _, _ = registry
+    pairs = [("a", "x--y", "1.0.0"), ("a--x", "y", "1.0.0"), ("a", "x", "1.0.0-y--1")]
+    for seed, (namespace, name, version) in enumerate(pairs, start=20):
+        if namespace not in {n["name"] for n in admin.list_namespaces()["data"]}:
+            admin.create_namespace(namespace, approval_policy="auto")
+        src = write_hf_peft(random_adapter(seed=seed), tmp_path / "src" / f"{seed}")
+        admin.upload_adapter(src, namespace=namespace, name=name, version=version, base_model=BASE)
+    dest = tmp_path / "loras"
+    result = pull_adapters(admin, BASE, dest, selectors={"a", "a--x"})
+    expected = sorted(adapter_dir_name(*coordinates) for coordinates in pairs)
+    assert result.added == expected and len(set(expected)) == 3
+    assert expected == ["a--x~y~1.0.0", "a~x--y~1.0.0", "a~x~1.0.0-y--1"]
+    for namespace, name, version in pairs:
+        dirname = adapter_dir_name(namespace, name, version)
+        served = admin.get_version(namespace, name, version)["files"]
+        digests = {f["path"]: f["sha256"] for f in served if f["role"] == "canonical"}
+        assert {p: _sha(dest / dirname / p) for p in digests} == digests, dirname
+    # The familiar name is unchanged wherever no part holds "--".
+    assert adapter_dir_name("acme", "support-bot", "1.2.0-rc.1") == "acme--support-bot--1.2.0-rc.1"
+
+
+def test_a_directory_pulled_under_the_old_name_is_replaced_and_removed(
+    registry, tmp_path: Path
+) -> None:
+    """Pulls before the injective mapping named ``a/x--y@1.0.0`` ``a--x--y--1.0.0``; the
+    state file lists that name, and the next pull moves the adapter to its new directory."""
+    admin, _, _ = registry
+    admin.create_namespace("a", approval_policy="auto")
+    src = write_hf_peft(random_adapter(seed=30), tmp_path / "src" / "xy")
+    entity = admin.upload_adapter(src, namespace="a", name="x--y", version="1.0.0", base_model=BASE)
+    dest = tmp_path / "loras"
+    pull_adapters(admin, BASE, dest, selectors={"acme"})
+    old = dest / "a--x--y--1.0.0"
+    old.mkdir()
+    (old / "adapter_config.json").write_text("{}")
+    doc = json.loads((dest / STATE_FILE).read_text())
+    doc["adapters"][old.name] = {
+        "id": entity["id"],
+        "adapter": "a/x--y@1.0.0",
+        "manifest_sha256": entity["manifest_sha256"],
+    }
+    (dest / STATE_FILE).write_text(json.dumps(doc))
+
+    result = pull_adapters(admin, BASE, dest)
+    assert result.added == ["a~x--y~1.0.0"] and result.removed == [old.name]
+    assert not old.exists() and (dest / "a~x--y~1.0.0" / "adapter_config.json").is_file()
+    assert set(json.loads((dest / STATE_FILE).read_text())["adapters"]) == {
+        "a~x--y~1.0.0",
+        *(adapter_dir_name("acme", n, "1.0.0") for n in ("math", "support")),
+    }
+
+
+_PART = st.builds(
+    lambda head, tail: head + tail, st.sampled_from("a0"), st.text("a0-_.", max_size=8)
+)
+_VERSION = st.one_of(
+    st.from_regex(VERSION_PATTERN, fullmatch=True).filter(lambda v: len(v) <= 64),
+    st.builds(
+        lambda tail: f"1.0.0{tail}", st.sampled_from(["-a--b", "-x-", "+b--c", "-a.b-c", "--"])
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(namespace=_PART, name=_PART, version=_VERSION)
+def test_the_directory_name_has_exactly_one_preimage(namespace, name, version) -> None:
+    """Injective: every way of reading the directory name back as coordinates (splitting at
+    any two separators) that maps to it again is the one it came from."""
+    coordinates = (namespace, name, version)
+    parse_coordinates("{}/{}@{}".format(*coordinates))
+    dirname = adapter_dir_name(*coordinates)
+    assert "/" not in dirname and dirname not in {".", ".."}
+    cuts = [(m.start(), 2) for m in re.finditer("(?=--)", dirname)]
+    cuts += [(m.start(), 1) for m in re.finditer("~", dirname)]
+    preimages = set()
+    for (i, n), (j, m) in itertools.combinations(sorted(cuts), 2):
+        if i + n > j:
+            continue
+        candidate = (dirname[:i], dirname[i + n : j], dirname[j + m :])
+        try:
+            parse_coordinates("{}/{}@{}".format(*candidate))
+        except ValueError:
+            continue
+        if adapter_dir_name(*candidate) == dirname:
+            preimages.add(candidate)
+    assert preimages == {coordinates}
