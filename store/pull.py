@@ -29,9 +29,7 @@ base model and, since events are only hints, every ``interval`` seconds regardle
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -42,39 +40,23 @@ from pathlib import Path
 
 import structlog
 
-from events.models import parse_coordinates
 from store.client import ApiError, RegistryClient
 from store.client_download import DIR_MODE, FILE_MODE, download_adapter, make_dirs
+from store.pull_state import (
+    COORDINATE_FIELDS,
+    STATE_FILE,
+    adapter_dir_name,
+    fleet_entry_problem,
+    read_state,
+    read_state_file,
+    sent_as,
+    shown,
+    write_state,
+)
 
 log = structlog.get_logger(__name__)
 
-STATE_FILE = ".lorafleet-pull.json"
 STAGING_DIR = ".lorafleet-staging"
-
-
-# Ids as the registry mints them (``ad_`` + hex); bounded, and safe in a URL and a log line.
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
-_COORDS = ("namespace", "name", "version")
-
-
-def adapter_dir_name(namespace: str, name: str, version: str) -> str:
-    """The directory (and so NIM's served model) name of an adapter version: injective and
-    stable. ``namespace--name--version`` (``acme--bot--1.2.0``) when no part holds ``--``;
-    otherwise ``namespace~name~version`` (``a~x--y~1.0.0``).
-
-    ``~`` is in no part's alphabet, so the second form splits one way only and never equals
-    the first; in the first, a part holds no ``--`` and names and versions start with a
-    letter or digit, so the separators are the two ``--`` followed by one. Before, every
-    name was ``namespace--name--version`` and ``a/x--y`` and ``a--x/y`` shared one
-    directory. The caller validates the parts (``parse_coordinates``)."""
-    if "--" in namespace or "--" in name or "--" in version:
-        return f"{namespace}~{name}~{version}"
-    return f"{namespace}--{name}--{version}"
-
-
-def legacy_dir_name(namespace: str, name: str, version: str) -> str:
-    """The name pulls before the injective mapping gave a directory (cleaned up by this one)."""
-    return f"{namespace}--{name}--{version}"
 
 
 class PullError(Exception):
@@ -113,85 +95,6 @@ def _wanted(adapter: dict, selectors: set[str] | None) -> bool:
     return bool({adapter["id"], coords, family, adapter["namespace"]} & selectors)
 
 
-def _read_state_file(dest: Path) -> dict:
-    try:
-        data = json.loads((dest / STATE_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_state(dest: Path) -> dict[str, dict]:
-    """The state file's entries that name a directory this tool creates, directly inside
-    ``dest``; any other entry (a hand-edited path, a symlink, a name pull never gives) is
-    dropped with a warning and its target left alone."""
-    adapters = _read_state_file(dest).get("adapters")
-    state: dict[str, dict] = {}
-    for dirname, entry in (adapters if isinstance(adapters, dict) else {}).items():
-        problem = _state_entry_problem(dest, dirname, entry)
-        if problem is None:
-            state[dirname] = entry
-        else:
-            log.warning("state_entry_ignored", entry=_shown(dirname), reason=problem)
-    return state
-
-
-def _state_entry_problem(dest: Path, dirname: str, entry: object) -> str | None:
-    if not isinstance(entry, dict) or not isinstance(entry.get("adapter"), str):
-        return "not an entry this tool writes"
-    try:
-        coordinates = parse_coordinates(entry["adapter"])
-    except ValueError:
-        return "its adapter is not namespace/name@version"
-    if dirname not in (adapter_dir_name(*coordinates), legacy_dir_name(*coordinates)):
-        return f"not the directory pull gives {_shown(entry['adapter'])}"
-    real = Path(os.path.realpath(dest / dirname))
-    if real != Path(os.path.realpath(dest)) / dirname:
-        return f"resolves outside {dest}"
-    return None
-
-
-def _shown(value: object, limit: int = 100) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for reports of untrusted input."""
-    shown = repr(value)
-    return shown if len(shown) <= limit else f"{shown[: limit - 5]}...{shown[-2:]}"
-
-
-def _fleet_entry_problem(adapter: object) -> str | None:
-    """Why a fleet entry from the registry is unsafe to write (None when it is not)."""
-    if not isinstance(adapter, dict):
-        return "not an object"
-    parts = [adapter.get(key) for key in _COORDS]
-    if not all(isinstance(part, str) for part in parts):
-        return "namespace, name and version must be strings"
-    try:
-        if parse_coordinates("{}/{}@{}".format(*parts)) != tuple(parts):
-            return "not namespace/name@version"
-    except ValueError as exc:
-        return str(exc)
-    if not isinstance(adapter.get("id"), str) or not _ID_RE.fullmatch(adapter["id"]):
-        return f"invalid adapter id {_shown(adapter.get('id'))}"
-    if not isinstance(adapter.get("manifest_sha256"), str | None):
-        return "manifest_sha256 must be a string"
-    return None
-
-
-def _sent_as(adapter: object) -> str:
-    if not isinstance(adapter, dict):
-        return _shown(adapter)
-    return _shown("{}/{}@{}".format(*(adapter.get(key) for key in _COORDS)))
-
-
-def _write_state(dest: Path, state: dict[str, dict], generation: int, base_model: str) -> None:
-    # Atomic replace: a crash mid-write must not forget which directories are ours.
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{STATE_FILE}.")
-    os.fchmod(fd, FILE_MODE)
-    doc = {"base_model": base_model, "generation": generation, "adapters": state}
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2, sort_keys=True)
-    os.replace(tmp, dest / STATE_FILE)
-
-
 def _prepare_dest(dest: Path) -> None:
     """Create ``dest`` (0755) if needed; refuse a file."""
     if dest.exists() and not dest.is_dir():
@@ -205,7 +108,7 @@ def _prepare_dest(dest: Path) -> None:
 
 def _check_base_model(dest: Path, base_model: str) -> None:
     """Refuse a directory pulled for another base model (before anything is removed)."""
-    recorded = _read_state_file(dest).get("base_model")
+    recorded = read_state_file(dest).get("base_model")
     if recorded and recorded != base_model:
         raise PullError(
             "base_model_mismatch",
@@ -285,21 +188,21 @@ def pull_adapters(
     generation = fleet.get("generation", 0) if isinstance(fleet, dict) else None
     entries = fleet.get("adapters", []) if isinstance(fleet, dict) else None
     if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
-        raise PullError("bad_fleet", f"the registry sent generation {_shown(generation)}")
+        raise PullError("bad_fleet", f"the registry sent generation {shown(generation)}")
     if not isinstance(entries, list):
         raise PullError("bad_fleet", "the registry sent no list of adapters")
     result = PullResult(generation=generation)
-    state = _read_state(dest)
+    state = read_state(dest)
     wanted: dict[str, dict] = {}
     for adapter in entries:
-        problem = _fleet_entry_problem(adapter)
+        problem = fleet_entry_problem(adapter)
         if problem is None and not _wanted(adapter, selectors):
             continue
-        dirname = "" if problem else adapter_dir_name(*(adapter[k] for k in _COORDS))
+        dirname = "" if problem else adapter_dir_name(*(adapter[k] for k in COORDINATE_FIELDS))
         if problem is None and dirname in wanted:
             problem = "the registry sent these coordinates twice"
         if problem is not None:
-            _refuse(result, _sent_as(adapter), problem)
+            _refuse(result, sent_as(adapter), problem)
             continue
         reason = _skip_reason(adapter, max_rank)
         if reason is not None:
@@ -335,7 +238,7 @@ def pull_adapters(
         except ApiError as exc:
             if exc.status != 0 or exc.code not in _UNSAFE_FILES:
                 raise  # the registry is down or refused us: retry later, change nothing
-            _refuse(result, _sent_as(adapter), str(exc))
+            _refuse(result, sent_as(adapter), str(exc))
             continue
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -344,18 +247,18 @@ def pull_adapters(
             "adapter": f"{adapter['namespace']}/{adapter['name']}@{adapter['version']}",
             "manifest_sha256": adapter.get("manifest_sha256"),
         }
-        _write_state(dest, state, generation, base_model)
+        write_state(dest, state, generation, base_model)
         result.added.append(dirname)
         log.info("adapter_pulled", adapter=state[dirname]["adapter"], dir=str(dest / dirname))
 
     for dirname in sorted(set(state) - set(wanted)):
         _remove(dest, dirname)
         adapter_name = state.pop(dirname).get("adapter")
-        _write_state(dest, state, generation, base_model)
+        write_state(dest, state, generation, base_model)
         result.removed.append(dirname)
         log.info("adapter_removed", adapter=adapter_name, dir=str(dest / dirname))
 
-    _write_state(dest, state, generation, base_model)
+    write_state(dest, state, generation, base_model)
     shutil.rmtree(dest / STAGING_DIR, ignore_errors=True)
     return result
 

@@ -31,14 +31,8 @@ from events.publisher import publish
 from store.api.server import run_registry_api
 from store.client import ApiError, RegistryClient
 from store.formats import load_adapter
-from store.pull import (
-    STATE_FILE,
-    PullError,
-    PullResult,
-    adapter_dir_name,
-    pull_adapters,
-    watch_adapters,
-)
+from store.pull import PullError, PullResult, pull_adapters, watch_adapters
+from store.pull_state import STATE_FILE, adapter_dir_name
 from store.settings import StoreSettings
 
 BASE = "tiny"

@@ -23,7 +23,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from store.client import RegistryClient
-from store.pull import STATE_FILE, PullError, adapter_dir_name, pull_adapters
+from store.pull import PullError, pull_adapters
+from store.pull_state import STATE_FILE, adapter_dir_name
 
 BASE = "tiny"
 FILES = {"adapter_config.json": b'{"r": 4}', "adapter_model.safetensors": b"\0" * 64}
