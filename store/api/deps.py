@@ -12,6 +12,7 @@ import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError, DBAPIError, StatementError
 
 from store import audit
 from store.auth import Principal, authenticate
@@ -58,7 +59,10 @@ def get_principal(
     """The authenticated caller; ``Unauthorized`` (401) without a valid bearer token."""
     state = get_state(request)
     with session_scope(state.engine) as session:
-        return authenticate(session, request.headers.get("authorization"), state.admin_token)
+        principal = authenticate(session, request.headers.get("authorization"), state.admin_token)
+    # Kept for the error handlers: a request refused before its route ran is still logged.
+    request.state.principal = principal
+    return principal
 
 
 def remote_addr(request: Request) -> str | None:
@@ -75,7 +79,10 @@ def record(
     target: str | None = None,
     namespace: str | None = None,
 ) -> None:
-    """Write one access-log row in its own transaction, so it survives a failed mutation."""
+    """Write one access-log row in its own transaction (after the mutation's own rolled
+    back), so it survives a failed mutation; its values are made storable by
+    ``audit.record_access``. This never raises: the answer to the caller is already decided,
+    and a row that still cannot be written is logged at error level with what it held."""
     state = get_state(request)
     try:
         with session_scope(state.engine) as session:
@@ -88,9 +95,44 @@ def record(
                 namespace=namespace,
                 remote_addr=remote_addr(request),
             )
-    except LorafleetError as exc:
-        # The answer to the caller is already decided; losing an audit row is logged loudly.
-        log.error("access_log.write_failed", action=action, target=target, error=exc.message)
+    except Exception as exc:  # noqa: BLE001 - the request's own status must stand
+        log.error(
+            "access_log.write_failed",
+            actor=principal.actor,
+            action=action,
+            outcome=outcome,
+            target=audit.storable(target, "target"),
+            namespace=audit.storable(namespace, "namespace"),
+            error=getattr(exc, "message", None) or repr(exc)[:500],
+        )
+
+
+def record_refusal(request: Request, outcome: str) -> None:
+    """Log a mutation refused before its route ran (a request that does not validate), as
+    action ``request.refused`` with ``METHOD path`` as target; only for an authenticated
+    caller (an unauthenticated one was answered 401 first)."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None or request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    target = f"{request.method} {request.url.path}"
+    record(request, principal, "request.refused", outcome=outcome, target=target)
+
+
+def unexpected_code(exc: BaseException) -> str:
+    """The error code the API answers a non-``LorafleetError`` with: ``bad_request`` for a
+    value the database refused (``sqlalchemy.exc.DataError``, or a ``StatementError`` whose
+    value could not be sent), ``internal`` for anything else."""
+    return "bad_request" if refused_by_database(exc) else "internal"
+
+
+def refused_by_database(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database (or its driver) refusing a value: a DB-API
+    ``DataError``, or a value that could not be bound (a NUL, an unencodable character)."""
+    if isinstance(exc, DataError):
+        return True
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        return isinstance(exc.orig, (ValueError, UnicodeError))
+    return False
 
 
 @contextmanager
@@ -111,5 +153,9 @@ def audited(
         yield where
     except LorafleetError as exc:
         record(request, principal, action, outcome=exc.code, **where)
+        raise
+    except Exception as exc:
+        # What the error handlers will answer (a DataError the database raised: 400).
+        record(request, principal, action, outcome=unexpected_code(exc), **where)
         raise
     record(request, principal, action, **where)

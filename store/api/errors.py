@@ -3,6 +3,9 @@
 * ``LorafleetError`` subclasses answer with their own ``http_status`` and ``code``.
 * Request validation errors answer 400 ``bad_request`` when a query/path/header parameter is
   wrong and 422 ``invalid_body`` when the JSON body is; never a 5xx for bad input.
+* A value the database refuses (``sqlalchemy.exc.DataError``, or a ``StatementError`` whose
+  value could not be bound) answers 400 ``bad_request``: the last line behind the checks at
+  the edge (``store.api.schemas.text``), never a 500.
 * Starlette's own HTTP errors (unknown route, wrong method) keep their status, same shape.
 * Anything else is a 500 ``internal`` with the details in the log, not in the response.
 
@@ -19,8 +22,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import StatementError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from store.api.deps import record_refusal, refused_by_database
 from store.errors import LorafleetError
 
 log = structlog.get_logger(__name__)
@@ -103,9 +109,22 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     in_body = any(err.get("loc", ("",))[0] == "body" for err in errors)
-    if in_body:
-        return error_response(422, "invalid_body", _describe(errors))
-    return error_response(400, "bad_request", _describe(errors))
+    status, code = (422, "invalid_body") if in_body else (400, "bad_request")
+    await run_in_threadpool(record_refusal, request, code)
+    return error_response(status, code, _describe(errors))
+
+
+async def _statement_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StatementError)
+    if not refused_by_database(exc):
+        return await _unexpected(request, exc)
+    # The statement is not logged (it may hold the caller's hostile value), its kind is.
+    log.warning(
+        "api.value_refused_by_database",
+        path=request.url.path,
+        error=type(getattr(exc, "orig", None) or exc).__name__,
+    )
+    return error_response(400, "bad_request", "a value was refused by the database")
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -151,4 +170,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LorafleetError, _lorafleet_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StatementError, _statement_error)
     app.add_exception_handler(Exception, _unexpected)

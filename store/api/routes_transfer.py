@@ -31,6 +31,7 @@ from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
 from store.api.routes_adapters import VERSION_SCHEMA, adapter_entity, get_version, visible_adapter
 from store.api.schemas.adapters import AdapterOut, UploadCheckOut
+from store.api.schemas.text import check_form_fields, check_provenance_text
 from store.api.uploads import StagedUpload, place_files, receive_upload
 from store.approval import Status
 from store.auth import Principal
@@ -55,6 +56,7 @@ def _provenance(upload: StagedUpload) -> Provenance:
         if not isinstance(raw.get(key, {}), dict):
             raise BadRequest(f"provenance.{key} must be a JSON object")
     custom = raw.get("custom_fields") or upload.json_field("custom_fields", dict) or {}
+    check_provenance_text({**raw, "custom_fields": custom})
     return Provenance(
         job_id=None if raw.get("job_id") is None else str(raw["job_id"]),
         dataset=None if raw.get("dataset") is None else str(raw["dataset"]),
@@ -131,6 +133,7 @@ async def upload_adapter(
                 request, staging / "parts", max_total_bytes=state.settings.max_adapter_bytes
             )
             received = time.perf_counter()
+            check_form_fields(upload.fields)
             missing = [f for f in REQUIRED_FIELDS if not upload.fields.get(f, "").strip()]
             if missing:
                 raise BadRequest(f"missing form fields: {', '.join(missing)}")

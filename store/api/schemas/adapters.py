@@ -3,10 +3,10 @@ the upload check and the purge answer, with the examples the fleet view reuses."
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator, ConfigDict, Field
 from pydantic import BaseModel as Body
-from pydantic import ConfigDict, Field
 
 from store.api.schemas.common import (
     EXAMPLE_TIME,
@@ -18,8 +18,13 @@ from store.api.schemas.common import (
     list_example,
     not_nullable,
 )
+from store.api.schemas.text import SafeText, check_json_strings
 from store.approval import Status
 from store.models import AdapterFile, AdapterVersion
+
+CustomFields = Annotated[
+    dict[str, Any], AfterValidator(lambda v: check_json_strings(v, "custom_fields"))
+]
 
 
 class AdapterPatch(StrictBody):
@@ -30,9 +35,9 @@ class AdapterPatch(StrictBody):
     status: Literal["ready", "rejected", "archived"] | None = Field(
         default=None, json_schema_extra=not_nullable
     )
-    reason: str | None = Field(default=None, max_length=4096)
-    description: str | None = None
-    custom_fields: dict[str, Any] | None = None
+    reason: SafeText | None = None
+    description: SafeText | None = None
+    custom_fields: CustomFields | None = None
 
 
 def file_out(f: AdapterFile) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator, Field
 from pydantic import BaseModel as Body
-from pydantic import Field
 
 from events.models import NAMESPACE_PATTERN
 from store.api.schemas.common import (
@@ -18,34 +18,43 @@ from store.api.schemas.common import (
     list_example,
     not_nullable,
 )
+from store.api.schemas.text import (
+    BaseModelText,
+    NamespaceText,
+    SafeText,
+    TokenNameText,
+    check_json_strings,
+)
 from store.models import BaseModelRecord, Namespace
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(lambda v: check_json_strings(v, "config"))]
 
 
 class NamespaceCreate(StrictBody):
-    name: str = Field(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)
+    name: NamespaceText = Field(pattern=NAMESPACE_PATTERN)
     # Safe by default: a new namespace's uploads wait for an approval before engines serve them.
     approval_policy: Policy = "manual"
     max_bytes: int | None = Field(default=None, ge=0)
     max_versions: int | None = Field(default=None, ge=0)
-    description: str | None = None
+    description: SafeText | None = None
 
 
 class NamespaceUpdate(StrictBody):
     approval_policy: Policy | None = Field(default=None, json_schema_extra=not_nullable)
     max_bytes: int | None = Field(default=None, ge=0)
     max_versions: int | None = Field(default=None, ge=0)
-    description: str | None = None
+    description: SafeText | None = None
 
 
 class BaseModelCreate(StrictBody):
-    name: str = Field(min_length=1, max_length=256)
-    config: dict[str, Any]
+    name: BaseModelText
+    config: JsonObject
 
 
 class TokenCreate(StrictBody):
     role: Literal["reader", "writer", "admin"]
-    namespace: str | None = None
-    name: str = Field(min_length=1, max_length=256)
+    namespace: NamespaceText | None = None
+    name: TokenNameText
 
 
 def namespace_out(ns: Namespace) -> dict[str, Any]:
