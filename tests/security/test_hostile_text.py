@@ -209,3 +209,26 @@ def test_nul_in_a_filter_is_a_400_not_a_500(stack: Stack) -> None:
     r = stack.client.get("/v1/fleet", params={"base_model": "b\x00"})
     assert r.status_code in (400, 404), r.text[:300]
     assert stack.client.get("/v1/adapters").status_code == 200
+
+
+def test_an_access_log_that_cannot_be_written_changes_no_answer(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If even the sanitized access-log row fails, the request keeps its own status and the
+    lost row is logged at error level."""
+    from structlog.testing import capture_logs
+
+    from store.api import deps
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise sa.exc.DataError("INSERT", {}, Exception("refused"))
+
+    monkeypatch.setattr(deps.audit, "record_access", broken)
+    with capture_logs() as logs:
+        refused = _send(stack, "PATCH", f"/v1/namespaces/{NS}", {"description": "a\x00"})
+        good = stack.client.patch(f"/v1/namespaces/{NS}", json={"description": "fine"})
+    assert refused.status_code == 422, refused.text
+    _assert_error_shape(refused)
+    assert good.status_code == 200, good.text
+    lost = [e for e in logs if e["event"] == "access_log.write_failed"]
+    assert len(lost) == 2 and all(e["log_level"] == "error" for e in lost), logs
