@@ -8,6 +8,7 @@ files shipped in the ``fastapi-offline`` package: no CDN, so the pages work air-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
@@ -79,13 +80,19 @@ def _promote_examples(schema: dict[str, Any]) -> None:
                         break
 
 
-def document_examples(app: FastAPI) -> None:
-    """Give every JSON success answer in ``app``'s schema the example of its model."""
+def add_schema_step(app: FastAPI, step: Callable[[dict[str, Any]], None]) -> None:
+    """Run ``step`` on ``app``'s OpenAPI schema once, when it is first built (steps added
+    later run after those added earlier)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            _promote_examples(build())
+            step(build())
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def document_examples(app: FastAPI) -> None:
+    """Give every JSON success answer in ``app``'s schema the example of its model."""
+    add_schema_step(app, _promote_examples)

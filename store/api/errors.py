@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from store.api.deps import record_refusal, refused_by_database
+from store.api.docs import add_schema_step
 from store.errors import LorafleetError
 
 log = structlog.get_logger(__name__)
@@ -155,14 +156,7 @@ def _drop_default_validation_answers(schema: dict[str, Any]) -> None:
 
 def document_errors(app: FastAPI) -> None:
     """Make ``app``'s OpenAPI schema list only the error answers the API really gives."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            _drop_default_validation_answers(build())
-        return app.openapi_schema  # type: ignore[return-value]
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    add_schema_step(app, _drop_default_validation_answers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

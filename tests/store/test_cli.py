@@ -13,6 +13,7 @@ from support.cli import run_cli
 from support.factories import random_adapter, write_hf_peft
 from support.live_api import LiveRegistry
 from support.processes import process_env
+from support.stored import corrupt_canonical_weights, trainer_style_adapter
 from support.tiny import tiny_hf_config
 from typer.testing import CliRunner
 
@@ -116,16 +117,7 @@ def test_cli_pull_original_gets_the_uploaded_files_and_fails_without_leftovers(
 ) -> None:
     import stat
 
-    live_registry.admin.register_base_model("tiny", tiny_hf_config())
-    live_registry.admin.create_namespace("acme", approval_policy="auto")
-    src = write_hf_peft(random_adapter(seed=3), tmp_path / "adapter")
-    # As an HF Trainer writes it: same path as the canonical config, different bytes.
-    config = json.loads((src / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = "meta-llama/tiny"
-    (src / "adapter_config.json").write_text(json.dumps(config, indent=4))
-    entity = live_registry.admin.upload_adapter(
-        src, namespace="acme", name="bot", version="1.0.0", base_model="tiny"
-    )
+    entity, src = trainer_style_adapter(live_registry, tmp_path, name="bot", seed=3)
 
     out = tmp_path / "original"
     code, output = _run(live_registry, "adapters", "pull", "acme/bot@1.0.0", str(out), "--original")
@@ -137,14 +129,7 @@ def test_cli_pull_original_gets_the_uploaded_files_and_fails_without_leftovers(
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
 
     # A download that fails (a corrupted blob) leaves no partial directory.
-    weights = next(
-        f
-        for f in entity["files"]
-        if f["role"] == "canonical" and f["path"] == "adapter_model.safetensors"
-    )
-    blob = live_registry.blobs.path_for(f"sha256/{weights['sha256']}")
-    blob.chmod(0o644)
-    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
+    corrupt_canonical_weights(live_registry, entity)
     broken = tmp_path / "broken"
     code, output = _run(live_registry, "adapters", "pull", "acme/bot@1.0.0", str(broken))
     assert code == 1 and "digest_mismatch" in output

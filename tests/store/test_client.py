@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from support.factories import random_adapter, write_hf_peft
 from support.live_api import LiveRegistry
+from support.stored import corrupt_canonical_weights, trainer_style_adapter
 from support.tiny import tiny_hf_config
 
 from store.client import ApiError, RegistryClient
@@ -51,16 +52,7 @@ def test_corrupted_blob_is_refused_and_leaves_no_file(
     live_registry: LiveRegistry, tmp_path: Path
 ) -> None:
     entity, _ = _ready_adapter(live_registry, tmp_path)
-    weights = next(
-        f
-        for f in entity["files"]
-        if f["role"] == "canonical" and f["path"] == "adapter_model.safetensors"
-    )
-    blob = live_registry.blobs.path_for(f"sha256/{weights['sha256']}")
-    data = bytearray(blob.read_bytes())
-    data[-1] ^= 0xFF  # same length, different bytes: only a digest check notices
-    blob.chmod(0o644)
-    blob.write_bytes(bytes(data))
+    weights = corrupt_canonical_weights(live_registry, entity)
     dest = tmp_path / "pulled"
     with pytest.raises(ApiError) as err:
         download_file(live_registry.admin, entity["id"], weights["path"], dest / "w.safetensors")
@@ -98,33 +90,12 @@ def test_etag_matches_the_sha256_the_client_verifies(
         assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"]
 
 
-def _trainer_style_adapter(reg: LiveRegistry, tmp_path: Path) -> tuple[dict, Path]:
-    """A ready adapter whose uploaded ``adapter_config.json`` differs from the canonical one
-    at the same path (an HF Trainer writes keys the registry's canonical form drops)."""
-    import json
-
-    reg.admin.register_base_model("tiny", tiny_hf_config())
-    reg.admin.create_namespace("acme", approval_policy="auto")
-    src = write_hf_peft(random_adapter(seed=6), tmp_path / "trainer-src")
-    config = json.loads((src / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = "meta-llama/tiny"
-    (src / "adapter_config.json").write_text(json.dumps(config, indent=4))
-    entity = reg.admin.upload_adapter(
-        src, namespace="acme", name="trainer", version="1.0.0", base_model="tiny"
-    )
-    by_role = {
-        f["role"]: f["sha256"] for f in entity["files"] if f["path"] == "adapter_config.json"
-    }
-    assert by_role["original"] != by_role["canonical"], "the case this test is about"
-    return entity, src
-
-
 def test_original_files_download_even_when_they_share_a_path_with_canonical_ones(
     live_registry: LiveRegistry, tmp_path: Path
 ) -> None:
     import httpx
 
-    entity, src = _trainer_style_adapter(live_registry, tmp_path)
+    entity, src = trainer_style_adapter(live_registry, tmp_path)
     out = download_adapter(live_registry.admin, entity["id"], tmp_path / "out", canonical=False)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
     for path in src.iterdir():
@@ -156,16 +127,7 @@ def test_a_failed_adapter_download_leaves_nothing_at_the_destination(
     live_registry: LiveRegistry, tmp_path: Path
 ) -> None:
     entity, _ = _ready_adapter(live_registry, tmp_path)
-    weights = next(
-        f
-        for f in entity["files"]
-        if f["role"] == "canonical" and f["path"] == "adapter_model.safetensors"
-    )
-    blob = live_registry.blobs.path_for(f"sha256/{weights['sha256']}")
-    data = bytearray(blob.read_bytes())
-    data[-1] ^= 0xFF
-    blob.chmod(0o644)
-    blob.write_bytes(bytes(data))
+    corrupt_canonical_weights(live_registry, entity)
     parent = tmp_path / "pulled"
     parent.mkdir()
     with pytest.raises(ApiError) as err:
