@@ -60,6 +60,7 @@ class EngineRuntime:
     redis_url: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     started: bool = False
+    source_verified: bool = False  # build_runtime(verify_source=True) checked it already
     subscriber: RefreshFollower | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -89,7 +90,8 @@ class EngineRuntime:
         thread, the refresh subscriber (when a Redis URL is set) and periodic reconciliation
         (when an interval is set). A failed first reconciliation is retried until it works."""
         self._stop.clear()
-        self.reconciler.source.verify()
+        if not self.source_verified:
+            self.reconciler.source.verify()
         first = self.reconciler.reconcile()
         self.scheduler.start()
         if self.redis_url:
@@ -212,6 +214,7 @@ def build_runtime(
         max_seq_len=settings.max_seq_len,
         refresh_interval=settings.peft_refresh_interval,
         redis_url=settings.redis_url,
+        source_verified=verify_source,
     )
 
 

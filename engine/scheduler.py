@@ -40,6 +40,8 @@ class InvalidPrompt(ValueError):
 
 def check_token_ids(ids: list[int], vocab_size: int) -> None:
     """Raise ``InvalidPrompt`` unless every id is in ``[0, vocab_size)``."""
+    if not ids or (min(ids) >= 0 and max(ids) < vocab_size):
+        return  # the common case in two C-level passes; the loop below only names the offender
     for token_id in ids:
         if not 0 <= token_id < vocab_size:
             raise InvalidPrompt(

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
 import signal
@@ -87,9 +86,7 @@ def demo(
     # The narration is the demo's output; component logs go to HOME/logs (or, with
     # --verbose, to the terminal, prefixed), our own process logs only warnings.
     if not verbose:
-        configure_logging("WARNING")
-        logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+        configure_logging("WARNING")  # also keeps httpx's per-request lines quiet
     _stop_on_signals()
     home = home or StoreSettings().home / "demo"
     api_port, engine_port = _ports(api_port, engine_port)
@@ -135,8 +132,6 @@ def up(
     from store.settings import StoreSettings
 
     _stop_on_signals()
-    # The supervisor's health probes would log every poll; component logs are what matter.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     api_port, engine_port = _ports(api_port, engine_port)
     config = StackConfig(
         home=home or StoreSettings().home,

@@ -10,7 +10,6 @@ need around them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +49,10 @@ def tiny_spec(**overrides: Any) -> BaseModelSpec:
 
 
 def model_spec(model_dir: Path) -> BaseModelSpec:
-    """The ``BaseModelSpec`` of a HF model directory."""
-    return BaseModelSpec.from_hf_config(json.loads((model_dir / "config.json").read_text()))
+    """The ``BaseModelSpec`` of a HF model directory (as the engine reads it)."""
+    from engine.checkpoint import read_model_config
+
+    return read_model_config(model_dir)[0]
 
 
 def engine_settings(model_dir: Path, **overrides: Any) -> EngineSettings:
