@@ -88,20 +88,20 @@ def _coordinates_problem(value: str) -> str:
     head, _, version = value.rpartition("@")
     namespace, _, name = head.partition("/")
     if head and namespace and name and "/" not in name:
-        where = f"in namespace/name@version {_shown(value)}"
+        where = f"in namespace/name@version {shown(value)}"
         if not re.fullmatch(NAMESPACE_PART, namespace):
             return f"invalid namespace {namespace!r} {where}: 1 to 63 {NAME_RULE}"
         if not re.fullmatch(NAME_PART, name):
             return f"invalid adapter name {name!r} {where}: 1 to 128 {NAME_RULE}"
         if not is_version(version):
-            return f"invalid version {_shown(version)} {where}: {VERSION_RULE}"
+            return f"invalid version {shown(version)} {where}: {VERSION_RULE}"
     return (
-        f"{_shown(value)} is not namespace/name@version with a semantic version "
+        f"{shown(value)} is not namespace/name@version with a semantic version "
         "(e.g. acme/bot@1.2.0)"
     )
 
 
-def _shown(value: str, limit: int = 100) -> str:
+def shown(value: object, limit: int = 100) -> str:
     """``repr(value)``, cut to ``limit`` characters: a refusal must not echo a megabyte."""
     shown = repr(value)
     return shown if len(shown) <= limit else f"{shown[: limit - 5]}...{shown[-2:]}"

@@ -46,7 +46,6 @@ class RefreshFollower:
         self.on_connect = on_connect
         self.block_ms = block_ms
         self.last_id: bytes | str | None = None
-        self.events_applied = 0
         self.loop = ReconnectingLoop(
             redis_url,
             self._step,
@@ -83,4 +82,3 @@ class RefreshFollower:
                     continue
                 if isinstance(event, FleetRefresh) and event.base_model == self.base_model:
                     self.on_event(event)
-                    self.events_applied += 1

@@ -265,19 +265,19 @@ def open_blob_store(url: str, settings: StoreSettings) -> BlobStore:
         bucket = url.removeprefix("s3://").strip("/")
         if not bucket or "/" in bucket:
             raise BadRequest(f"blob URL {url!r} must be s3://BUCKET")
-        if not settings.s3_endpoint:
+        if not settings.s3.endpoint:
             raise BadRequest("an s3:// blob URL needs LORAFLEET_S3_ENDPOINT")
         # Lazy on purpose (the one documented import circle): store.blobs_s3 builds on this
         # module's base class, and the minio SDK loads only for an S3 store.
         from store.blobs_s3 import S3BlobStore
 
         return S3BlobStore.connect(
-            endpoint=settings.s3_endpoint,
+            endpoint=settings.s3.endpoint,
             bucket=bucket,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key,
-            secure=settings.s3_secure,
-            region=settings.s3_region,
+            access_key=settings.s3.access_key,
+            secret_key=settings.s3.secret_key,
+            secure=settings.s3.secure,
+            region=settings.s3.region,
         )
     raise BadRequest(f"unsupported blob URL {url!r} (use file://DIR or s3://BUCKET)")
 

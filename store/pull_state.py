@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from events.models import parse_coordinates
+from events.models import parse_coordinates, shown
 from store.client_download import FILE_MODE
 
 log = structlog.get_logger(__name__)
@@ -82,12 +82,6 @@ def _state_entry_problem(dest: Path, dirname: str, entry: object) -> str | None:
     if real != Path(os.path.realpath(dest)) / dirname:
         return f"resolves outside {dest}"
     return None
-
-
-def shown(value: object, limit: int = 100) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for reports of untrusted input."""
-    shown = repr(value)
-    return shown if len(shown) <= limit else f"{shown[: limit - 5]}...{shown[-2:]}"
 
 
 def fleet_entry_problem(adapter: object) -> str | None:

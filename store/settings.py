@@ -70,26 +70,6 @@ class StoreSettings(BaseSettings):
             data["s3"] = S3Settings(**given)
         return data
 
-    @property
-    def s3_endpoint(self) -> str | None:
-        return self.s3.endpoint
-
-    @property
-    def s3_access_key(self) -> str | None:
-        return self.s3.access_key
-
-    @property
-    def s3_secret_key(self) -> str | None:
-        return self.s3.secret_key
-
-    @property
-    def s3_secure(self) -> bool:
-        return self.s3.secure
-
-    @property
-    def s3_region(self) -> str | None:
-        return self.s3.region
-
     def resolved_database_url(self) -> str:
         """``database_url``, else a SQLite file under ``home`` (created)."""
         if self.database_url:

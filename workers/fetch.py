@@ -175,14 +175,14 @@ def _fetch_s3(
     from minio import Minio
     from minio.error import S3Error
 
-    if not store.s3_endpoint:
+    if not store.s3.endpoint:
         raise AdapterInvalid("artifact_unreachable", "s3:// artifacts need LORAFLEET_S3_ENDPOINT")
     client = Minio(
-        store.s3_endpoint,
-        access_key=store.s3_access_key,
-        secret_key=store.s3_secret_key,
-        secure=store.s3_secure,
-        region=store.s3_region,
+        store.s3.endpoint,
+        access_key=store.s3.access_key,
+        secret_key=store.s3.secret_key,
+        secure=store.s3.secure,
+        region=store.s3.region,
     )
     target = workdir / "artifact"
     target.mkdir(parents=True, exist_ok=True)

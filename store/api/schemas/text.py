@@ -7,7 +7,7 @@ so every string that reaches a column is checked here, at the edge, once:
 * ``SafeText``: free text (descriptions, reasons), at most ``DESCRIPTION_MAX`` characters: tab,
   newline and carriage return allowed, every other control character (Unicode ``Cc``) and
   lone surrogates (``Cs``) refused;
-* ``SafeLine`` and the named ``...Text`` types (``NamespaceText``, ...): one-line values
+* the named ``...Text`` types (``NamespaceText``, ...): one-line values
   (names, filters, keys) no longer than their column, no control character at all;
 * ``check_json_strings``: every key and string inside a JSON value (custom fields, provenance,
   base-model config), bounded keys, no control characters;
@@ -28,13 +28,11 @@ from store.errors import BadRequest
 from store.models import AdapterVersion, ApiToken, BaseModelRecord, Namespace
 
 __all__ = [
-    "AdapterNameText",
     "BaseModelText",
     "NamespaceText",
     "TokenNameText",
     "DESCRIPTION_MAX",
     "JSON_KEY_MAX",
-    "SafeLine",
     "SafeText",
     "check_form_fields",
     "check_json_strings",
@@ -85,9 +83,6 @@ def no_line_control_chars(value: str) -> str:
 
 SafeText = Annotated[
     str, StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(no_control_chars)
-]
-SafeLine = Annotated[
-    str, StringConstraints(max_length=JSON_KEY_MAX), AfterValidator(no_line_control_chars)
 ]
 
 
@@ -171,13 +166,8 @@ def check_provenance_text(provenance: dict[str, Any]) -> None:
 NAMESPACE_MAX = column_length(Namespace, "name")
 BASE_MODEL_MAX = column_length(BaseModelRecord, "name")
 TOKEN_NAME_MAX = column_length(ApiToken, "name")
-ADAPTER_NAME_MAX = column_length(AdapterVersion, "name")
-ADAPTER_ID_MAX = column_length(AdapterVersion, "id")
 
 _line = AfterValidator(no_line_control_chars)
 NamespaceText = Annotated[str, StringConstraints(min_length=1, max_length=NAMESPACE_MAX), _line]
 BaseModelText = Annotated[str, StringConstraints(min_length=1, max_length=BASE_MODEL_MAX), _line]
 TokenNameText = Annotated[str, StringConstraints(min_length=1, max_length=TOKEN_NAME_MAX), _line]
-AdapterNameText = Annotated[
-    str, StringConstraints(min_length=1, max_length=ADAPTER_NAME_MAX), _line
-]
