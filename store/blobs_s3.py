@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO
 
 import structlog
@@ -149,6 +149,13 @@ class S3BlobStore(StreamedBlobStore):
                     response.release_conn()
 
         return _verified(chunks(), key, expected)
+
+    def presigned_get(self, key: str, expires: timedelta) -> str:
+        """A URL that GETs the object without credentials until ``expires`` has passed (the
+        Hugging Face–compatible API redirects downloads to it)."""
+        check_key(key)
+        with _s3_errors(key):
+            return self.client.presigned_get_object(self.bucket, key, expires=expires)
 
     def delete(self, key: str) -> None:
         """Remove the object (no error if absent)."""

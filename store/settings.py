@@ -51,6 +51,10 @@ class StoreSettings(BaseSettings):
     max_adapter_bytes: int = 8 * 1024**3
     max_archive_members: int = 64
     blob_gc_grace_seconds: int = 3600
+    hf_presign_seconds: int = Field(
+        default=3600,
+        description="How long an S3 download URL the /v1/hf API redirects to stays valid.",
+    )
     api_host: str = Field(default=DEFAULT_API_HOST, description="Address the API binds.")
     api_port: int = Field(default=DEFAULT_API_PORT, description="Port the API binds.")
     api_url: str | None = Field(

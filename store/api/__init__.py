@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from store.api import (
     routes_adapters,
     routes_catalog,
+    routes_hf,
     routes_ingest,
     routes_ops,
     routes_transfer,
@@ -80,5 +81,6 @@ def create_app(
     app.include_router(routes_transfer.router)  # before ``/{adapter_id}`` takes its paths
     app.include_router(routes_adapters.router)
     app.include_router(routes_ingest.router)
+    app.include_router(routes_hf.router)  # /v1/hf: the Hugging Face Hub's protocol
     log.info("api.created", database=engine.url.render_as_string(), blobs=repr(blobs))
     return app
