@@ -2,10 +2,14 @@
 follow which, and what a change of status sets in motion.
 
 ```
-uploading -> validating -> pending -> ready -> archived
+uploading -> validating -> pending -> ready <-> archived
                  |            |
                  +-> failed   +-> rejected
 ```
+
+``archived -> ready`` is a restore (``store.governance.restore``, a namespace admin); a
+plain status change refuses it (``store.registry.transition``). Every step is also recorded
+in the status history (``store.history``).
 
 Every transition is a compare-and-set ``UPDATE ... WHERE id = ? AND status = ?``: a lost
 race or an edge the machine does not have is ``IllegalTransition`` (409), never a silent
@@ -24,6 +28,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
 from store.errors import BadRequest, IllegalTransition, NotFound
+from store.history import record_transition
 from store.models import AdapterVersion, utcnow
 from store.outbox import announce_refresh, announce_status
 
@@ -48,7 +53,8 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.VALIDATING: frozenset({Status.PENDING, Status.FAILED}),
     Status.PENDING: frozenset({Status.READY, Status.REJECTED}),
     Status.READY: frozenset({Status.ARCHIVED}),
-    Status.ARCHIVED: frozenset(),
+    # Restore (``store.governance.restore``, a namespace admin) is the only way back.
+    Status.ARCHIVED: frozenset({Status.READY}),
     Status.FAILED: frozenset(),
     Status.REJECTED: frozenset(),
 }
@@ -142,5 +148,6 @@ def apply_transition(
         announce_refresh(session, version, "load")
     elif from_status == Status.READY:
         announce_refresh(session, version, "evict")
+    record_transition(session, version, from_status, to_status, actor=actor, reason=reason)
     session.flush()
     return version

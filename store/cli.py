@@ -20,6 +20,7 @@ from rich.table import Table
 
 from store.cli_adapters import adapters_app, fleet_pull
 from store.cli_api import AsJson, Token, Url, api_client, err, out, print_json
+from store.cli_governance import adapters_history, adapters_restore, audit
 from store.client import ApiError, RegistryClient
 
 app = typer.Typer(help="Adapter registry commands.", no_args_is_help=True)
@@ -33,6 +34,9 @@ app.add_typer(bm_app, name="base-models")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(adapters_app, name="adapters")
 app.command("pull")(fleet_pull)
+adapters_app.command("history")(adapters_history)
+adapters_app.command("restore")(adapters_restore)
+app.command("audit")(audit)
 
 
 # --- db and api --------------------------------------------------------------------------
@@ -115,6 +119,13 @@ def namespaces_create(
     max_bytes: Annotated[int | None, typer.Option(help="Quota: bytes stored.")] = None,
     max_versions: Annotated[int | None, typer.Option(help="Quota: adapter versions.")] = None,
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    four_eyes: Annotated[
+        bool,
+        typer.Option(
+            "--require-distinct-approver",
+            help="Four-eyes: an uploader may not approve their own version (manual policy).",
+        ),
+    ] = False,
     url: Url = None,
     token: Token = None,
 ) -> None:
@@ -127,6 +138,7 @@ def namespaces_create(
             max_bytes=max_bytes,
             max_versions=max_versions,
             description=description,
+            require_distinct_approver=four_eyes,
         )
     out.print(f"created namespace [bold]{ns['name']}[/bold] (policy {ns['approval_policy']})")
 

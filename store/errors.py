@@ -101,3 +101,9 @@ class TransientError(LorafleetError):
 
     code = "transient"
     http_status = 503
+
+
+class SelfApproval(Forbidden):
+    """Four-eyes: the namespace requires an approver other than the version's uploader."""
+
+    code = "self_approval"

@@ -74,6 +74,10 @@ class Namespace(SQLModel, table=True):
     max_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
     max_versions: int | None = Field(default=None)
     description: str | None = Field(default=None)
+    # Four-eyes: the approver of a version must not be its uploader (``store.governance``).
+    require_distinct_approver: bool = Field(
+        default=False, sa_column_kwargs={"server_default": sa.false()}
+    )
     created_at: datetime = _ts()
     created_by: str = Field(max_length=256)
 
@@ -195,6 +199,23 @@ class AccessLog(SQLModel, table=True):
     namespace: str | None = Field(default=None, max_length=63)
     remote_addr: str | None = Field(default=None, max_length=64)
     outcome: str = Field(max_length=64)
+
+
+class StatusTransition(SQLModel, table=True):
+    """One step of a version through the status machine (``store.history``): who, when, why.
+    Not a foreign key: the record outlives a purge of the version."""
+
+    __tablename__ = "status_transitions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    adapter_id: str = Field(max_length=40, index=True)
+    namespace: str = Field(max_length=63)
+    from_status: str | None = Field(default=None, max_length=16)
+    to_status: str = Field(max_length=16)
+    actor: str = Field(max_length=256)
+    reason: str | None = None
+    generation: int | None = Field(default=None, sa_type=sa.BigInteger)
+    at: datetime = _ts()
 
 
 class FleetState(SQLModel, table=True):

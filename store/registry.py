@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from events.models import parse_coordinates
-from store import catalog, packaging, quotas
+from store import catalog, governance, packaging, quotas
 from store.approval import Status, apply_transition, parse_status, statuses_after_validation
 from store.db import savepoint
 from store.errors import AdapterInvalid, BadRequest, IllegalTransition, VersionConflict
@@ -313,6 +313,13 @@ def transition(
     """
     target = parse_status(to_status)
     version = catalog.get_adapter(session, adapter_id)
+    if version.status == Status.ARCHIVED and target == Status.READY:
+        raise IllegalTransition(
+            f"{version.coordinates} is archived: restore it (POST /v1/adapters/{adapter_id}"
+            f"/restore, a namespace admin) instead of changing its status"
+        )
+    if version.status == Status.PENDING and target == Status.READY:
+        governance.check_distinct_approver(session, version, actor)
     if version.status == Status.VALIDATING and target in (Status.PENDING, Status.READY):
         policy = catalog.get_namespace(session, version.namespace).approval_policy
         path = statuses_after_validation(policy)

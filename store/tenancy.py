@@ -19,6 +19,7 @@ from store.approval import parse_policy
 from store.catalog import base_model_spec, get_namespace
 from store.db import savepoint
 from store.errors import AlreadyExists, BadRequest
+from store.governance import check_namespace_settings
 from store.models import BaseModelRecord, Namespace
 from store.quotas import check_quota_value
 
@@ -26,7 +27,13 @@ __all__ = ["NAMESPACE_FIELDS", "create_namespace", "register_base_model", "updat
 
 log = structlog.get_logger(__name__)
 
-NAMESPACE_FIELDS = ("approval_policy", "max_bytes", "max_versions", "description")
+NAMESPACE_FIELDS = (
+    "approval_policy",
+    "max_bytes",
+    "max_versions",
+    "description",
+    "require_distinct_approver",
+)
 
 
 def create_namespace(
@@ -38,6 +45,7 @@ def create_namespace(
     max_versions: int | None = None,
     actor: str,
     description: str | None = None,
+    require_distinct_approver: bool = False,
 ) -> Namespace:
     """Create namespace ``name`` (``manual`` approval unless told otherwise: nothing it
     receives is served before someone approves it); ``AlreadyExists`` if taken,
@@ -45,6 +53,7 @@ def create_namespace(
     if not re.fullmatch(NAMESPACE_PART, name):
         raise BadRequest(f"invalid namespace name {name!r}: 1 to 63 {NAME_RULE}")
     parse_policy(approval_policy)
+    check_namespace_settings(approval_policy, require_distinct_approver)
     check_quota_value(max_bytes, "max_bytes")
     check_quota_value(max_versions, "max_versions")
     if session.get(Namespace, name) is not None:
@@ -55,6 +64,7 @@ def create_namespace(
         max_bytes=max_bytes,
         max_versions=max_versions,
         description=description,
+        require_distinct_approver=require_distinct_approver,
         created_by=actor,
     )
     try:
@@ -86,6 +96,12 @@ def update_namespace(session: Session, name: str, *, actor: str, **changes: Any)
     for key in ("max_bytes", "max_versions"):
         if key in changes:
             check_quota_value(changes[key], key)
+    if changes.get("require_distinct_approver", False) is None:
+        raise BadRequest("require_distinct_approver cannot be null: give true or false")
+    check_namespace_settings(
+        changes.get("approval_policy", ns.approval_policy),
+        changes.get("require_distinct_approver", ns.require_distinct_approver),
+    )
     for key, value in changes.items():
         setattr(ns, key, value)
     session.flush()

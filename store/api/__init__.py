@@ -2,7 +2,8 @@
 
 Routes live by concern: ``routes_catalog`` (namespaces, base models, tokens),
 ``routes_transfer`` (upload, upload check, file downloads), ``routes_adapters``
-(versions, approval, edits), ``routes_ingest`` (what became of each
+(versions, approval, edits), ``routes_governance`` (history, restore, the access log),
+``routes_ingest`` (what became of each
 trainer announcement), ``routes_ops`` (health, metrics, fleet).
 Every error leaves through ``errors`` in one JSON shape.
 
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Engine
 from store.api import (
     routes_adapters,
     routes_catalog,
+    routes_governance,
     routes_hf,
     routes_ingest,
     routes_ops,
@@ -79,6 +81,7 @@ def create_app(
     app.include_router(routes_ops.router)
     app.include_router(routes_catalog.router)
     app.include_router(routes_transfer.router)  # before ``/{adapter_id}`` takes its paths
+    app.include_router(routes_governance.router)  # ``/{id}/history`` before ``/{ns}/{name}``
     app.include_router(routes_adapters.router)
     app.include_router(routes_ingest.router)
     app.include_router(routes_hf.router)  # /v1/hf: the Hugging Face Hub's protocol

@@ -37,6 +37,8 @@ class NamespaceCreate(StrictBody):
     max_bytes: int | None = Field(default=None, ge=0)
     max_versions: int | None = Field(default=None, ge=0)
     description: SafeText | None = None
+    # Four-eyes: the approver of a version must not be its uploader (needs manual policy).
+    require_distinct_approver: bool = False
 
 
 class NamespaceUpdate(StrictBody):
@@ -44,6 +46,7 @@ class NamespaceUpdate(StrictBody):
     max_bytes: int | None = Field(default=None, ge=0)
     max_versions: int | None = Field(default=None, ge=0)
     description: SafeText | None = None
+    require_distinct_approver: bool | None = Field(default=None, json_schema_extra=not_nullable)
 
 
 class BaseModelCreate(StrictBody):
@@ -72,6 +75,7 @@ NAMESPACE_EXAMPLE: dict[str, Any] = {
     "max_bytes": 10_737_418_240,
     "max_versions": None,
     "description": "Acme's support adapters",
+    "require_distinct_approver": False,
     "created_at": EXAMPLE_TIME,
     "created_by": "admin",
 }
@@ -103,6 +107,7 @@ class NamespaceOut(Body):
     max_bytes: int | None = None
     max_versions: int | None = None
     description: str | None = None
+    require_distinct_approver: bool = False
     created_at: Timestamp
     created_by: str
 

@@ -1,4 +1,8 @@
-"""Governance: four-eyes, history, restore, webhooks (issue 15): placeholder.
+"""Governance (issue 15): four-eyes approval per namespace and the status history.
+
+* ``namespaces.require_distinct_approver``: the approver of a version must not be its
+  uploader (false for existing namespaces).
+* ``status_transitions``: one row per step through the status machine (who, when, why).
 
 Revision ID: 0003_governance
 Revises: 0002_engine_tenancy
@@ -7,15 +11,44 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-revision = '0003_governance'
-down_revision = '0002_engine_tenancy'
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003_governance"
+down_revision = "0002_engine_tenancy"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table("namespaces", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column(
+                "require_distinct_approver", sa.Boolean(), nullable=False, server_default=sa.false()
+            )
+        )
+    op.create_table(
+        "status_transitions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("adapter_id", sa.String(length=40), nullable=False),
+        sa.Column("namespace", sa.String(length=63), nullable=False),
+        sa.Column("from_status", sa.String(length=16), nullable=True),
+        sa.Column("to_status", sa.String(length=16), nullable=False),
+        sa.Column("actor", sa.String(length=256), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("generation", sa.BigInteger(), nullable=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("status_transitions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_status_transitions_adapter_id"), ["adapter_id"], unique=False
+        )
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("status_transitions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_status_transitions_adapter_id"))
+    op.drop_table("status_transitions")
+    with op.batch_alter_table("namespaces", schema=None) as batch_op:
+        batch_op.drop_column("require_distinct_approver")
