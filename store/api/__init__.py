@@ -22,6 +22,7 @@ from store.api import (
     routes_catalog,
     routes_governance,
     routes_hf,
+    routes_hf_commit,
     routes_ingest,
     routes_ops,
     routes_transfer,
@@ -85,5 +86,6 @@ def create_app(
     app.include_router(routes_adapters.router)
     app.include_router(routes_ingest.router)
     app.include_router(routes_hf.router)  # /v1/hf: the Hugging Face Hub's protocol
+    app.include_router(routes_hf_commit.router)
     log.info("api.created", database=engine.url.render_as_string(), blobs=repr(blobs))
     return app

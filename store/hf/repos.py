@@ -13,7 +13,10 @@ answers as ``ETag``.
 
 Visibility is the REST API's: a caller who may not read the namespace gets
 ``RepoNotFound``, exactly as for a repo that does not exist. Versions that never validated
-(``uploading``, ``validating``, ``failed``) are not revisions.
+(``uploading``, ``validating``, ``failed``) are not revisions. Repos are implicit: a name
+without versions is ``RepoNotFound`` to readers, and an empty repo (``RevisionNotFound``) to
+a writer of the namespace, who may create it by committing a version (``create_repo`` and
+``create_branch`` store nothing; see ``store.hf.commits``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from sqlmodel import Session
 from store import catalog
 from store.approval import Status
 from store.auth import Principal
-from store.errors import NotFound
+from store.errors import LorafleetError, NotFound
 from store.models import AdapterFile, AdapterVersion
 
 MAIN = "main"
@@ -111,6 +114,14 @@ def _revision(session: Session, version: AdapterVersion) -> Revision:
     return Revision(version, commit_id(version, files), files)
 
 
+def _may_write(caller: Principal, namespace: str) -> bool:
+    try:
+        caller.require_role(namespace, "writer", "")
+    except LorafleetError:
+        return False
+    return True
+
+
 def resolve(
     session: Session, caller: Principal, namespace: str, name: str, revision: str
 ) -> Revision:
@@ -130,6 +141,8 @@ def resolve(
         v for v in catalog.list_versions(session, namespace, name) if v.status not in _NOT_REVISIONS
     ]
     if not versions:
+        if _may_write(caller, namespace):  # a repo a writer could commit to: empty, not absent
+            raise RevisionNotFound(f"{repo} has no version {revision!r} yet")
         raise RepoNotFound(f"repository {repo} not found")
     missing = RevisionNotFound(f"revision {revision!r} not found in {repo}")
     if revision == MAIN:

@@ -115,7 +115,7 @@ def test_missing_things_answer_the_hubs_error_codes(
     hf_registry: LiveRegistry, bot: Published, tmp_path: Path
 ) -> None:
     kwargs = {"endpoint": hf_endpoint(hf_registry), "cache_dir": tmp_path / "c"}
-    token = hf_registry.admin_token
+    token = hf_registry.mint("reader", "acme", "hf-reader")
     with pytest.raises(RepositoryNotFoundError):
         hf_hub_download("acme/nothing", "adapter_config.json", token=token, **kwargs)
     with pytest.raises(RevisionNotFoundError):
@@ -123,7 +123,11 @@ def test_missing_things_answer_the_hubs_error_codes(
     with pytest.raises(EntryNotFoundError):
         hf_hub_download(bot.repo_id, "nope.bin", revision="1.0.0", token=token, **kwargs)
     with pytest.raises(RevisionNotFoundError):
-        api(hf_registry).model_info(bot.repo_id, revision="refs-pr-1")
+        api(hf_registry, token).model_info(bot.repo_id, revision="refs-pr-1")
+    # To a writer of the namespace a repo without versions is empty, not absent: it may
+    # create it by committing a version (what `hf upload --revision` checks first).
+    with pytest.raises(RevisionNotFoundError):
+        api(hf_registry).model_info("acme/nothing", revision="1.0.0")
     with hf_registry.http(token) as http:
         missing = http.get("/v1/hf/api/models/acme/nothing")
     assert missing.status_code == 404
