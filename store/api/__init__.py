@@ -34,6 +34,7 @@ from store.blobs import BlobStore, open_blob_store
 from store.db import ensure_migrated, make_engine
 from store.metrics import ApiMetrics
 from store.settings import StoreSettings, get_settings
+from store.ui import install_console
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +79,7 @@ def create_app(
     install_error_handlers(app)
     document_errors(app)
     install_docs(app)
+    install_console(app)  # /ui: the review console
     app.middleware("http")(metrics.middleware)
     app.include_router(routes_ops.router)
     app.include_router(routes_catalog.router)
