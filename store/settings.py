@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +54,12 @@ class StoreSettings(BaseSettings):
     hf_presign_seconds: int = Field(
         default=3600,
         description="How long an S3 download URL the /v1/hf API redirects to stays valid.",
+    )
+    hf_upload_mode: Literal["regular", "lfs"] = Field(
+        default="regular",
+        description="What /v1/hf preupload answers: regular (inline base64; works with every "
+        "client, hf_xet installed or not) or lfs (LFS batch + signed PUT; only for clients "
+        "with HF_HUB_DISABLE_XET=1 or without hf_xet).",
     )
     api_host: str = Field(default=DEFAULT_API_HOST, description="Address the API binds.")
     api_port: int = Field(default=DEFAULT_API_PORT, description="Port the API binds.")

@@ -23,6 +23,7 @@ from store.api import (
     routes_governance,
     routes_hf,
     routes_hf_commit,
+    routes_hf_lfs,
     routes_ingest,
     routes_ops,
     routes_transfer,
@@ -89,5 +90,6 @@ def create_app(
     app.include_router(routes_ingest.router)
     app.include_router(routes_hf.router)  # /v1/hf: the Hugging Face Hub's protocol
     app.include_router(routes_hf_commit.router)
+    app.include_router(routes_hf_lfs.router)
     log.info("api.created", database=engine.url.render_as_string(), blobs=repr(blobs))
     return app

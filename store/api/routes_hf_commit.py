@@ -3,9 +3,11 @@
 What a commit becomes is ``store.hf.commits`` (a commit creates the version its revision
 names); errors leave in the Hub's shape (``routes_hf.HfRoute``).
 
-Every file is answered ``uploadMode: "regular"`` (inline base64 in the commit): a stock
-client with ``hf_xet`` installed sends ``lfs`` files to Xet storage and nothing else, which
-the registry does not speak, so it is never told ``lfs``."""
+Preupload answers every file ``uploadMode: "regular"`` (inline base64 in the commit) by
+default: a stock client with ``hf_xet`` installed sends ``lfs`` files to Xet storage and
+nothing else, which the registry does not speak. With ``LORAFLEET_HF_UPLOAD_MODE=lfs`` it
+answers ``lfs``, for clients that run with ``HF_HUB_DISABLE_XET=1``: they PUT each file
+through ``routes_hf_lfs`` and the commit names it in an ``lfsFile`` line."""
 
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.routes_hf import HfRoute
 from store.api.uploads import safe_relative_path
 from store.auth import Principal
+from store.blobs import BlobStore, blob_key
 from store.db import session_scope
 from store.errors import AdapterInvalid, AlreadyExists, BadRequest, NotFound
 from store.formats.spec import ValidationLimits
-from store.hf import commits
+from store.hf import commits, lfs
 from store.hf.repos import Revision
 
 log = structlog.get_logger(__name__)
@@ -122,13 +125,13 @@ async def preupload(
     files = (await _small_json(request)).get("files")
     if not isinstance(files, list) or len(files) > MAX_FILES:
         raise BadRequest(f"preupload needs {{'files': [...]}} of at most {MAX_FILES} files")
-    answer = []
+    answer, mode = [], state.settings.hf_upload_mode
     for f in files:
         path = f.get("path") if isinstance(f, dict) else None
         if not isinstance(path, str):
             raise BadRequest("each preupload file needs a 'path'")
         safe_relative_path(path)
-        answer.append({"path": path, "uploadMode": "regular", "shouldIgnore": False})
+        answer.append({"path": path, "uploadMode": mode, "shouldIgnore": False})
     return {"files": answer}
 
 
@@ -141,7 +144,27 @@ async def _spool(request: Request, fh: IO[bytes], limit: int) -> None:
         fh.write(chunk)
 
 
-def _place(body: Path, dest: Path, max_bytes: int) -> None:
+def _place_inline(value: dict[str, Any], path: str, target: Path) -> int:
+    if value.get("encoding", "base64") != "base64":
+        raise BadRequest(f"{path!r}: only base64 file content is accepted")
+    try:
+        data = base64.b64decode(value.get("content", ""), validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise BadRequest(f"{path!r}: content is not base64") from None
+    target.write_bytes(data)
+    return len(data)
+
+
+def _place_lfs(blobs: BlobStore, value: dict[str, Any], target: Path) -> int:
+    """The blob an ``lfsFile`` line names (uploaded through ``routes_hf_lfs``), verified."""
+    oid = lfs.check_oid(value.get("oid"))
+    if not blobs.exists(blob_key(oid)):
+        raise BadRequest(f"LFS object {oid} was never uploaded", code="lfs_object_missing")
+    blobs.download(blob_key(oid), target, oid)
+    return target.stat().st_size
+
+
+def _place(body: Path, dest: Path, max_bytes: int, blobs: BlobStore) -> None:
     """Write the commit's files under ``dest`` (see ``store.hf.commits`` for what is refused)."""
     seen: set[str] = set()
     total = 0
@@ -161,9 +184,7 @@ def _place(body: Path, dest: Path, max_bytes: int) -> None:
                     f"{key} refused: a commit creates a new, immutable version",
                     code="immutable_version",
                 )
-            if key == "lfsFile":
-                raise BadRequest("LFS uploads are not offered; files are sent inline")
-            if key != "file" or not isinstance(value, dict):
+            if key not in ("file", "lfsFile") or not isinstance(value, dict):
                 raise BadRequest(f"commit line {number}: unknown operation {key!r}")
             path = value.get("path")
             if not isinstance(path, str):
@@ -174,18 +195,14 @@ def _place(body: Path, dest: Path, max_bytes: int) -> None:
             seen.add(str(rel))
             if len(seen) > MAX_FILES:
                 raise BadRequest(f"a commit holds at most {MAX_FILES} files")
-            if value.get("encoding", "base64") != "base64":
-                raise BadRequest(f"{path!r}: only base64 file content is accepted")
-            try:
-                data = base64.b64decode(value.get("content", ""), validate=True)
-            except (binascii.Error, TypeError, ValueError):
-                raise BadRequest(f"{path!r}: content is not base64") from None
-            total += len(data)
-            if total > max_bytes:
-                raise AdapterInvalid("file_too_large", f"the adapter is over {max_bytes} bytes")
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            if key == "lfsFile":
+                total += _place_lfs(blobs, value, target)
+            else:
+                total += _place_inline(value, path, target)
+            if total > max_bytes:
+                raise AdapterInvalid("file_too_large", f"the adapter is over {max_bytes} bytes")
     if not seen:
         raise BadRequest("the commit adds no file", code="missing_file")
 
@@ -227,7 +244,8 @@ async def create_commit(
             source = staging / "adapter"
             source.mkdir()
             max_bytes = state.settings.max_adapter_bytes
-            await run_in_threadpool(_place, staging / "body.ndjson", source, max_bytes)
+            body = staging / "body.ndjson"
+            await run_in_threadpool(_place, body, source, max_bytes, state.blobs)
             found, created = await run_in_threadpool(
                 _register, state, caller, namespace, name, revision, source
             )
