@@ -275,6 +275,25 @@ def fleet_pull(
             "Default: no limit.",
         ),
     ] = None,
+    vllm_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VLLM_URL",
+            help="Also load the pulled adapters into this vLLM (runtime LoRA API) and unload "
+            "archived ones before deleting them.",
+        ),
+    ] = None,
+    vllm_model: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VLLM_MODEL",
+            help="vLLM's --model value (required with --vllm-url): written as "
+            "base_model_name_or_path so vLLM's resolvers accept the directories.",
+        ),
+    ] = None,
+    vllm_api_key: Annotated[
+        str | None, typer.Option(envvar="VLLM_API_KEY", help="vLLM's --api-key, if set.")
+    ] = None,
 ) -> None:
     """Materialise ready adapters as one directory each (``ns--name--version``, or
     ``ns~name~version`` when a part holds ``--``; HF PEFT files, 0644), atomically, removing
@@ -283,9 +302,26 @@ def fleet_pull(
     An unregistered base model, or a directory already pulled for another base model, is an
     error (exit 1) and nothing is removed. An entry the registry sent that is unsafe to write
     (a name outside the coordinate pattern, a file path leaving its directory) is reported
-    as refused and not written; the others are pulled."""
+    as refused and not written; the others are pulled.
+
+    With --vllm-url (a sidecar of a vLLM started with --enable-lora and
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING=true), each version is loaded into vLLM as
+    ``namespace/name@version`` and unloaded before its directory is deleted; a vLLM that is
+    down is retried and nothing is deleted meanwhile."""
     from store.client import ApiError, RegistryClient
     from store.pull import PullError, PullResult, pull_adapters, watch_adapters
+    from store.vllm_sidecar import VllmTarget, VllmUnavailable
+
+    if vllm_url and not vllm_model:
+        typer.echo(
+            "error: --vllm-model (vLLM's --model value) is required with --vllm-url", err=True
+        )
+        raise typer.Exit(2)
+    target = (
+        VllmTarget(vllm_url, vllm_model, api_key=vllm_api_key, report=typer.echo)
+        if vllm_url and vllm_model
+        else None
+    )
 
     selectors = set(adapter) if adapter else None
     reported: dict[str, dict[str, str]] = {}
@@ -312,7 +348,7 @@ def fleet_pull(
             reported or {"skipped": {}, "refused": {}}
         )
 
-    def fail(exc: ApiError | PullError) -> typer.Exit:
+    def fail(exc: ApiError | PullError | VllmUnavailable) -> typer.Exit:
         typer.echo(f"error: {exc}", err=True)
         return typer.Exit(1)
 
@@ -321,11 +357,20 @@ def fleet_pull(
             try:
                 show(
                     pull_adapters(
-                        client, base_model, dest, selectors=selectors, max_rank=max_lora_rank
+                        client,
+                        base_model,
+                        dest,
+                        selectors=selectors,
+                        max_rank=max_lora_rank,
+                        target=target,
                     )
                 )
-            except (ApiError, PullError) as exc:
+                if target is not None:
+                    target.sync(dest)
+            except (ApiError, PullError, VllmUnavailable) as exc:
                 raise fail(exc) from None
+            if target is not None and target.refused:
+                raise typer.Exit(1)
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -340,6 +385,7 @@ def fleet_pull(
                 stop=stop,
                 on_result=lambda r: show(r) if news(r) else None,
                 max_rank=max_lora_rank,
+                target=target,
             )
         except (ApiError, PullError) as exc:
             raise fail(exc) from None

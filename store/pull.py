@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -138,6 +139,19 @@ def _skip_reason(adapter: dict, max_rank: int | None) -> str | None:
     return None
 
 
+class ServingTarget(Protocol):
+    """A server the pulled directory feeds (``store.vllm_sidecar.VllmTarget``): it may
+    adjust a new directory before it goes into place, must let go of one before it is
+    deleted (raise to keep it: the removal is retried on the next reconciliation), and is
+    brought in line with the directory after each reconciliation."""
+
+    def prepare(self, directory: Path) -> None: ...
+
+    def release(self, dirname: str, adapter: str | None) -> None: ...
+
+    def sync(self, dest: Path) -> None: ...
+
+
 # What ``download_adapter`` refuses in what the registry sent (not a transport failure).
 _UNSAFE_FILES = frozenset({"unsafe_path", "digest_mismatch", "no_files"})
 
@@ -167,6 +181,7 @@ def pull_adapters(
     selectors: set[str] | None = None,
     canonical: bool = True,
     max_rank: int | None = None,
+    target: ServingTarget | None = None,
 ) -> PullResult:
     """Make ``dest`` hold exactly the ready adapters of ``base_model`` (restricted to
     ``selectors``: ids, ``ns/name@version``, ``ns/name`` or ``ns``) that the target can take
@@ -175,7 +190,8 @@ def pull_adapters(
     Guarantees: a directory appears only once all its files are downloaded and verified
     (sha256); a directory that is no longer wanted disappears in one rename; directories
     not created by this function are never modified; files are 0644, directories 0755.
-    Idempotent. Raises ``PullError`` for a ``dest`` pulled for another base model and
+    Idempotent. With ``target``, a new directory passes ``target.prepare`` before it goes
+    into place and one leaves only after ``target.release`` returned. Raises ``PullError`` for a ``dest`` pulled for another base model and
     ``ApiError`` (404 ``unknown_base_model`` for an unregistered one) before touching
     anything.
     """
@@ -232,6 +248,8 @@ def pull_adapters(
         try:
             download_adapter(client, adapter["id"], workdir / dirname, canonical=canonical)
             os.chmod(workdir / dirname, DIR_MODE)
+            if target is not None:
+                target.prepare(workdir / dirname)
             if (dest / dirname).exists():
                 _remove(dest, dirname)
             os.replace(workdir / dirname, dest / dirname)
@@ -252,6 +270,8 @@ def pull_adapters(
         log.info("adapter_pulled", adapter=state[dirname]["adapter"], dir=str(dest / dirname))
 
     for dirname in sorted(set(state) - set(wanted)):
+        if target is not None:
+            target.release(dirname, state[dirname].get("adapter"))
         _remove(dest, dirname)
         adapter_name = state.pop(dirname).get("adapter")
         write_state(dest, state, generation, base_model)
@@ -274,12 +294,16 @@ def watch_adapters(
     stop: threading.Event | None = None,
     on_result: Callable[[PullResult], None] | None = None,
     max_rank: int | None = None,
+    target: ServingTarget | None = None,
+    retry_interval: float = 5.0,
 ) -> None:
     """Keep ``dest`` in sync until ``stop`` is set: reconcile now, after each refresh event
     for ``base_model`` (when ``redis_url`` is given) and every ``interval`` seconds.
 
     A failed reconciliation (registry down) is logged and retried on the next tick; it never
-    removes adapters that are already in place. A misconfiguration is raised instead: a
+    removes adapters that are already in place; it is retried after ``retry_interval``
+    seconds (at most ``interval``). With ``target``, it is synced after each reconciliation
+    (a target that is down is a failure like the registry being down). A misconfiguration is raised instead: a
     ``PullError`` at any time, and on the first reconciliation a 4xx from the registry
     (unknown base model, bad token), so a sidecar with a typo fails instead of syncing
     nothing forever.
@@ -289,22 +313,31 @@ def watch_adapters(
     due.set()
     first = {"pending": True}
 
-    def reconcile() -> None:
+    def reconcile() -> bool:
         try:
-            result = pull_adapters(client, base_model, dest, selectors=selectors, max_rank=max_rank)
+            result = pull_adapters(
+                client, base_model, dest, selectors=selectors, max_rank=max_rank, target=target
+            )
         except PullError:
             raise
         except ApiError as exc:
             if first["pending"] and 400 <= exc.status < 500:
                 raise
             log.warning("pull_failed", base_model=base_model, error=str(exc))
-            return
+            return False
         except Exception as exc:  # noqa: BLE001 - keep serving what we have; retry later
             log.warning("pull_failed", base_model=base_model, error=str(exc))
-            return
+            return False
         first["pending"] = False
         if on_result is not None:
             on_result(result)
+        if target is not None:
+            try:
+                target.sync(dest)
+            except Exception as exc:  # noqa: BLE001 - the server may be starting; retry
+                log.warning("target_sync_failed", base_model=base_model, error=str(exc))
+                return False
+        return True
 
     listener: threading.Thread | None = None
     if redis_url:
@@ -320,8 +353,8 @@ def watch_adapters(
         while not stop.is_set():
             if due.is_set() or time.monotonic() >= next_tick:
                 due.clear()
-                reconcile()
-                next_tick = time.monotonic() + interval
+                wait = interval if reconcile() else min(interval, retry_interval)
+                next_tick = time.monotonic() + wait
             due.wait(timeout=max(0.05, min(1.0, next_tick - time.monotonic())))
     finally:
         if listener is not None:
