@@ -27,6 +27,7 @@ from store import catalog
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.routes_hf import HfRoute
 from store.api.uploads import safe_relative_path
+from store.approval import Status
 from store.auth import Principal
 from store.blobs import BlobStore, blob_key
 from store.db import session_scope
@@ -80,7 +81,10 @@ async def create_repo(request: Request, caller: Caller, state: State) -> dict[st
     if not isinstance(namespace, str) or not isinstance(name, str):
         raise BadRequest("create a repo as namespace/name (the namespace must exist)")
     await run_in_threadpool(_writable, state, caller, namespace, name)
-    return {"url": f"{_endpoint(request)}/{namespace}/{name}", "name": f"{namespace}/{name}"}
+    # ``/models/`` in the URL: huggingface_hub < 1.0 reads the repo type from the segment
+    # before the repo id when the endpoint has a path (``/v1/hf``); 1.x and 2.x accept it.
+    url = f"{_endpoint(request)}/models/{namespace}/{name}"
+    return {"url": url, "name": f"{namespace}/{name}"}
 
 
 @router.post("/api/validate-yaml")
@@ -108,8 +112,10 @@ async def create_branch(
 def _branch_is_free(state: AppState, namespace: str, name: str, version: str) -> None:
     with session_scope(state.engine) as session:
         try:
-            catalog.get_version(session, namespace, name, version)
+            existing = catalog.get_version(session, namespace, name, version)
         except NotFound:
+            return
+        if existing.status == Status.FAILED:  # a failed version is replaced by the next upload
             return
     raise AlreadyExists(f"{namespace}/{name}@{version} exists; versions are immutable")
 
@@ -257,6 +263,6 @@ async def create_commit(
     return {
         "success": True,
         "commitOid": found.commit_id,
-        "commitUrl": f"{_endpoint(request)}/{namespace}/{name}/commit/{found.commit_id}",
+        "commitUrl": f"{_endpoint(request)}/models/{namespace}/{name}/commit/{found.commit_id}",
         "pullRequestUrl": None,
     }

@@ -55,6 +55,7 @@ def test_upload_folder_of_a_peft_directory_registers_the_version(
     hub = api(hf_registry)
     url = hub.create_repo("acme/peft-bot", exist_ok=True)
     assert url.repo_id == "acme/peft-bot"
+    assert url == f"{hf_endpoint(hf_registry)}/models/acme/peft-bot"  # what clients < 1.0 parse
     info = hub.upload_folder(repo_id="acme/peft-bot", folder_path=folder, revision="1.0.0")
     entity = hf_registry.admin.request("GET", "/v1/adapters/acme/peft-bot/1.0.0")
     assert entity["status"] == "ready" and entity["base_model"] == "tiny"
