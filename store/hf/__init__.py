@@ -5,4 +5,5 @@
   files and tree a revision shows.
 * ``store.hf.commits``: an HF commit (``create_commit`` / ``upload_folder``) turned into a
   registry upload through the same packaging, validation, quotas and approval.
+* ``store.hf.lfs``: the signed upload URLs of the Git LFS flow (``LORAFLEET_HF_UPLOAD_MODE=lfs``).
 """

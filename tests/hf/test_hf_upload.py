@@ -201,3 +201,27 @@ def test_another_tenant_cannot_commit(hf_registry: LiveRegistry, tmp_path: Path)
             "/v1/hf/api/repos/create", json={"name": "x", "organization": "acme"}
         )
     assert answer.status_code == 401 and answer.headers["x-error-code"] == "unauthorized"
+
+
+def test_commits_follow_the_namespace_policy_and_quota(
+    hf_registry: LiveRegistry, tmp_path: Path
+) -> None:
+    hf_registry.admin.create_namespace("review", approval_policy="manual")
+    hf_registry.admin.create_namespace("small", approval_policy="auto", max_versions=1)
+    hub = api(hf_registry)
+    folder = peft_save_pretrained(tmp_path / "a", seed=8)
+    info = hub.upload_folder(repo_id="review/bot", folder_path=folder, revision="1.0.0")
+    entity = hf_registry.admin.request("GET", "/v1/adapters/review/bot/1.0.0")
+    assert entity["status"] == "pending"  # waits for an approval, as a native upload does
+    assert hub.model_info("review/bot", revision="1.0.0").sha == info.oid
+    with pytest.raises(RevisionNotFoundError):
+        hub.model_info("review/bot")  # main: no ready version yet
+    hf_registry.admin.request("PATCH", f"/v1/adapters/{entity['id']}", json={"status": "ready"})
+    assert hub.model_info("review/bot").sha == info.oid
+    hub.upload_folder(repo_id="small/bot", folder_path=folder, revision="1.0.0")
+    second = peft_save_pretrained(tmp_path / "b", seed=9)
+    with pytest.raises(HfHubHTTPError) as over:
+        hub.upload_folder(repo_id="small/bot", folder_path=second, revision="1.1.0")
+    assert over.value.response.status_code == 413
+    assert over.value.response.headers["x-error-code"] == "quota_exceeded"
+    _no_version(hf_registry, "small/bot", "1.1.0")
