@@ -12,9 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from events.models import AdapterStatusChanged, Event, FleetRefresh, JobCompleted
+from events.revocations import TokenRevoked
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
-EVENT_MODELS: tuple[type[Event], ...] = (JobCompleted, FleetRefresh, AdapterStatusChanged)
+EVENT_MODELS: tuple[type[Event], ...] = (
+    JobCompleted,
+    FleetRefresh,
+    AdapterStatusChanged,
+    TokenRevoked,
+)
 
 
 def schema_filename(model: type[Event]) -> str:

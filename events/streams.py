@@ -19,6 +19,9 @@ REFRESH_STREAM = f"{PREFIX}:fleet:refresh"
 # Status changes, for dashboards and tests that watch the pipeline.
 STATUS_STREAM = f"{PREFIX}:adapters:status"
 
+# Registry -> every engine: revoked tokens (``events.revocations``), XREAD, no consumer group.
+REVOCATIONS_STREAM = f"{PREFIX}:auth:revocations"
+
 # Approximate cap on stream lengths (XADD MAXLEN ~).
 STREAM_MAXLEN = 100_000
 

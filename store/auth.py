@@ -22,13 +22,17 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import structlog
 from sqlmodel import Session, select
 
+from events.revocations import TokenRevoked
+from events.streams import REVOCATIONS_STREAM
 from store.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from store.models import ApiToken
+from store.models import ApiToken, utcnow
+from store.outbox import enqueue
 from store.settings import StoreSettings
 
 log = structlog.get_logger(__name__)
@@ -51,6 +55,8 @@ class Principal:
     actor: str
     role: str
     namespace: str | None  # None: every namespace
+    token_id: int | None = None  # None: the bootstrap admin token
+    expires_at: datetime | None = None
 
     @property
     def is_global_admin(self) -> bool:
@@ -93,16 +99,23 @@ def create_token(
     name: str,
     *,
     created_by: str | None = None,
+    expires_at: datetime | None = None,
 ) -> str:
     """Mint a token, store only its hash (the caller's unit of work commits it), and return
-    the plaintext once.
+    the plaintext once. ``expires_at`` (timezone-aware) ends its validity; None: never.
 
-    Raises ``BadRequest`` for an unknown role or an empty name.
+    Raises ``BadRequest`` for an unknown role, an empty name, or an ``expires_at`` that is
+    naive or not in the future.
     """
     if role not in _RANK:
         raise BadRequest(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     if not name or not name.strip():
         raise BadRequest("token name must not be empty")
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise BadRequest("expires_at must carry a timezone (e.g. 2027-01-01T00:00:00Z)")
+        if expires_at <= utcnow():
+            raise BadRequest("expires_at must be in the future")
     plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
         token_hash=hash_token(plaintext),
@@ -110,6 +123,7 @@ def create_token(
         namespace=namespace,
         role=role,
         created_by=created_by,
+        expires_at=expires_at,
     )
     session.add(row)
     session.flush()
@@ -121,7 +135,7 @@ def authenticate(session: Session, authorization: str | None, admin_token: str |
     """Resolve an ``Authorization: Bearer`` header to a ``Principal``.
 
     The bootstrap ``admin_token`` (from settings) is a global admin. Raises ``Unauthorized``
-    for a missing, malformed, unknown or revoked token.
+    for a missing, malformed, unknown, revoked or expired token.
     """
     if not authorization:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
@@ -134,8 +148,53 @@ def authenticate(session: Session, authorization: str | None, admin_token: str |
     row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
     if row is None or row.revoked_at is not None:
         raise Unauthorized("unknown or revoked token")
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        raise Unauthorized("token expired")
     scope = row.namespace or "*"
-    return Principal(actor=f"token:{row.name}@{scope}", role=row.role, namespace=row.namespace)
+    return Principal(
+        actor=f"token:{row.name}@{scope}",
+        role=row.role,
+        namespace=row.namespace,
+        token_id=row.id,
+        expires_at=row.expires_at,
+    )
+
+
+def list_tokens(session: Session, caller: Principal, namespace: str | None) -> list[ApiToken]:
+    """The tokens of ``namespace`` (a namespace admin's own namespace when None), or, for a
+    global admin without ``namespace``, every token; newest first. ``NotFound`` for a
+    namespace the caller may not see, ``Forbidden`` below admin."""
+    query = select(ApiToken).order_by(ApiToken.id.desc())  # type: ignore[union-attr]
+    scope = namespace if namespace is not None else caller.namespace
+    if scope is None:
+        caller.require_global_admin()
+        return list(session.exec(query).all())
+    caller.require_role(scope, "admin", f"namespace {scope!r} not found")
+    return list(session.exec(query.where(ApiToken.namespace == scope)).all())
+
+
+def revoke_token(session: Session, caller: Principal, token_id: int) -> ApiToken:
+    """Revoke token ``token_id`` (admin of its namespace; a global token: global admin) and
+    write the ``TokenRevoked`` outbox row in the same transaction, so engines drop it at
+    once. Revoking a revoked token changes nothing (no second event). A token the caller
+    may not administer answers ``NotFound``, as a missing one does."""
+    missing = f"token {token_id} not found"
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFound(missing)
+    if row.namespace is None:
+        if not caller.is_global_admin:
+            raise NotFound(missing)
+    else:
+        caller.require_role(row.namespace, "admin", missing)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        enqueue(
+            session, REVOCATIONS_STREAM, TokenRevoked(token_id=token_id, namespace=row.namespace)
+        )
+        session.flush()
+        log.info("token.revoked", token_id=token_id, namespace=row.namespace, by=caller.actor)
+    return row
 
 
 def ensure_admin_token(settings: StoreSettings) -> tuple[str, bool]:

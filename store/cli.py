@@ -211,13 +211,59 @@ def tokens_create(
     namespace: Annotated[
         str | None, typer.Option(help="Scope; omit for a global token (global admin only).")
     ] = None,
+    expires_at: Annotated[
+        str | None,
+        typer.Option(help="When it stops working, RFC 3339 with a timezone; omit: never."),
+    ] = None,
     url: Url = None,
     token: Token = None,
 ) -> None:
     """Mint a bearer token and print it (it is shown only once)."""
     with api_client(url, token) as client:
-        plaintext = client.create_token(role, namespace, name)
+        plaintext = client.create_token(role, namespace, name, expires_at=expires_at)
     out.print(plaintext, highlight=False)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    namespace: Annotated[
+        str | None, typer.Option(help="Whose tokens; omit: yours, or all for a global admin.")
+    ] = None,
+    url: Url = None,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """List tokens (never their secrets), revoked and expired ones with their dates."""
+    with api_client(url, token) as client:
+        data = client.list_tokens(namespace)
+    if as_json:
+        return print_json(data)
+    table = Table("id", "name", "role", "namespace", "created_at", "expires_at", "revoked_at")
+    for t in data["data"]:
+        table.add_row(
+            str(t["id"]),
+            escape(t["name"]),
+            t["role"],
+            t["namespace"] or "*",
+            str(t["created_at"]),
+            str(t["expires_at"] or "-"),
+            str(t["revoked_at"] or "-"),
+        )
+    out.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[int, typer.Argument(help="The token's id (from `tokens list`).")],
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Revoke a token: 401 at the registry at once, and at engines once they hear of it."""
+    with api_client(url, token) as client:
+        revoked = client.revoke_token(token_id)
+    out.print(
+        f"revoked token {revoked['id']} ({escape(revoked['name'])}) at {revoked['revoked_at']}"
+    )
 
 
 # --- ingest status (mounted as ``lorafleet events status`` by lorafleet.cli) ---------------

@@ -194,10 +194,28 @@ class RegistryClient:
     def get_base_model(self, name: str) -> dict:
         return self.request("GET", f"/v1/base-models/{quote(name, safe='')}")
 
-    def create_token(self, role: str, namespace: str | None, name: str) -> str:
-        """Mint a bearer token; returns its plaintext (shown only once)."""
+    def create_token(
+        self, role: str, namespace: str | None, name: str, *, expires_at: str | None = None
+    ) -> str:
+        """Mint a bearer token; returns its plaintext (shown only once). ``expires_at``:
+        RFC 3339 with a timezone, or None for a token that never expires."""
         body = {"role": role, "namespace": namespace, "name": name}
+        if expires_at is not None:
+            body["expires_at"] = expires_at
         return self.request("POST", "/v1/tokens", json=body)["token"]
+
+    def list_tokens(self, namespace: str | None = None) -> dict:
+        """The tokens of ``namespace`` (or every token, for a global admin); no secrets."""
+        params = {"namespace": namespace} if namespace else None
+        return self.request("GET", "/v1/tokens", params=params)
+
+    def revoke_token(self, token_id: int) -> dict:
+        """Revoke token ``token_id``; answers the revoked token."""
+        return self.request("DELETE", f"/v1/tokens/{int(token_id)}")
+
+    def whoami(self) -> dict:
+        """Who this client's token is (``GET /v1/auth/whoami``)."""
+        return self.request("GET", "/v1/auth/whoami")
 
     # --- adapters ----------------------------------------------------------------------
 

@@ -184,6 +184,7 @@ class ApiToken(SQLModel, table=True):
     created_at: datetime = _ts()
     created_by: str | None = Field(default=None, max_length=256)
     revoked_at: datetime | None = _ts(nullable=True)
+    expires_at: datetime | None = _ts(nullable=True)  # None: never expires
 
 
 class AccessLog(SQLModel, table=True):

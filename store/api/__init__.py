@@ -1,6 +1,7 @@
 """The registry's REST API (FastAPI): ``create_app`` is its composition root.
 
-Routes live by concern: ``routes_catalog`` (namespaces, base models, tokens),
+Routes live by concern: ``routes_catalog`` (namespaces, base models), ``routes_tokens``
+(tokens, ``/v1/auth/whoami``),
 ``routes_transfer`` (upload, upload check, file downloads), ``routes_adapters``
 (versions, approval, edits), ``routes_governance`` (history, restore, the access log),
 ``routes_ingest`` (what became of each
@@ -26,6 +27,7 @@ from store.api import (
     routes_hf_lfs,
     routes_ingest,
     routes_ops,
+    routes_tokens,
     routes_transfer,
 )
 from store.api.deps import AppState
@@ -84,6 +86,7 @@ def create_app(
     app.middleware("http")(metrics.middleware)
     app.include_router(routes_ops.router)
     app.include_router(routes_catalog.router)
+    app.include_router(routes_tokens.router)  # tokens and /v1/auth/whoami
     app.include_router(routes_transfer.router)  # before ``/{adapter_id}`` takes its paths
     app.include_router(routes_governance.router)  # ``/{id}/history`` before ``/{ns}/{name}``
     app.include_router(routes_adapters.router)

@@ -1,8 +1,9 @@
-"""Namespaces, base models and tokens: the things adapters live in and refer to."""
+"""Namespaces and base models: the things adapters live in and refer to (tokens:
+``routes_tokens``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from sqlmodel import Session
@@ -19,13 +20,11 @@ from store.api.schemas.catalog import (
     NamespaceList,
     NamespaceOut,
     NamespaceUpdate,
-    TokenCreate,
-    TokenOut,
     base_model_out,
     namespace_out,
 )
 from store.api.schemas.common import page_of
-from store.auth import Principal, create_token
+from store.auth import Principal
 from store.db import session_scope
 from store.errors import NotFound
 from store.models import BaseModelRecord
@@ -137,27 +136,3 @@ def get_base_model(name: str, caller: Caller, state: State) -> dict:
     """One base model by name (which may hold a ``/``, e.g. ``meta/llama-3-8b``)."""
     with session_scope(state.engine) as session:
         return base_model_out(_get_base_model(session, name))
-
-
-@router.post(
-    "/tokens",
-    status_code=201,
-    response_model=TokenOut,
-    responses=error_responses(400, 403, 404, 422),
-)
-def mint_token(body: TokenCreate, request: Request, caller: Caller, state: State) -> dict[str, Any]:
-    """Mint a bearer token: a global admin mints any; a namespace admin mints tokens of its
-    namespace. The plaintext is in this answer only."""
-    target = f"token:{body.name}@{body.namespace or '*'}"
-    with audited(request, caller, "token.create", target=target, namespace=body.namespace):
-        if body.namespace is None:
-            caller.require_global_admin()
-        else:
-            caller.require_role(body.namespace, "admin", _ns_missing(body.namespace))
-        with session_scope(state.engine) as session:
-            if body.namespace is not None:
-                catalog.get_namespace(session, body.namespace)
-            token = create_token(
-                session, body.role, body.namespace, body.name, created_by=caller.actor
-            )
-    return {"object": "token", "token": token, **body.model_dump()}

@@ -22,7 +22,6 @@ from store.api.schemas.text import (
     BaseModelText,
     NamespaceText,
     SafeText,
-    TokenNameText,
     check_json_strings,
 )
 from store.models import BaseModelRecord, Namespace
@@ -52,12 +51,6 @@ class NamespaceUpdate(StrictBody):
 class BaseModelCreate(StrictBody):
     name: BaseModelText
     config: JsonObject
-
-
-class TokenCreate(StrictBody):
-    role: Literal["reader", "writer", "admin"]
-    namespace: NamespaceText | None = None
-    name: TokenNameText
 
 
 def namespace_out(ns: Namespace) -> dict[str, Any]:
@@ -146,23 +139,3 @@ class BaseModelList(Body):
     object: Literal["list"] = "list"
     data: list[BaseModelOut]
     pagination: Pagination
-
-
-class TokenOut(Body):
-    """A minted token; ``token`` (the plaintext) is shown in this answer only."""
-
-    model_config = entity_config(
-        {
-            "object": "token",
-            "token": "lft_3q0Zb7XH1c2d3e4f5g6h7i8j9k0l1m2n3o4p5q6r7s8",
-            "role": "reader",
-            "namespace": "acme",
-            "name": "nim-llama3-8b",
-        }
-    )
-
-    object: Literal["token"] = "token"
-    token: str
-    role: Literal["reader", "writer", "admin"]
-    namespace: str | None = None
-    name: str
