@@ -9,8 +9,9 @@ unloads adapters over HTTP (``POST /v1/load_lora_adapter {lora_name, lora_path}`
 * ``prepare``: a new directory's ``adapter_config.json`` gets ``base_model_name_or_path`` =
   vLLM's ``--model`` value before it goes into place, so vLLM's filesystem resolver
   (``VLLM_LORA_RESOLVER_CACHE_DIR`` = the pull directory) accepts it too;
-* ``release``: before a directory is deleted its adapter is unloaded; the deletion waits
-  until vLLM confirmed (200, or 404: it was not loaded). vLLM unreachable or answering
+* ``release``: before a directory is deleted its adapter is unloaded (under both names it
+  may be served by: its coordinates, and its directory name, which the filesystem resolver
+  uses); the deletion waits until vLLM confirmed (200, or 404: it was not loaded). vLLM unreachable or answering
   anything else raises ``VllmUnavailable``, so the directory stays and the pull retries;
 * ``sync``: after each reconciliation every pulled adapter vLLM does not list in
   ``GET /v1/models`` is loaded. vLLM's "has already been loaded" (a race with another
@@ -104,22 +105,24 @@ class VllmTarget:
         os.replace(tmp, path)
 
     def release(self, dirname: str, adapter: str | None) -> None:
-        """Unload ``adapter`` (its coordinates) from vLLM; return only once vLLM confirmed
-        it no longer serves it. Raises ``VllmUnavailable`` otherwise (keep the directory)."""
-        if adapter is None:
-            return
-        response = self._post("/v1/unload_lora_adapter", {"lora_name": adapter})
-        message = _message(response)
-        if response.status_code == 200:
-            self.unloaded.append(adapter)
-            self.report(f"< {adapter} unloaded from vLLM")
-            log.info("vllm_adapter_unloaded", adapter=adapter, dir=dirname)
-        elif not (response.status_code == 404 and NOT_LOADED in message):
-            # (vLLM's own 404 says it never held it: nothing to wait for.)
-            raise VllmUnavailable(
-                f"vLLM at {self.url} did not unload {adapter}: {response.status_code} "
-                f"{message}{_hint(response)}"
-            )
+        """Unload ``adapter`` (its coordinates) from vLLM, and ``dirname`` (the name vLLM's
+        filesystem resolver loads the directory under); return only once vLLM confirmed it
+        serves neither. Raises ``VllmUnavailable`` otherwise (keep the directory)."""
+        for name in (adapter, dirname):
+            if name is None:
+                continue
+            response = self._post("/v1/unload_lora_adapter", {"lora_name": name})
+            message = _message(response)
+            if response.status_code == 200:
+                self.unloaded.append(name)
+                self.report(f"< {name} unloaded from vLLM")
+                log.info("vllm_adapter_unloaded", adapter=name, dir=dirname)
+            elif not (response.status_code == 404 and NOT_LOADED in message):
+                # (vLLM's own 404 says it never held it: nothing to wait for.)
+                raise VllmUnavailable(
+                    f"vLLM at {self.url} did not unload {name}: {response.status_code} "
+                    f"{message}{_hint(response)}"
+                )
 
     def sync(self, dest: Path) -> None:
         """Load every adapter pulled into ``dest`` that vLLM does not list yet."""

@@ -9,6 +9,7 @@ Runs in its own stage (``make flyte``, after scripts/install_flyte.sh); a missin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -183,3 +184,30 @@ def test_a_repo_id_without_version_is_refused_for_the_lorafleet_method(tmp_path:
     )
     assert done.returncode != 0
     assert "namespace/name@version" in done.stderr
+
+
+def test_the_hf_method_downloads_through_v1_hf_with_stock_hf_download(
+    registry: LiveRegistry, tmp_path: Path
+) -> None:
+    peft = tmp_path / "loras"
+    repo_ids = ["acme/math", "acme/support@1.0.0"]  # main = the highest ready version
+    specs = _pod_specs(peft, registry.base_url, "hf", repo_ids)
+    container = _init(specs["after"], "download-loras")
+    assert "hf download acme/math " in container["command"][-1]
+    endpoint = next(v for v in container["env"] if v["name"] == "HF_ENDPOINT")
+    assert endpoint["value"] == registry.base_url + "/v1/hf"
+
+    reader = registry.mint("reader", "acme", "nim-hf")
+    _run_init_container(container, {(SECRET, KEY): reader})
+
+    assert sorted(p.name for p in peft.iterdir()) == ["math", "support@1.0.0"]
+    for name, ref in (("math", "acme/math@1.0.0"), ("support@1.0.0", "acme/support@1.0.0")):
+        directory = peft / name
+        assert sorted(p.name for p in directory.iterdir()) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        ]
+        files = registry.admin.resolve(ref)["files"]
+        served = {f["path"]: f["sha256"] for f in files if f["role"] == "canonical"}
+        digest = hashlib.sha256((directory / "adapter_model.safetensors").read_bytes())
+        assert digest.hexdigest() == served["adapter_model.safetensors"]

@@ -41,10 +41,20 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vllm(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def resolver_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """vLLM's filesystem resolver directory (``VLLM_LORA_RESOLVER_CACHE_DIR``)."""
+    return tmp_path_factory.mktemp("resolver")
+
+
+@pytest.fixture(scope="module")
+def vllm(models: Path, resolver_dir: Path) -> Iterator[str]:
     python = ecosystem_python("vllm")
     port = free_port()
-    proc = start_vllm(python, MODEL, cwd=models, port=port, log_dir=models)
+    resolver = {
+        "VLLM_PLUGINS": "lora_filesystem_resolver",
+        "VLLM_LORA_RESOLVER_CACHE_DIR": str(resolver_dir),
+    }
+    proc = start_vllm(python, MODEL, cwd=models, port=port, log_dir=models, env=resolver)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -91,10 +101,10 @@ def _served(vllm: str) -> set[str]:
 
 
 def test_an_approved_adapter_is_served_by_vllm_and_archiving_it_gives_404(
-    vllm: str, registry: LiveRegistry, models: Path, tmp_path: Path
+    vllm: str, registry: LiveRegistry, models: Path, resolver_dir: Path, tmp_path: Path
 ) -> None:
     adapter_id = _approve(registry, models, tmp_path, "bot", seed=1)
-    dest = tmp_path / "loras"
+    dest = resolver_dir
     argv = lorafleet_argv(
         "pull",
         "--watch",
@@ -125,13 +135,18 @@ def test_an_approved_adapter_is_served_by_vllm_and_archiving_it_gives_404(
         tuned_text = tuned.json()["choices"][0]["text"]
         assert tuned_text != base_text, "the adapter did not change vLLM's greedy text"
         assert _complete(vllm, "acme/bot@1.0.0").json()["choices"][0]["text"] == tuned_text
+        # vLLM's filesystem resolver takes the directory too (base_model_name_or_path).
+        by_dir = _complete(vllm, directory.name)
+        assert by_dir.status_code == 200, by_dir.text
+        assert by_dir.json()["choices"][0]["text"] == tuned_text
 
         registry.admin.set_status(adapter_id, "archived")
         wait_for(lambda: not directory.exists(), 120, "the archived adapter's directory removed")
         # The directory went only after vLLM let go of it.
-        gone = _complete(vllm, "acme/bot@1.0.0")
-        assert gone.status_code == 404, gone.text
-        assert "acme/bot@1.0.0" not in _served(vllm)
+        for name in ("acme/bot@1.0.0", directory.name):
+            gone = _complete(vllm, name)
+            assert gone.status_code == 404, (name, gone.text)
+            assert name not in _served(vllm)
         assert "> acme/bot@1.0.0 loaded into vLLM" in sidecar.tail(20000)
         assert "< acme/bot@1.0.0 unloaded from vLLM" in sidecar.tail(20000)
     finally:
@@ -160,7 +175,7 @@ def test_vllm_down_keeps_the_directory_until_it_confirms_the_unload(
 
     with VllmTarget(vllm, MODEL) as target:
         result = pull_adapters(registry.admin, MODEL, dest, target=target)
-        assert target.unloaded == ["acme/keeper@1.0.0"]
+        assert target.unloaded == ["acme/keeper@1.0.0"]  # (its directory name: not loaded)
     assert result.removed == [adapter_dir_name("acme", "keeper", "1.0.0")]
     assert not directory.exists()
     assert _complete(vllm, "acme/keeper@1.0.0").status_code == 404
