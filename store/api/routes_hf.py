@@ -78,7 +78,7 @@ State = Annotated[AppState, Depends(get_state)]
 
 def _resolve(state: AppState, caller: Principal, ns: str, name: str, revision: str) -> Revision:
     with session_scope(state.engine) as session:
-        return repos.resolve(session, caller, ns, name, revision)
+        return repos.resolve(session, state.blobs, caller, ns, name, revision)
 
 
 @router.get("/api/models/{namespace}/{name}")
@@ -182,7 +182,7 @@ def resolve_file(
         return answer
     headers = _file_headers(found, f)
     presign = getattr(state.blobs, "presigned_get", None)
-    if callable(presign):
+    if callable(presign) and f.content is None:
         expires = timedelta(seconds=state.settings.hf_presign_seconds)
         headers |= {"X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(f.size)}
         with audited(request, caller, "adapter.download", namespace=namespace) as where:
@@ -200,7 +200,9 @@ def resolve_file(
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
     with audited(request, caller, "adapter.download", namespace=namespace) as where:
         where["target"] = f"{found.version.id}/{f.path}"
-        if wanted is None:
+        if f.content is not None:
+            chunks = iter((f.content[start : end + 1],))
+        elif wanted is None:
             chunks = state.blobs.iter_chunks(f.blob_key)
         else:
             chunks = _range_chunks(state.blobs, f.blob_key, start, end)

@@ -143,4 +143,4 @@ def commit_adapter(
         limits=limits,
     )
     session.flush()
-    return repos.resolve(session, caller, namespace, name, version), created
+    return repos.resolve(session, blobs, caller, namespace, name, version), created

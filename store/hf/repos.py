@@ -6,8 +6,8 @@ A commit id is 40 lowercase hex digits derived from the version's coordinates an
 digests of the files it shows, so it never changes (a version is immutable) and names one
 version only.
 
-What a revision shows: the version's canonical files (the HF PEFT files engines load),
-plus every uploaded original at a path no canonical file takes (a README.md, tokenizer
+What a revision shows: the version's canonical files (the HF PEFT files engines load;
+``adapter_config.json`` names the version's base model), plus every uploaded original at a path no canonical file takes (a README.md, tokenizer
 files). Every file is listed as LFS with its sha256 as ``oid``, the same value ``resolve``
 answers as ``ETag``.
 
@@ -22,6 +22,7 @@ a writer of the namespace, who may create it by committing a version (``create_r
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,10 +32,12 @@ from sqlmodel import Session
 from store import catalog
 from store.approval import Status
 from store.auth import Principal
+from store.blobs import BlobStore
 from store.errors import LorafleetError, NotFound
 from store.models import AdapterFile, AdapterVersion
 
 MAIN = "main"
+CONFIG = "adapter_config.json"
 _COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
 _NOT_REVISIONS = {Status.UPLOADING.value, Status.VALIDATING.value, Status.FAILED.value}
 # The size of a Git LFS pointer file, which HF's clients expect in ``lfs.pointerSize``.
@@ -61,12 +64,14 @@ class EntryNotFound(NotFound):
 
 @dataclass(frozen=True)
 class RepoFile:
-    """A file a revision shows, at ``path``."""
+    """A file a revision shows, at ``path``: a stored blob, or ``content`` derived from one
+    (the ``adapter_config.json`` naming its base model, see ``shown_files``)."""
 
     path: str
     sha256: str
     size: int
     blob_key: str
+    content: bytes | None = None  # derived bytes served instead of the blob's
 
 
 @dataclass(frozen=True)
@@ -93,12 +98,33 @@ class Revision:
         raise EntryNotFound(f"{path!r} not found in {self.repo_id} at {self.version.version}")
 
 
-def shown_files(rows: list[AdapterFile]) -> tuple[RepoFile, ...]:
-    """Canonical files, plus originals at paths no canonical file takes; sorted by path."""
+def shown_files(rows: list[AdapterFile], base_model: str, blobs: BlobStore) -> tuple[RepoFile, ...]:
+    """Canonical files, plus originals at paths no canonical file takes; sorted by path.
+
+    The canonical ``adapter_config.json`` leaves ``base_model_name_or_path`` empty (one
+    blob for every base model); shown here it names the version's base model, as the
+    Hub's adapters do and as vLLM's resolvers require (they load an adapter only when it
+    names vLLM's ``--model``)."""
     chosen: dict[str, AdapterFile] = {f.path: f for f in rows if f.role == "canonical"}
     for f in rows:
         chosen.setdefault(f.path, f)
-    return tuple(RepoFile(f.path, f.sha256, f.size, f.blob_key) for _, f in sorted(chosen.items()))
+    shown = []
+    for path, f in sorted(chosen.items()):
+        if path == CONFIG and f.role == "canonical":
+            shown.append(_naming_base_model(f, base_model, blobs))
+        else:
+            shown.append(RepoFile(f.path, f.sha256, f.size, f.blob_key))
+    return tuple(shown)
+
+
+def _naming_base_model(f: AdapterFile, base_model: str, blobs: BlobStore) -> RepoFile:
+    config = json.loads(b"".join(blobs.iter_chunks(f.blob_key)))
+    if config.get("base_model_name_or_path"):
+        return RepoFile(f.path, f.sha256, f.size, f.blob_key)
+    config["base_model_name_or_path"] = base_model
+    # The canonical writer's layout (``store.formats.hf_peft``): deterministic bytes.
+    data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    return RepoFile(f.path, hashlib.sha256(data).hexdigest(), len(data), f.blob_key, data)
 
 
 def commit_id(version: AdapterVersion, files: tuple[RepoFile, ...]) -> str:
@@ -109,8 +135,8 @@ def commit_id(version: AdapterVersion, files: tuple[RepoFile, ...]) -> str:
     return h.hexdigest()[:40]
 
 
-def _revision(session: Session, version: AdapterVersion) -> Revision:
-    files = shown_files(catalog.list_files(session, version.id))
+def _revision(session: Session, version: AdapterVersion, blobs: BlobStore) -> Revision:
+    files = shown_files(catalog.list_files(session, version.id), version.base_model, blobs)
     return Revision(version, commit_id(version, files), files)
 
 
@@ -123,7 +149,12 @@ def _may_write(caller: Principal, namespace: str) -> bool:
 
 
 def resolve(
-    session: Session, caller: Principal, namespace: str, name: str, revision: str
+    session: Session,
+    blobs: BlobStore,
+    caller: Principal,
+    namespace: str,
+    name: str,
+    revision: str,
 ) -> Revision:
     """The revision ``revision`` of repo ``namespace/name`` as ``caller`` may see it.
 
@@ -149,13 +180,13 @@ def resolve(
         ready = [v for v in versions if v.status == Status.READY]
         if not ready:
             raise RevisionNotFound(f"{repo} has no ready version for revision 'main'")
-        return _revision(session, ready[-1])
+        return _revision(session, ready[-1], blobs)
     for v in versions:
         if v.version == revision:
-            return _revision(session, v)
+            return _revision(session, v, blobs)
     if _COMMIT_ID.match(revision):
         for v in reversed(versions):
-            found = _revision(session, v)
+            found = _revision(session, v, blobs)
             if found.commit_id == revision:
                 return found
     raise missing

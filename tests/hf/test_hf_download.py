@@ -33,7 +33,7 @@ def test_hf_hub_download_by_version_and_by_main(
     hf_registry: LiveRegistry, bot: Published, tmp_path: Path
 ) -> None:
     for revision, version in (("1.0.0", "1.0.0"), ("main", "1.1.0")):
-        want = bot.canonical(version)
+        want = bot.shown(hf_registry, version)
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             got = hf_hub_download(
                 bot.repo_id,
@@ -52,8 +52,18 @@ def test_hf_hub_download_by_version_and_by_main(
     assert info_main.id == bot.repo_id
     assert info_main.last_modified is not None
     siblings = {s.rfilename: s.size for s in info_10.siblings}
-    assert siblings == {p: f["size"] for p, f in bot.canonical("1.0.0").items()}
+    assert siblings == {p: f["size"] for p, f in bot.shown(hf_registry, "1.0.0").items()}
     # A commit id is a revision too, and stays the same on every ask.
+    config = hf_hub_download(
+        bot.repo_id,
+        "adapter_config.json",
+        revision="1.0.0",
+        endpoint=hf_endpoint(hf_registry),
+        token=hf_registry.admin_token,
+        cache_dir=tmp_path / "cache",
+    )
+    # What vLLM's resolvers compare with its --model: the registry's base model name.
+    assert json.loads(Path(config).read_text())["base_model_name_or_path"] == "tiny"
     by_sha = api(hf_registry).model_info(bot.repo_id, revision=info_10.sha)
     assert by_sha.sha == info_10.sha
     assert by_sha.siblings[0].lfs is not None
@@ -69,7 +79,7 @@ def test_snapshot_and_tree_listing(
         token=hf_registry.admin_token,
         cache_dir=tmp_path / "cache",
     )
-    want = bot.canonical("1.0.0")
+    want = bot.shown(hf_registry, "1.0.0")
     got = {p.name: sha256(p) for p in Path(folder).iterdir() if p.is_file()}
     assert got == {path: f["sha256"] for path, f in want.items()}
     files = api(hf_registry).list_repo_files(bot.repo_id, revision="1.0.0")
@@ -85,7 +95,7 @@ def test_snapshot_and_tree_listing(
         token=hf_registry.admin_token,
         local_dir=local,
     )
-    main = bot.canonical("1.1.0")
+    main = bot.shown(hf_registry, "1.1.0")
     assert {p: sha256(local / p) for p in main} == {p: f["sha256"] for p, f in main.items()}
 
 
@@ -175,7 +185,7 @@ def test_hf_download_cli(hf_registry: LiveRegistry, bot: Published, tmp_path: Pa
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    want = bot.canonical("1.0.0")
+    want = bot.shown(hf_registry, "1.0.0")
     assert {p: sha256(dest / p) for p in want} == {p: f["sha256"] for p, f in want.items()}
 
 

@@ -4,6 +4,8 @@ the environment of a child process that runs the Hub's own tools against it (``h
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,27 @@ class Published:
         """path -> file entry of the canonical files of ``version``."""
         files = self.entities[version]["files"]
         return {f["path"]: f for f in files if f["role"] == "canonical"}
+
+    def shown(self, reg: LiveRegistry, version: str) -> dict[str, dict]:
+        """path -> ``{"sha256", "size"}`` of what ``/v1/hf`` shows for ``version``: the
+        canonical files, ``adapter_config.json`` naming the base model (computed here from
+        the native route's canonical bytes, not by the code under test)."""
+        shown = {
+            p: {"sha256": f["sha256"], "size": f["size"]}
+            for p, f in self.canonical(version).items()
+        }
+        entity = self.entities[version]
+        with reg.http(reg.admin_token) as http:
+            raw = http.get(f"/v1/adapters/{entity['id']}/files/adapter_config.json")
+        config = json.loads(raw.content)
+        assert config["base_model_name_or_path"] is None  # the case shown() fills in
+        config["base_model_name_or_path"] = entity["base_model"]
+        data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+        shown["adapter_config.json"] = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
+        return shown
 
 
 def publish(
