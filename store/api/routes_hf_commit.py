@@ -44,11 +44,13 @@ MAX_SMALL_JSON = 1 << 20  # create-repo, validate-yaml and preupload bodies
 MAX_FILES = 256
 
 
-def _endpoint(request: Request) -> str:
+def endpoint_url(request: Request) -> str:
+    """This API's ``HF_ENDPOINT`` as the caller reached it."""
     return str(request.base_url).rstrip("/") + "/v1/hf"
 
 
-async def _small_json(request: Request) -> dict[str, Any]:
+async def read_small_json(request: Request) -> dict[str, Any]:
+    """The body as a JSON object of at most ``MAX_SMALL_JSON`` bytes; ``BadRequest`` else."""
     body = b""
     async for chunk in request.stream():
         body += chunk
@@ -63,7 +65,8 @@ async def _small_json(request: Request) -> dict[str, Any]:
     return data
 
 
-def _writable(state: AppState, caller: Principal, namespace: str, name: str) -> None:
+def require_writable(state: AppState, caller: Principal, namespace: str, name: str) -> None:
+    """``store.hf.commits.check_writable`` in its own unit of work."""
     with session_scope(state.engine) as session:
         commits.check_writable(session, caller, namespace, name)
 
@@ -72,7 +75,7 @@ def _writable(state: AppState, caller: Principal, namespace: str, name: str) -> 
 async def create_repo(request: Request, caller: Caller, state: State) -> dict[str, Any]:
     """``HfApi.create_repo``: a model repo ``organization/name`` in an existing namespace the
     token may write. Nothing is stored: the repo holds versions once a commit creates one."""
-    data = await _small_json(request)
+    data = await read_small_json(request)
     if data.get("type") not in (None, "model"):
         raise BadRequest("only model repos exist here (repo_type='model')")
     name, namespace = data.get("name"), data.get("organization")
@@ -80,17 +83,17 @@ async def create_repo(request: Request, caller: Caller, state: State) -> dict[st
         namespace, name = name.split("/", 1)
     if not isinstance(namespace, str) or not isinstance(name, str):
         raise BadRequest("create a repo as namespace/name (the namespace must exist)")
-    await run_in_threadpool(_writable, state, caller, namespace, name)
+    await run_in_threadpool(require_writable, state, caller, namespace, name)
     # ``/models/`` in the URL: huggingface_hub < 1.0 reads the repo type from the segment
     # before the repo id when the endpoint has a path (``/v1/hf``); 1.x and 2.x accept it.
-    url = f"{_endpoint(request)}/models/{namespace}/{name}"
+    url = f"{endpoint_url(request)}/models/{namespace}/{name}"
     return {"url": url, "name": f"{namespace}/{name}"}
 
 
 @router.post("/api/validate-yaml")
 async def validate_yaml(request: Request, caller: Caller) -> dict[str, Any]:
     """``ModelCard.validate``: the card's YAML front matter must parse to a mapping."""
-    content = (await _small_json(request)).get("content")
+    content = (await read_small_json(request)).get("content")
     if not isinstance(content, str):
         raise BadRequest("validate-yaml needs {'content': <the model card>}")
     commits.front_matter(content)
@@ -103,7 +106,7 @@ async def create_branch(
 ) -> dict[str, Any]:
     """``HfApi.create_branch`` (``hf upload --revision``): a branch is the version the next
     commit to it creates, so nothing is stored; 409 when that version exists already."""
-    await run_in_threadpool(_writable, state, caller, namespace, name)
+    await run_in_threadpool(require_writable, state, caller, namespace, name)
     commits.check_revision(branch)
     await run_in_threadpool(_branch_is_free, state, namespace, name, branch)
     return {}
@@ -126,9 +129,9 @@ async def preupload(
 ) -> dict[str, Any]:
     """Every file ``regular`` (see the module doc); unsafe paths and non-version revisions
     are refused here, before any byte is sent."""
-    await run_in_threadpool(_writable, state, caller, namespace, name)
+    await run_in_threadpool(require_writable, state, caller, namespace, name)
     commits.check_revision(revision)
-    files = (await _small_json(request)).get("files")
+    files = (await read_small_json(request)).get("files")
     if not isinstance(files, list) or len(files) > MAX_FILES:
         raise BadRequest(f"preupload needs {{'files': [...]}} of at most {MAX_FILES} files")
     answer, mode = [], state.settings.hf_upload_mode
@@ -238,7 +241,7 @@ async def create_commit(
     commit id."""
     target = f"{namespace}/{name}@{revision}"
     with audited(request, caller, "adapter.upload", namespace=namespace, target=target) as where:
-        await run_in_threadpool(_writable, state, caller, namespace, name)
+        await run_in_threadpool(require_writable, state, caller, namespace, name)
         commits.check_revision(revision)
         tmp_root = Path(state.settings.home) / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
@@ -263,6 +266,6 @@ async def create_commit(
     return {
         "success": True,
         "commitOid": found.commit_id,
-        "commitUrl": f"{_endpoint(request)}/models/{namespace}/{name}/commit/{found.commit_id}",
+        "commitUrl": f"{endpoint_url(request)}/models/{namespace}/{name}/commit/{found.commit_id}",
         "pullRequestUrl": None,
     }

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from store.api.deps import AppState, get_principal, get_state
 from store.api.routes_hf import HfRoute
-from store.api.routes_hf_commit import _endpoint, _small_json, _writable
+from store.api.routes_hf_commit import endpoint_url, read_small_json, require_writable
 from store.auth import Principal
 from store.blobs import blob_key
 from store.errors import AdapterInvalid, BadRequest
@@ -38,14 +38,14 @@ async def lfs_batch(
     namespace: str, name: str, request: Request, caller: Caller, state: State
 ) -> dict[str, Any]:
     """Where to PUT each object the registry lacks (objects it holds get no actions)."""
-    await run_in_threadpool(_writable, state, caller, namespace, name)
-    data = await _small_json(request)
+    await run_in_threadpool(require_writable, state, caller, namespace, name)
+    data = await read_small_json(request)
     if data.get("operation") != "upload":
         raise BadRequest("only LFS uploads are offered here; download through resolve")
     objects = data.get("objects")
     if not isinstance(objects, list) or len(objects) > 256:
         raise BadRequest("an LFS batch needs 'objects': at most 256 of them")
-    secret, base = _secret(state), _endpoint(request)
+    secret, base = _secret(state), endpoint_url(request)
     answer = []
     for obj in objects:
         oid = lfs.check_oid(obj.get("oid") if isinstance(obj, dict) else None)
@@ -107,8 +107,8 @@ async def lfs_verify(
     namespace: str, name: str, request: Request, caller: Caller, state: State
 ) -> dict[str, Any]:
     """200 once the object is stored; ``EntryNotFound`` (404) otherwise."""
-    await run_in_threadpool(_writable, state, caller, namespace, name)
-    oid = lfs.check_oid((await _small_json(request)).get("oid"))
+    await run_in_threadpool(require_writable, state, caller, namespace, name)
+    oid = lfs.check_oid((await read_small_json(request)).get("oid"))
     if not await run_in_threadpool(state.blobs.exists, blob_key(oid)):
         raise EntryNotFound(f"LFS object {oid} was not uploaded")
     return {}
