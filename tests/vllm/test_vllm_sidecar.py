@@ -47,9 +47,14 @@ def resolver_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vllm(models: Path, resolver_dir: Path) -> Iterator[str]:
+def vllm_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def vllm(models: Path, resolver_dir: Path, vllm_port: int) -> Iterator[str]:
     python = ecosystem_python("vllm")
-    port = free_port()
+    port = vllm_port
     resolver = {
         "VLLM_PLUGINS": "lora_filesystem_resolver",
         "VLLM_LORA_RESOLVER_CACHE_DIR": str(resolver_dir),
@@ -101,10 +106,19 @@ def _served(vllm: str) -> set[str]:
 
 
 def test_an_approved_adapter_is_served_by_vllm_and_archiving_it_gives_404(
-    vllm: str, registry: LiveRegistry, models: Path, resolver_dir: Path, tmp_path: Path
+    request: pytest.FixtureRequest,
+    vllm_port: int,
+    registry: LiveRegistry,
+    models: Path,
+    resolver_dir: Path,
+    tmp_path: Path,
 ) -> None:
+    ecosystem_python("vllm")  # fail at once without the venv, not after the sidecar started
     adapter_id = _approve(registry, models, tmp_path, "bot", seed=1)
     dest = resolver_dir
+    # vLLM is started below, after the sidecar, as in a pod (this test is the module's first:
+    # the module-scoped vLLM is not up yet).
+    vllm = f"http://127.0.0.1:{vllm_port}"
     argv = lorafleet_argv(
         "pull",
         "--watch",
@@ -124,8 +138,12 @@ def test_an_approved_adapter_is_served_by_vllm_and_archiving_it_gives_404(
     )
     sidecar = Proc("sidecar", argv, env, tmp_path).start()
     try:
-        wait_for(lambda: "acme/bot@1.0.0" in _served(vllm), 120, "vLLM serving acme/bot@1.0.0")
         directory = dest / adapter_dir_name("acme", "bot", "1.0.0")
+        wait_for(lambda: "target_sync_failed" in sidecar.tail(20000), 60, "vLLM down reported")
+        assert directory.is_dir(), "the pull must not wait for vLLM"
+        sidecar._check_alive()  # vLLM not up yet is retried, not fatal
+        assert request.getfixturevalue("vllm") == vllm
+        wait_for(lambda: "acme/bot@1.0.0" in _served(vllm), 120, "vLLM serving acme/bot@1.0.0")
         config = json.loads((directory / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == MODEL
 
