@@ -125,11 +125,14 @@ class VllmTarget:
                 )
 
     def sync(self, dest: Path) -> None:
-        """Load every adapter pulled into ``dest`` that vLLM does not list yet."""
+        """Load every adapter pulled into ``dest`` that vLLM does not list yet (and give
+        directories pulled before, without ``--vllm-model``, the base model field)."""
         self.loaded, refused_before, self.refused = [], self.refused, {}
         served = self.served()
         for dirname, entry in sorted(read_state(Path(dest)).items()):
             adapter = entry["adapter"]
+            if (Path(dest) / dirname / "adapter_config.json").is_file():
+                self.prepare(Path(dest) / dirname)
             if adapter in served:
                 continue
             path = str(Path(dest).resolve() / dirname)

@@ -177,9 +177,15 @@ def test_vllm_down_keeps_the_directory_until_it_confirms_the_unload(
     adapter_id = _approve(registry, models, tmp_path, "keeper", seed=2)
     dest = tmp_path / "loras"
     directory = dest / adapter_dir_name("acme", "keeper", "1.0.0")
+    pull_adapters(registry.admin, MODEL, dest)  # pulled before, without a vLLM
+    assert json.loads((directory / "adapter_config.json").read_text())[
+        "base_model_name_or_path"
+    ] in (None, MODEL)
     with VllmTarget(vllm, MODEL) as target:
         pull_adapters(registry.admin, MODEL, dest, target=target)
         target.sync(dest)
+        config = json.loads((directory / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == MODEL
         assert target.loaded == ["acme/keeper@1.0.0"]
         assert "acme/keeper@1.0.0" in _served(vllm)
 
