@@ -19,7 +19,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from engine.dependencies import RuntimeDep
+from engine.dependencies import CallerDep, RuntimeDep
 from engine.protocol import (
     ChatRequest,
     CommonRequest,
@@ -33,6 +33,7 @@ from engine.protocol import (
 from engine.runtime import EngineRuntime
 from engine.sampling import SamplingParams
 from engine.scheduler import GenerationRequest, InvalidPrompt, TokenDelta, check_token_ids
+from engine.tenancy import Caller
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +41,10 @@ router = APIRouter()
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep) -> Any:
-    adapter = resolve(runtime, body.model)
+async def completions(
+    body: CompletionRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
+) -> Any:
+    adapter = resolve(runtime, caller, body.model)
     body.refuse_unsupported()
     if body.echo:
         raise OpenAIError(400, "echo is not supported", param="echo")
@@ -55,8 +58,10 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatRequest, request: Request, runtime: RuntimeDep) -> Any:
-    adapter = resolve(runtime, body.model)
+async def chat_completions(
+    body: ChatRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
+) -> Any:
+    adapter = resolve(runtime, caller, body.model)
     body.refuse_unsupported()
     messages = chat_messages(body.messages)
     try:
@@ -75,9 +80,11 @@ async def chat_completions(body: ChatRequest, request: Request, runtime: Runtime
 # -- admission -------------------------------------------------------------------------------
 
 
-def resolve(runtime: EngineRuntime, model: str) -> str | None:
+def resolve(runtime: EngineRuntime, caller: Caller, model: str) -> str | None:
     """None for the base model, else the adapter; 404 ``model_not_found`` for a name that is
-    not served (saying why when this engine refused the adapter)."""
+    not served (saying why when this engine refused the adapter) or that belongs to a
+    namespace ``caller`` may not read (the same answer as a missing one)."""
+    caller.require_model(model, runtime.model_name)
     if model == runtime.model_name:
         return None
     return runtime.catalog.get(model).name

@@ -30,7 +30,9 @@ from engine.source import (
     catalog_loader,
     check_entry,
 )
+from engine.tenancy import TokenVerifier
 from events.refresh import RefreshFollower
+from events.revocations import RevocationFollower, TokenRevoked
 from store.formats import BaseModelSpec
 
 if TYPE_CHECKING:  # annotations only: build_runtime imports the model code when it runs
@@ -62,6 +64,8 @@ class EngineRuntime:
     started: bool = False
     source_verified: bool = False  # build_runtime(verify_source=True) checked it already
     subscriber: RefreshFollower | None = None
+    auth: TokenVerifier | None = None  # None: LORAFLEET_ENGINE_AUTH=none, anyone may call
+    revocations: RevocationFollower | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -104,6 +108,7 @@ class EngineRuntime:
                 name="engine-refresh",
             )
             self._spawn("lorafleet-refresh", self.subscriber.run)
+        self._follow_revocations()
         if self.refresh_interval:
             interval = self.refresh_interval
             self._spawn(
@@ -120,6 +125,32 @@ class EngineRuntime:
             adapters=len(self.catalog.names()),
             unservable=len(self.catalog.refusals()),
         )
+
+    def _follow_revocations(self) -> None:
+        """Drop a revoked token's cached answer the moment the registry announces it."""
+        if self.auth is None:
+            log.warning(
+                "engine_auth_disabled",
+                model=self.model_name,
+                hint="LORAFLEET_ENGINE_AUTH=none: every caller may use every adapter",
+            )
+            return
+        if not self.redis_url:
+            log.warning(
+                "engine_auth_no_revocations",
+                hint="without LORAFLEET_REDIS_URL a revoked token keeps working here for up "
+                f"to LORAFLEET_ENGINE_AUTH_CACHE_SECONDS ({self.auth.cache_seconds}s)",
+            )
+            return
+        verifier = self.auth
+
+        def revoked(event: TokenRevoked) -> None:
+            verifier.drop_token(event.token_id)
+
+        self.revocations = RevocationFollower(
+            self.redis_url, revoked, verifier.clear, stop=self._stop, name="engine-revocations"
+        )
+        self._spawn("lorafleet-revocations", self.revocations.run)
 
     def _retry_until_synced(self) -> None:
         delay = min(self.refresh_interval or FIRST_RECONCILE_RETRY_S, FIRST_RECONCILE_RETRY_S)
@@ -183,6 +214,7 @@ def build_runtime(
     model_dir = Path(settings.model_dir)
     spec, args = read_model_config(model_dir)
     name = settings.resolved_model_name()
+    auth_mode = settings.resolved_auth()  # a contradictory setting fails before loading
     source = source or make_source(settings, name, spec)
     if verify_source:
         source.verify()
@@ -215,6 +247,16 @@ def build_runtime(
         refresh_interval=settings.peft_refresh_interval,
         redis_url=settings.redis_url,
         source_verified=verify_source,
+        auth=make_verifier(settings) if auth_mode == "registry" else None,
+    )
+
+
+def make_verifier(settings: EngineSettings) -> TokenVerifier:
+    """The token check against the registry ``NIM_PEFT_SOURCE`` names."""
+    return TokenVerifier(
+        settings.peft_source,  # type: ignore[arg-type]  # resolved_auth checked it is a URL
+        cache_seconds=settings.auth_cache_seconds,
+        stale_seconds=settings.auth_stale_seconds,
     )
 
 

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import routes_completions
-from engine.dependencies import RuntimeDep
+from engine.dependencies import CallerDep, RuntimeDep
 from engine.protocol import OpenAIError, error_response
 from engine.runtime import EngineRuntime
 from engine.sampling import InvalidSamplingParams
@@ -116,6 +116,12 @@ async def ready(runtime: RuntimeDep) -> JSONResponse:
     body = {"object": "health.response", "message": "ready" if runtime.ready else "not ready"}
     if not runtime.ready:
         body["reason"] = runtime.not_ready_reason
+    # Say loudly when anyone may use every adapter (LORAFLEET_ENGINE_AUTH=none).
+    body["auth"] = "registry" if runtime.auth is not None else "none"
+    if runtime.auth is None:
+        body["warning"] = (
+            "LORAFLEET_ENGINE_AUTH=none: no authentication, every caller sees every adapter"
+        )
     body["unservable"] = [
         {"model": name, "code": r.code, "reason": r.message}
         for name, r in sorted(runtime.catalog.refusals().items())
@@ -141,16 +147,22 @@ def _card(runtime: EngineRuntime, model_id: str, parent: str | None) -> dict[str
 
 
 @router.get("/v1/models")
-async def models(runtime: RuntimeDep) -> dict[str, Any]:
+async def models(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+    # The base model and the adapters of the namespaces the caller may read.
     data = [_card(runtime, runtime.model_name, None)]
-    data += [_card(runtime, name, runtime.model_name) for name in runtime.catalog.names()]
+    data += [
+        _card(runtime, name, runtime.model_name)
+        for name in runtime.catalog.names()
+        if caller.may_use(name, runtime.model_name)
+    ]
     return {"object": "list", "data": data}
 
 
 @router.get("/v1/models/{model_id:path}")
-async def model(model_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+async def model(model_id: str, runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     # Adapter ids hold "/" and "@" (acme/x@1.0.0), hence the path parameter. An id not
     # listed by /v1/models is the same 404 a completion for it gets.
+    caller.require_model(model_id, runtime.model_name)
     if model_id == runtime.model_name:
         return _card(runtime, model_id, None)
     return _card(runtime, runtime.catalog.get(model_id).name, runtime.model_name)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -94,6 +95,28 @@ class EngineSettings(BaseSettings):
         description="Where registry adapters are downloaded; default a temporary directory.",
     )
 
+    engine_auth: Literal["registry", "none"] | None = Field(
+        default=None,
+        validation_alias=_env("LORAFLEET_ENGINE_AUTH", "engine_auth"),
+        description="registry: callers need a registry bearer token (default when "
+        "NIM_PEFT_SOURCE is a registry URL); none: no authentication (default for a local "
+        "directory; logged as a warning and shown in /v1/health/ready).",
+    )
+    auth_cache_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=_env("LORAFLEET_ENGINE_AUTH_CACHE_SECONDS", "auth_cache_seconds"),
+        description="How long the registry's answer about a token is reused before it is "
+        "asked again (a revocation event drops it at once).",
+    )
+    auth_stale_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        validation_alias=_env("LORAFLEET_ENGINE_AUTH_STALE_SECONDS", "auth_stale_seconds"),
+        description="During a registry outage, how long after the registry last vouched "
+        "for a cached token it keeps working; uncached tokens get 503.",
+    )
+
     @field_validator("peft_refresh_interval")
     @classmethod
     def _positive_interval(cls, value: float | None) -> float | None:
@@ -104,6 +127,18 @@ class EngineSettings(BaseSettings):
     def source_is_registry(self) -> bool:
         """True when ``NIM_PEFT_SOURCE`` names a registry URL rather than a directory."""
         return bool(self.peft_source) and self.peft_source.startswith(("http://", "https://"))
+
+    def resolved_auth(self) -> str:
+        """``registry`` or ``none``: the explicit ``LORAFLEET_ENGINE_AUTH``, else
+        ``registry`` exactly when the PEFT source is a registry. ``ValueError`` for
+        ``registry`` without a registry to ask (a local directory source)."""
+        mode = self.engine_auth or ("registry" if self.source_is_registry() else "none")
+        if mode == "registry" and not self.source_is_registry():
+            raise ValueError(
+                "LORAFLEET_ENGINE_AUTH=registry needs NIM_PEFT_SOURCE to be the registry's "
+                "http(s):// URL (tokens are checked there)"
+            )
+        return mode
 
     def adapter_limits(self) -> ValidationLimits:
         """The limits every adapter this engine takes in is validated with (the registry's

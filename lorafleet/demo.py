@@ -177,9 +177,13 @@ def _banner(stack: Stack) -> str:
     else:
         second = f"{lf} adapters list --namespace {ns}"
     body = {"model": coords, "prompt": "Hello", "max_tokens": 8}
+    # The engine checks registry tokens (LORAFLEET_ENGINE_AUTH=registry): send the admin one.
+    secret = (
+        f"$(cat {shlex.quote(str(stack.token_file))})" if stack.token_file else "$LORAFLEET_TOKEN"
+    )
     curl = (
         f"curl -s {stack.engine_url}/v1/completions -H 'Content-Type: application/json' "
-        f"-d {shlex.quote(json.dumps(body))}"
+        f'-H "Authorization: Bearer {secret}" -d {shlex.quote(json.dumps(body))}'
     )
     lines = [
         "",

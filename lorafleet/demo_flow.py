@@ -294,10 +294,14 @@ def _approve_manual(narrator: Narrator, client: RegistryClient, follower: Pipeli
         )
 
 
-def complete(engine_url: str, model: str, prompt: str, max_tokens: int = 40) -> str:
-    """One greedy completion from the engine's OpenAI-compatible API."""
+def complete(
+    engine_url: str, model: str, prompt: str, max_tokens: int = 40, *, token: str | None = None
+) -> str:
+    """One greedy completion from the engine's OpenAI-compatible API (``token``: a registry
+    bearer token, which an engine with ``LORAFLEET_ENGINE_AUTH=registry`` requires)."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
-    response = httpx.post(f"{engine_url}/v1/completions", json=body, timeout=60.0)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.post(f"{engine_url}/v1/completions", json=body, headers=headers, timeout=60.0)
     response.raise_for_status()
     return response.json()["choices"][0]["text"]
 
@@ -309,7 +313,7 @@ def _compare_answers(narrator: Narrator, stack: Stack, report: DemoReport) -> No
     table.add_column("model", style="bold")
     table.add_column("answer")
     for model in [BASE_MODEL, *(a.coordinates for a in ADAPTERS)]:
-        report.answers[model] = complete(stack.engine_url, model, PROMPT)
+        report.answers[model] = complete(stack.engine_url, model, PROMPT, token=stack.admin_token)
         label = f"{model} (base)" if model == BASE_MODEL else model
         table.add_row(label, _printable(report.answers[model]))
     narrator.table(table)

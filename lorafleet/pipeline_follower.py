@@ -35,7 +35,9 @@ STAGES = (*STAGE_STATUS, LOADED)
 def engine_models(stack: Stack) -> list[str]:
     """The model ids the stack's engine lists (none while it does not answer)."""
     try:
-        body = httpx.get(f"{stack.engine_url}/v1/models", timeout=5.0).json()
+        body = httpx.get(
+            f"{stack.engine_url}/v1/models", headers=stack.engine_headers(), timeout=5.0
+        ).json()
     except (httpx.HTTPError, ValueError):
         return []
     return [m["id"] for m in body.get("data", [])]

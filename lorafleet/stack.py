@@ -192,6 +192,11 @@ class Stack:
             "LORAFLEET_LOG_FORMAT": os.environ.get("LORAFLEET_LOG_FORMAT", "console"),
         }
 
+    def engine_headers(self) -> dict[str, str]:
+        """Headers for calling the stack's engine: it checks registry tokens
+        (``LORAFLEET_ENGINE_AUTH=registry``, the default for a registry source)."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
     def engine_env(self) -> dict[str, str]:
         """The engine's environment: NIM's own variable names, the registry as PEFT source.
 

@@ -69,6 +69,7 @@ def test_engine_down_during_approvals_and_archives_serves_exactly_the_ready_set(
             "NIM_SERVED_MODEL_NAME": BASE_MODEL,
             "NIM_MAX_LORA_RANK": "16",
             "LORAFLEET_TOKEN": ADMIN_TOKEN,
+            "LORAFLEET_ENGINE_AUTH": "none",  # convergence, not caller auth, is under test
             "LORAFLEET_ENGINE_DEVICE": "cpu",
             "LORAFLEET_ENGINE_HOST": "127.0.0.1",
             "LORAFLEET_ENGINE_PORT": str(engine_port),

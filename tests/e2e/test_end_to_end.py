@@ -64,7 +64,8 @@ def _wait_for(what: str, stack: Stack, check: Callable[[], bool], timeout: float
 
 
 def _served(stack: Stack) -> list[str]:
-    return [m["id"] for m in httpx.get(f"{stack.engine_url}/v1/models", timeout=5).json()["data"]]
+    models = httpx.get(f"{stack.engine_url}/v1/models", headers=stack.engine_headers(), timeout=5)
+    return [m["id"] for m in models.json()["data"]]
 
 
 @pytest.mark.slow
@@ -116,8 +117,8 @@ def test_trained_adapter_flows_from_trainer_to_engine_and_out_again(
 
     admin.set_status(entity["id"], "ready", reason="reviewed")
     _wait_for("the engine to load the adapter", stack, lambda: coords in _served(stack))
-    base_answer = complete(stack.engine_url, BASE, PROMPT)
-    tuned_answer = complete(stack.engine_url, coords, PROMPT)
+    base_answer = complete(stack.engine_url, BASE, PROMPT, token=stack.admin_token)
+    tuned_answer = complete(stack.engine_url, coords, PROMPT, token=stack.admin_token)
     assert tuned_answer.strip().endswith("#### 50")
     assert base_answer != tuned_answer
 
@@ -127,6 +128,7 @@ def test_trained_adapter_flows_from_trainer_to_engine_and_out_again(
     gone = httpx.post(
         f"{stack.engine_url}/v1/completions",
         json={"model": coords, "prompt": PROMPT, "max_tokens": 4},
+        headers=stack.engine_headers(),
         timeout=30,
     )
     assert gone.status_code == 404

@@ -100,7 +100,9 @@ def test_up_serves_and_ctrl_c_stops_every_component(tmp_path: Path) -> None:
             f"http://127.0.0.1:{api_port}/v1/health/ready",
             f"http://127.0.0.1:{engine_port}/v1/health/ready",
         )
-        models = httpx.get(f"http://127.0.0.1:{engine_port}/v1/models", timeout=5).json()
+        models = httpx.get(
+            f"http://127.0.0.1:{engine_port}/v1/models", headers=_bearer(home), timeout=5
+        ).json()
         assert [m["id"] for m in models["data"]] == ["tiny-llama"]
         time.sleep(6)  # past the bridge's first reclaim pass and a few beat ticks
         still_up = proc.poll() is None
@@ -250,6 +252,11 @@ def _wait_up(proc: subprocess.Popen[str], out: Path, timeout: float = 150.0) -> 
         time.sleep(0.5)
 
 
+def _bearer(home: Path) -> dict[str, str]:
+    """The stack's admin token as a header: its engine checks registry tokens."""
+    return {"Authorization": f"Bearer {(home / 'admin-token').read_text().strip()}"}
+
+
 def _next_commands(output: str) -> list[str]:
     lines = output.split("Next, in another shell:\n", 1)[1].splitlines()
     return [line.strip() for line in lines[:3]]
@@ -285,7 +292,10 @@ def test_a_second_shell_needs_no_exports_and_the_banner_commands_work_as_printed
             assert done.returncode == 0, f"{line}\n{done.stdout}{done.stderr}"
         deadline = time.monotonic() + 60
         while "default/example@1.0.0" not in {
-            m["id"] for m in httpx.get(f"{engine}/v1/models", timeout=5).json()["data"]
+            m["id"]
+            for m in httpx.get(f"{engine}/v1/models", headers=_bearer(home), timeout=5).json()[
+                "data"
+            ]
         }:
             assert time.monotonic() < deadline, "the example adapter never reached the engine"
             time.sleep(0.5)

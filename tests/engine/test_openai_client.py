@@ -313,7 +313,7 @@ def test_models_retrieve_a_registry_id_with_slash_and_at(
     )
     with (
         live_engine(build_runtime(settings)) as url,
-        openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as c,
+        openai.OpenAI(base_url=f"{url}/v1", api_key=token, max_retries=0) as c,
     ):
         card = c.models.retrieve("acme/x@1.0.0")
         assert (card.id, card.model_extra["parent"]) == ("acme/x@1.0.0", "tiny-llama")

@@ -59,6 +59,8 @@ def assert_not_found(response: httpx.Response, *words: str) -> None:
 
 
 def registry_engine(tiny_model_dir: Path, tmp_path: Path, base_url: str, token: str, **kw):  # type: ignore[no-untyped-def]
+    # Readiness, not caller auth, is under test here (tests/engine_tenancy has that).
+    kw.setdefault("engine_auth", "none")
     settings = engine_settings(
         tiny_model_dir,
         peft_source=base_url,

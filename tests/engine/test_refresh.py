@@ -113,6 +113,7 @@ def test_registry_source_converges_at_start_and_follows_events(
         token=token,
         redis_url=redis_url,
         download_dir=tmp_path / "downloads",
+        engine_auth="none",  # refresh, not caller auth, is under test (tests/engine_tenancy)
     )
     runtime = build_runtime(settings)
     with live_engine(runtime) as url:
