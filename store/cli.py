@@ -21,6 +21,8 @@ from rich.table import Table
 from store.cli_adapters import adapters_app, fleet_pull
 from store.cli_api import AsJson, Token, Url, api_client, err, out, print_json
 from store.cli_governance import adapters_history, adapters_restore, audit
+from store.cli_usage import usage
+from store.cli_webhooks import webhooks_app
 from store.client import ApiError, RegistryClient
 
 app = typer.Typer(help="Adapter registry commands.", no_args_is_help=True)
@@ -37,6 +39,8 @@ app.command("pull")(fleet_pull)
 adapters_app.command("history")(adapters_history)
 adapters_app.command("restore")(adapters_restore)
 app.command("audit")(audit)
+app.command("usage")(usage)
+app.add_typer(webhooks_app, name="webhooks")
 
 
 # --- db and api --------------------------------------------------------------------------

@@ -219,6 +219,43 @@ class StatusTransition(SQLModel, table=True):
     at: datetime = _ts()
 
 
+class Webhook(SQLModel, table=True):
+    """A namespace's subscription to adapter events (``store.webhooks``); the secret signs
+    every delivery and is shown once, when the webhook is created."""
+
+    __tablename__ = "webhooks"
+
+    id: str = Field(primary_key=True, max_length=40)
+    namespace: str = Field(foreign_key="namespaces.name", max_length=63, index=True)
+    url: str = Field(max_length=2048)
+    events: list[str] = _json(nullable=False)
+    secret: str = Field(max_length=128)
+    created_at: datetime = _ts()
+    created_by: str = Field(max_length=256)
+    deleted_at: datetime | None = _ts(nullable=True)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to send to one webhook, written in the transaction of the change it
+    announces (the webhooks' outbox); its attempts and outcome are the delivery log."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    webhook_id: str = Field(max_length=40, index=True)
+    event_type: str = Field(max_length=64)
+    payload: str = Field(sa_type=sa.Text)
+    status: str = Field(default="pending", max_length=16)  # pending | delivered | failed
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = _ts()
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=1024)
+    replay_of: str | None = Field(default=None, max_length=40)
+    created_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(nullable=True)
+
+
 class FleetState(SQLModel, table=True):
     """The single row holding the fleet generation (incremented under a row lock)."""
 
@@ -303,3 +340,40 @@ class Package:
     def total_bytes(self) -> int:
         """Bytes this version holds (originals + canonical), what quotas count."""
         return sum(f.size for f in self.files)
+
+
+class UsageBucket(SQLModel, table=True):
+    """Metered engine usage: one hour of one (token, namespace, adapter version, base model).
+
+    Keys are never NULL so the unique key works alike on every database: ``token_id`` 0 is
+    the bootstrap admin token (or an engine without auth), ``namespace``/``adapter`` ""
+    the base model without a tenant."""
+
+    __tablename__ = "usage_buckets"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "hour", "token_id", "namespace", "adapter", "base_model", name="uq_usage_bucket"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    hour: datetime = _ts(index=True)
+    token_id: int = Field(default=0)
+    namespace: str = Field(default="", max_length=63, index=True)
+    adapter: str = Field(default="", max_length=256)
+    base_model: str = Field(max_length=256)
+    requests: int = Field(default=0, sa_type=sa.BigInteger)
+    prompt_tokens: int = Field(default=0, sa_type=sa.BigInteger)
+    completion_tokens: int = Field(default=0, sa_type=sa.BigInteger)
+    errors: int = Field(default=0, sa_type=sa.BigInteger)
+    cancelled: int = Field(default=0, sa_type=sa.BigInteger)
+
+
+class UsageFlushRecord(SQLModel, table=True):
+    """A usage flush already folded into ``UsageBucket``: a replay of it counts nothing."""
+
+    __tablename__ = "usage_flushes"
+
+    engine_id: str = Field(primary_key=True, max_length=128)
+    flush_id: str = Field(primary_key=True, max_length=80)
+    folded_at: datetime = _ts()

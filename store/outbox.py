@@ -23,6 +23,7 @@ from sqlmodel import Session
 from events.models import AdapterStatusChanged, Event, FleetRefresh
 from events.streams import REFRESH_STREAM, STATUS_STREAM
 from store.models import AdapterVersion, FleetState, OutboxRow, utcnow
+from store.webhooks import fan_out
 
 __all__ = [
     "announce_refresh",
@@ -80,20 +81,19 @@ def announce_status(
     actor: str | None,
     reason: str | None = None,
 ) -> None:
-    """Write the ``AdapterStatusChanged`` outbox row for one step of ``version``."""
-    enqueue(
-        session,
-        STATUS_STREAM,
-        AdapterStatusChanged(
-            adapter_id=version.id,
-            adapter=version.coordinates,
-            base_model=version.base_model,
-            from_status=from_status,
-            to_status=to_status,
-            reason=reason,
-            actor=actor,
-        ),
+    """Write the ``AdapterStatusChanged`` outbox row for one step of ``version``, and its
+    webhook deliveries (``store.webhooks.fan_out``)."""
+    event = AdapterStatusChanged(
+        adapter_id=version.id,
+        adapter=version.coordinates,
+        base_model=version.base_model,
+        from_status=from_status,
+        to_status=to_status,
+        reason=reason,
+        actor=actor,
     )
+    enqueue(session, STATUS_STREAM, event)
+    fan_out(session, version.namespace, event)
 
 
 def announce_refresh(

@@ -117,3 +117,23 @@ def relay(
         if not loop:
             return
         time.sleep(interval)
+
+
+@app.command("webhook-sender")
+def webhook_sender(
+    once: bool = typer.Option(False, "--once", help="One pass, then exit."),
+) -> None:
+    """Send the registry's signed webhook deliveries, with retries (LORAFLEET_WEBHOOK_*)."""
+    from workers.runtime import get_runtime
+    from workers.webhooks import WebhookSettings, deliver_due, run_sender
+
+    rt = get_runtime()
+    if once:
+        import httpx
+
+        settings = WebhookSettings()
+        with httpx.Client(timeout=settings.timeout_s, follow_redirects=False) as client:
+            sent = deliver_due(rt.session, client, settings, rt.settings)
+        typer.echo(f"attempted {sent} webhook deliveries")
+        return
+    run_sender(rt.session, workers=rt.settings)

@@ -29,6 +29,7 @@ from store.api import (
     routes_ops,
     routes_tokens,
     routes_transfer,
+    routes_webhooks,
 )
 from store.api.deps import AppState
 from store.api.docs import install_docs
@@ -91,6 +92,7 @@ def create_app(
     app.include_router(routes_governance.router)  # ``/{id}/history`` before ``/{ns}/{name}``
     app.include_router(routes_adapters.router)
     app.include_router(routes_ingest.router)
+    app.include_router(routes_webhooks.router)
     app.include_router(routes_hf.router)  # /v1/hf: the Hugging Face Hub's protocol
     app.include_router(routes_hf_commit.router)
     app.include_router(routes_hf_lfs.router)
