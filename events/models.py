@@ -13,6 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from events.untrusted import STORED_JSON, JsonLimits, check_json_value, control_character, load_json
+
 # The one spelling of a namespace and an adapter name (lowercase letters, digits, '-', '_'
 # or '.', starting with a letter or digit); the API, the registry and the CLI use these.
 NAMESPACE_PART = r"[a-z0-9][a-z0-9_.-]{0,62}"
@@ -130,6 +132,24 @@ class JobCompleted(Event):
     metrics: dict[str, Any] = Field(default_factory=dict)
     description: str | None = Field(default=None, max_length=4096)
 
+    # Free-text fields; every other string is one line.
+    MULTILINE_FIELDS: ClassVar[frozenset[str]] = frozenset({"description"})
+
+    @model_validator(mode="after")
+    def _storable(self) -> JobCompleted:
+        # An announcement comes from outside; what the bridge records must be what the
+        # database stores and every reader serves:
+        # no control character in a string (a NUL is a DataError on PostgreSQL), JSON values
+        # within the stored bounds (depth, integer size, finite floats).
+        for name, value in self:
+            if isinstance(value, str):
+                bad = control_character(value, multiline=name in self.MULTILINE_FIELDS)
+                if bad is not None:
+                    raise ValueError(f"{name} must not contain the control character {bad}")
+            elif isinstance(value, dict):
+                check_json_value(value, STORED_JSON, what=name)
+        return self
+
     @field_validator("output_model")
     @classmethod
     def _coordinates(cls, value: str) -> str:
@@ -190,6 +210,7 @@ AnyEvent = Annotated[
 _any_event: TypeAdapter[JobCompleted | FleetRefresh | AdapterStatusChanged] = TypeAdapter(AnyEvent)
 
 MAX_EVENT_BYTES = 64 * 1024
+EVENT_JSON = JsonLimits(max_bytes=MAX_EVENT_BYTES)
 
 
 def decode(
@@ -204,4 +225,7 @@ def decode(
         raw = raw.encode()
     if len(raw) > MAX_EVENT_BYTES:
         raise ValueError(f"event is {len(raw)} bytes, more than the {MAX_EVENT_BYTES} allowed")
+    # The bounded parser first (duplicate keys, NaN, depth, huge integers: UntrustedJson,
+    # a ValueError), then the contract.
+    load_json(raw, EVENT_JSON, what="event")
     return _any_event.validate_json(raw)

@@ -34,6 +34,7 @@ from workers.settings import WorkerSettings
 log = structlog.get_logger(__name__)
 
 Fields = dict[bytes | str, bytes | str]
+CONFLICT = "event_id_conflict"
 
 
 def ensure_group(client: redis.Redis) -> None:
@@ -155,7 +156,12 @@ class IngestBridge:
 
     def handle(self, client: redis.Redis, entry_id: bytes | str, fields: Fields) -> str:
         """Handle one entry; returns the outcome (``enqueued``, ``duplicate``,
-        ``dead_lettered`` or ``deferred``). Acknowledges it unless ``deferred``."""
+        ``dead_lettered`` or ``deferred``). Acknowledges it unless ``deferred``.
+
+        Never raises on data: an entry that does not decode, reuses an ``event_id`` with
+        another payload (``event_id_conflict``) or fails in a way retrying cannot fix
+        (``unprocessable: ...``) is dead-lettered with its reason on the first try; only
+        transient faults (database, broker) leave it pending for a later try."""
         try:
             event = decode(fields)
         except ValueError as exc:
@@ -176,6 +182,22 @@ class IngestBridge:
                 log.warning("ingest_deferred", entry_id=_text(entry_id), error=str(exc)[:500])
                 self.stop.wait(0.5)
                 return "deferred"
+            except Exception as exc:  # noqa: BLE001 - the loop must never die on data
+                # Not transient, so retrying cannot help: dead-letter on the first try with
+                # the reason (a value the database refuses, a bug on this entry's data); the
+                # next entry is handled as usual. Replayable from the DLQ once fixed.
+                reason = f"unprocessable: {type(exc).__name__}: {str(exc)[:1000]}"
+                dead_letter(client, entry_id=entry_id, fields=fields, reason=reason)
+                log.error("ingest_unprocessable", entry_id=_text(entry_id), error=reason[:500])
+                return "dead_lettered"
+            if outcome == CONFLICT:
+                reason = (
+                    f"{CONFLICT}: event_id {event.event_id!r} was recorded with another "
+                    "payload; a reused event_id is not a retry"
+                )
+                dead_letter(client, entry_id=entry_id, fields=fields, reason=reason)
+                log.warning("ingest_event_id_conflict", entry_id=_text(entry_id))
+                return "dead_lettered"
             client.xack(streams.JOBS_STREAM, streams.INGEST_GROUP, entry_id)
             self.handled += 1
             log.info("ingest_" + outcome, entry_id=_text(entry_id))
@@ -185,6 +207,8 @@ class IngestBridge:
         with self.rt.session() as session:
             record, inserted = ingest.record_received(session, event)
             status = record.status
+            if not inserted and not ingest.same_announcement(record, event):
+                return CONFLICT
         # A duplicate whose first delivery died before enqueueing is ours to finish; one
         # that got further is a no-op (and a rare double enqueue is harmless: idempotent).
         if not inserted and status != ingest.State.RECEIVED:

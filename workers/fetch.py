@@ -21,6 +21,7 @@ import httpx
 import structlog
 
 from store.errors import AdapterInvalid, TransientError
+from store.placement import clashing_paths, file_name_problem, path_problem
 from store.settings import StoreSettings
 from workers.settings import WorkerSettings
 
@@ -172,8 +173,10 @@ def _fetch_file(path: Path, workdir: Path, settings: WorkerSettings) -> Path:
 def _fetch_s3(
     bucket: str, prefix: str, workdir: Path, settings: WorkerSettings, store: StoreSettings
 ) -> Path:
+    from xml.etree.ElementTree import ParseError
+
     from minio import Minio
-    from minio.error import S3Error
+    from minio.error import InvalidResponseError, S3Error, ServerError
 
     if not store.s3.endpoint:
         raise AdapterInvalid("artifact_unreachable", "s3:// artifacts need LORAFLEET_S3_ENDPOINT")
@@ -188,14 +191,25 @@ def _fetch_s3(
     target.mkdir(parents=True, exist_ok=True)
     total = 0
     count = 0
+    placed: list[PurePosixPath] = []
     try:
         base = f"{prefix}/" if prefix else ""
         for obj in client.list_objects(bucket, prefix=base, recursive=True):
             if obj.is_dir or obj.object_name is None:
                 continue
-            rel = PurePosixPath(obj.object_name[len(base) :])
-            if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-                raise AdapterInvalid("unsafe_archive", f"unsafe object name {obj.object_name!r}")
+            raw = obj.object_name[len(base) :]
+            problem = path_problem(raw)
+            if problem is not None:
+                raise AdapterInvalid(
+                    "unsafe_archive", f"object {obj.object_name[:128]!r}: {problem}"
+                )
+            rel = PurePosixPath(raw)
+            placed.append(rel)
+            clash = clashing_paths(placed)
+            if clash is not None:
+                raise AdapterInvalid(
+                    "unsafe_archive", f"objects {clash[0][:128]!r} and {clash[1][:128]!r} clash"
+                )
             total += obj.size or 0
             if total > settings.artifact_max_bytes:
                 raise AdapterInvalid(
@@ -203,6 +217,20 @@ def _fetch_s3(
                 )
             client.fget_object(bucket, obj.object_name, str(target / rel))
             count += 1
+    except ValueError as exc:
+        # The SDK's own checks (a bucket name S3 does not allow, an empty object name).
+        raise AdapterInvalid(
+            "artifact_not_allowed", f"s3://{bucket[:128]}/{prefix[:128]}: {str(exc)[:200]}"
+        ) from None
+    except ServerError as exc:
+        raise TransientError(f"object store error fetching s3://{bucket}/{prefix}: {exc}") from exc
+    except (InvalidResponseError, ParseError) as exc:
+        # Something answered that is not S3 (an HTML page, a proxy's error): not retried.
+        raise AdapterInvalid(
+            "artifact_unreachable",
+            f"s3://{bucket[:128]}/{prefix[:128]}: the endpoint's answer is not S3's "
+            f"({str(exc)[:200]})",
+        ) from None
     except S3Error as exc:
         if exc.code in ("NoSuchBucket", "NoSuchKey", "AccessDenied"):
             raise AdapterInvalid(
@@ -222,17 +250,24 @@ def _allowed_hosts(settings: WorkerSettings) -> set[str]:
     return {h.strip().lower() for h in settings.artifact_allowed_hosts.split(",") if h.strip()}
 
 
-def _check_host(host: str, port: int, settings: WorkerSettings) -> None:
-    """Refuse hosts that resolve to loopback, link-local, private or reserved addresses
-    (cloud metadata endpoints, in-cluster services), unless explicitly allowed."""
+def _checked_address(host: str, port: int, settings: WorkerSettings) -> str | None:
+    """Resolve ``host`` once and return the address to connect to, after refusing hosts
+    that resolve to loopback, link-local, private or reserved addresses (cloud metadata
+    endpoints, in-cluster services), unless explicitly allowed (then None: connect by name).
+
+    The request then goes to this very address (``_fetch_http`` pins it), so a name that
+    resolves differently a moment later (DNS rebinding) cannot reach what was refused."""
     if settings.artifact_allow_private_hosts or host.lower() in _allowed_hosts(settings):
-        return
+        return None
     if not host:
         raise AdapterInvalid("artifact_not_allowed", "artifact URL has no host")
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise TransientError(f"cannot resolve {host}: {exc}") from exc
+    except (UnicodeError, ValueError) as exc:  # a label the IDNA codec refuses
+        raise AdapterInvalid("artifact_not_allowed", f"invalid host name: {exc}") from None
+    addresses = []
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -248,6 +283,21 @@ def _check_host(host: str, port: int, settings: WorkerSettings) -> None:
             raise AdapterInvalid(
                 "artifact_not_allowed", f"{host} resolves to a non-public address ({address})"
             )
+        addresses.append(str(address))
+    if not addresses:
+        raise TransientError(f"{host} resolves to no address")
+    return addresses[0]
+
+
+def _pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
+    """``(url to request, headers, extensions)``: the URL with its host replaced by the
+    checked ``address``, the original ``Host`` header, and for https the original name for
+    SNI and certificate verification (``sni_hostname``)."""
+    parsed = httpx.URL(url)
+    if address is None:
+        return url, {}, {}
+    extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
+    return str(parsed.copy_with(host=address)), {"Host": parsed.netloc.decode()}, extensions
 
 
 def _fetch_http(uri: str, workdir: Path, settings: WorkerSettings) -> Path:
@@ -255,7 +305,11 @@ def _fetch_http(uri: str, workdir: Path, settings: WorkerSettings) -> Path:
     ``artifact_max_redirects``, each target checked like the first URL (a public server
     must not be able to bounce the worker to a metadata endpoint or an internal service)."""
     parsed = urlparse(uri)
-    name = PurePosixPath(unquote(parsed.path)).name or "artifact.bin"
+    name = unquote(parsed.path).rsplit("/", 1)[-1] or "artifact.bin"
+    problem = file_name_problem(name)
+    if problem is not None:
+        # e.g. a last segment %2e%2e: the file would be written as the directory itself.
+        raise AdapterInvalid("artifact_not_allowed", f"artifact URL's file name: {problem}")
     target = workdir / "artifact"
     target.mkdir(parents=True, exist_ok=True)
     dest = target / name
@@ -270,19 +324,20 @@ def _fetch_http(uri: str, workdir: Path, settings: WorkerSettings) -> Path:
                     raise AdapterInvalid(
                         "artifact_not_allowed", f"redirect to a non-http URL {url!r}"
                     )
-                _check_host(
+                address = _checked_address(
                     here.hostname or "",
                     here.port or (443 if here.scheme == "https" else 80),
                     settings,
                 )
-                with http.stream("GET", url) as r:
+                target_url, headers, extensions = _pinned(url, address)
+                with http.stream("GET", target_url, headers=headers, extensions=extensions) as r:
                     if r.is_redirect:
                         location = r.headers.get("location")
                         if not location:
                             raise AdapterInvalid(
                                 "artifact_unreachable", f"GET {url}: redirect without Location"
                             )
-                        url = str(r.url.join(location))
+                        url = str(httpx.URL(url).join(location))
                         continue
                     if r.status_code >= 500 or r.status_code == 429:
                         raise TransientError(f"GET {url}: HTTP {r.status_code}")
@@ -290,7 +345,8 @@ def _fetch_http(uri: str, workdir: Path, settings: WorkerSettings) -> Path:
                         raise AdapterInvalid(
                             "artifact_unreachable", f"GET {url}: HTTP {r.status_code}"
                         )
-                    declared = int(r.headers.get("content-length") or 0)
+                    length = r.headers.get("content-length") or "0"
+                    declared = int(length) if length.isdigit() and len(length) < 20 else 0
                     if declared > limit:
                         raise AdapterInvalid(
                             "file_too_large", f"{uri} is {declared} bytes, over {limit}"

@@ -127,6 +127,18 @@ def event_of(record: IngestRecord) -> JobCompleted:
     return JobCompleted.model_validate(payload)
 
 
+def same_announcement(record: IngestRecord, event: JobCompleted) -> bool:
+    """Whether ``event`` announces what ``record`` was made from: the same payload but for
+    ``occurred_at`` (a trainer retrying may stamp its retry). A reused ``event_id`` with
+    another payload is not a duplicate: the bridge dead-letters it (``event_id_conflict``)."""
+    stored = {
+        k: v for k, v in (record.payload or {}).items() if k not in (RECLAIMS_KEY, "occurred_at")
+    }
+    fresh = event.model_dump(mode="json")
+    fresh.pop("occurred_at", None)
+    return stored == fresh
+
+
 def reclaims_of(record: IngestRecord) -> int:
     return int((record.payload or {}).get(RECLAIMS_KEY, 0))
 

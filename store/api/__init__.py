@@ -31,6 +31,7 @@ from store.api import (
     routes_transfer,
     routes_webhooks,
 )
+from store.api.body_limits import BoundedJsonBodies
 from store.api.deps import AppState
 from store.api.docs import install_docs
 from store.api.errors import document_errors, install_error_handlers
@@ -85,6 +86,7 @@ def create_app(
     install_docs(app)
     install_console(app)  # /ui: the review console
     app.middleware("http")(metrics.middleware)
+    app.add_middleware(BoundedJsonBodies)
     app.include_router(routes_ops.router)
     app.include_router(routes_catalog.router)
     app.include_router(routes_tokens.router)  # tokens and /v1/auth/whoami

@@ -14,7 +14,6 @@ refused before anything is registered.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,10 +23,16 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
+from events.untrusted import STORED_JSON, UntrustedJson, load_json
 from store.errors import AdapterInvalid, BadRequest
+from store.placement import clashing_paths, path_problem
 
 MAX_FIELD_BYTES = 1 << 20  # metadata fields (provenance JSON) are small
 MAX_FILES = 256
+# Counted while parsing, so a body of a million tiny fields or one endless part header is
+# refused before it is held in memory.
+MAX_FIELDS = 64
+MAX_PART_HEADER_BYTES = 16 * 1024
 
 
 @dataclass
@@ -47,9 +52,9 @@ class StagedUpload:
         if raw is None or not raw.strip():
             return None
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise BadRequest(f"field {name!r} is not valid JSON: {exc}") from exc
+            value = load_json(raw, STORED_JSON, what=f"field {name!r}")
+        except UntrustedJson as exc:
+            raise BadRequest(str(exc)) from None
         if not isinstance(value, expected):
             raise BadRequest(f"field {name!r} must be a JSON {expected.__name__}")
         return value
@@ -59,14 +64,13 @@ def safe_relative_path(raw: str) -> PurePosixPath:
     """``raw`` as a relative POSIX path that stays inside its directory.
 
     Raises ``BadRequest`` (code ``unsafe_path``) for absolute paths, ``..``, backslashes,
-    drive letters, NUL bytes and empty names.
+    drive letters, control characters, empty names and names the file system would refuse
+    (``store.placement.path_problem``: components over 255 bytes, too deep, too long).
     """
-    if not raw or "\x00" in raw or "\\" in raw or raw.startswith("/") or ":" in raw[:3]:
-        raise BadRequest(f"unsafe file path {raw!r}", code="unsafe_path")
-    path = PurePosixPath(raw)
-    if any(part in ("", ".", "..") for part in raw.split("/")) or path.is_absolute():
-        raise BadRequest(f"unsafe file path {raw!r}", code="unsafe_path")
-    return path
+    problem = path_problem(raw)
+    if problem is not None:
+        raise BadRequest(problem, code="unsafe_path")
+    return PurePosixPath(raw)
 
 
 def _disposition(value: bytes) -> dict[str, str]:
@@ -77,7 +81,9 @@ def _disposition(value: bytes) -> dict[str, str]:
 async def receive_upload(request: Request, staging: Path, *, max_total_bytes: int) -> StagedUpload:
     """Stream the request's multipart body into ``staging`` and return what it carried.
 
-    Guarantees: memory use is bounded by the chunk size plus ``MAX_FIELD_BYTES`` per field;
+    Guarantees: memory use is bounded by the chunk size plus ``MAX_FIELD_BYTES`` per field,
+    at most ``MAX_FIELDS`` fields and ``MAX_PART_HEADER_BYTES`` of headers per part (each
+    refused with ``BadRequest`` when crossed); a field that is not UTF-8 is ``BadRequest``;
     a body over ``max_total_bytes`` of file data fails with ``AdapterInvalid("file_too_large")``
     as soon as the limit is crossed; a non-multipart request, or a multipart body that does
     not parse or ends before its closing boundary, fails with ``BadRequest``. Files already
@@ -92,10 +98,17 @@ async def receive_upload(request: Request, staging: Path, *, max_total_bytes: in
     state: dict[str, Any] = {"headers": {}, "name": b"", "value": b""}
     current: dict[str, Any] = {"fh": None, "field": None, "buf": None, "size": 0}
 
+    def header_bytes(added: int) -> None:
+        state["header_bytes"] = state.get("header_bytes", 0) + added
+        if state["header_bytes"] > MAX_PART_HEADER_BYTES:
+            raise BadRequest(f"a part's headers are larger than {MAX_PART_HEADER_BYTES} bytes")
+
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_bytes(end - start)
         state["name"] += data[start:end]
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_bytes(end - start)
         state["value"] += data[start:end]
 
     def on_header_end() -> None:
@@ -104,7 +117,7 @@ async def receive_upload(request: Request, staging: Path, *, max_total_bytes: in
 
     def on_headers_finished() -> None:
         disp = _disposition(state["headers"].get(b"content-disposition", b""))
-        state["headers"] = {}
+        state["headers"], state["header_bytes"] = {}, 0
         current["size"] = 0
         if "filename" in disp:
             if len(upload.files) >= MAX_FILES:
@@ -113,6 +126,9 @@ async def receive_upload(request: Request, staging: Path, *, max_total_bytes: in
             fh: IO[bytes] = open(staged, "wb")  # noqa: SIM115 - closed in on_part_end
             current.update(fh=fh, field=None, staged=staged, filename=disp["filename"])
         else:
+            state["fields"] = state.get("fields", 0) + 1
+            if state["fields"] > MAX_FIELDS:
+                raise BadRequest(f"too many form fields (max {MAX_FIELDS})")
             current.update(fh=None, field=disp.get("name", ""), buf=bytearray())
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -136,7 +152,10 @@ async def receive_upload(request: Request, staging: Path, *, max_total_bytes: in
             upload.files.append((current["filename"], current["staged"], current["size"]))
             current["fh"] = None
         elif current["field"]:
-            upload.fields[current["field"]] = current["buf"].decode("utf-8", "replace")
+            try:
+                upload.fields[current["field"]] = current["buf"].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"form field {current['field'][:64]!r} is not UTF-8") from None
 
     parser = MultipartParser(
         boundary,
@@ -168,8 +187,9 @@ async def receive_upload(request: Request, staging: Path, *, max_total_bytes: in
 def place_files(upload: StagedUpload, dest: Path) -> list[str]:
     """Move the staged files under ``dest`` at their (validated) relative paths.
 
-    Returns the relative paths in order. Raises ``BadRequest`` for unsafe or duplicate paths,
-    a ``paths`` field whose length does not match, or an upload without files.
+    Returns the relative paths in order. Every path is checked before any file moves:
+    ``BadRequest`` for unsafe (``unsafe_path``) or duplicate (``duplicate_path``) paths, a
+    file that is also another's directory (``path_conflict``), a ``paths`` field whose length does not match, or an upload without files.
     """
     if not upload.files:
         raise BadRequest("no files uploaded: send the adapter's files as multipart file parts")
@@ -179,12 +199,20 @@ def place_files(upload: StagedUpload, dest: Path) -> list[str]:
     elif len(names) != len(upload.files) or not all(isinstance(n, str) for n in names):
         raise BadRequest(f"'paths' must list {len(upload.files)} strings, one per file part")
     seen: set[PurePosixPath] = set()
-    placed = []
-    for raw, (_, staged, _) in zip(names, upload.files, strict=True):
+    for raw in names:
         rel = safe_relative_path(raw)
         if rel in seen:
-            raise BadRequest(f"file {raw!r} uploaded twice", code="duplicate_path")
+            raise BadRequest(f"file {raw[:128]!r} uploaded twice", code="duplicate_path")
         seen.add(rel)
+    clash = clashing_paths(seen)
+    if clash is not None:
+        raise BadRequest(
+            f"{clash[0][:128]!r} is uploaded as a file and as the directory of {clash[1][:128]!r}",
+            code="path_conflict",
+        )
+    placed = []
+    for raw, (_, staged, _) in zip(names, upload.files, strict=True):
+        rel = PurePosixPath(raw)
         target = dest.joinpath(*rel.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(staged, target)

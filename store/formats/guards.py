@@ -5,7 +5,6 @@ weights-only unpickling and in-memory tar reading. Nothing here executes code fr
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import struct
@@ -18,6 +17,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from torch import Tensor
 
 from store.errors import AdapterInvalid
+from store.formats.parsers import parse_header_json
 from store.formats.spec import ValidationLimits
 
 # A real adapter header is a few KiB per hundred tensors; 100 MiB is absurd.
@@ -29,6 +29,8 @@ _DTYPE_SIZES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
 }  # fmt: skip
+# LoRA weights are floating point; an integer or boolean tensor is refused, never cast.
+_FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 
 
 def check_file_size(path: Path, limit: int, *, follow_symlinks: bool = False) -> int:
@@ -87,7 +89,8 @@ def check_safetensors_header(data: bytes | memoryview, name: str) -> dict[str, d
 
     Refuses (``bad_safetensors``): files shorter than 8 bytes, header lengths beyond
     ``MAX_SAFETENSORS_HEADER`` or the file, non-JSON headers, unknown dtypes, offsets outside
-    the data area or disagreeing with shape x dtype size, and overlapping tensors.
+    the data area or disagreeing with shape x dtype size, and overlapping tensors;
+    ``unsupported_dtype`` for a tensor that is not floating point.
     """
     size = len(data)
     if size < 8:
@@ -103,10 +106,7 @@ def check_safetensors_header(data: bytes | memoryview, name: str) -> dict[str, d
             "bad_safetensors",
             f"{name}: header length {header_len} runs past the end of the {size}-byte file",
         )
-    try:
-        header = json.loads(bytes(data[8 : 8 + header_len]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterInvalid("bad_safetensors", f"{name}: header is not JSON ({exc})") from None
+    header = parse_header_json(bytes(data[8 : 8 + header_len]), name)
     if not isinstance(header, dict):
         raise AdapterInvalid("bad_safetensors", f"{name}: header is not a JSON object")
     data_len = size - 8 - header_len
@@ -120,6 +120,11 @@ def check_safetensors_header(data: bytes | memoryview, name: str) -> dict[str, d
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype not in _DTYPE_SIZES:
             raise AdapterInvalid("bad_safetensors", f"{name}: tensor {key!r} has dtype {dtype!r}")
+        if dtype not in _FLOAT_DTYPES:
+            raise AdapterInvalid(
+                "unsupported_dtype",
+                f"{name}: tensor {key!r} has dtype {dtype}; LoRA weights must be floating point",
+            )
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
             raise AdapterInvalid("bad_safetensors", f"{name}: tensor {key!r} has shape {shape!r}")
         if not (

@@ -18,8 +18,9 @@ from torch import Tensor
 
 from store.errors import AdapterInvalid
 from store.formats.guards import load_safetensors_file, load_torch_file, read_small_text
+from store.formats.parsers import match_target_pattern, parse_config_json
 from store.formats.spec import SUPPORTED_MODULES, CanonicalAdapter, ValidationLimits
-from store.formats.validate import check_rank
+from store.formats.validate import check_float_tensor, check_rank
 
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"
@@ -39,12 +40,7 @@ def read_peft_config(directory: Path, *, follow_symlinks: bool = False) -> dict[
     path = directory / CONFIG_FILE
     if not path.exists():
         raise AdapterInvalid("missing_file", f"{CONFIG_FILE} is missing")
-    try:
-        config = json.loads(read_small_text(path, follow_symlinks=follow_symlinks))
-    except json.JSONDecodeError as exc:
-        raise AdapterInvalid(
-            "malformed_config", f"{CONFIG_FILE} is not valid JSON: {exc}"
-        ) from None
+    config = parse_config_json(read_small_text(path, follow_symlinks=follow_symlinks), CONFIG_FILE)
     if not isinstance(config, dict):
         raise AdapterInvalid("malformed_config", f"{CONFIG_FILE} must be a JSON object")
     return config
@@ -79,7 +75,7 @@ def _config_rank_alpha(config: dict[str, Any]) -> tuple[int, float, list[str]]:
         alpha = float(alpha) * math.sqrt(rank)
     targets = config.get("target_modules") or []
     if isinstance(targets, str):
-        targets = [m for m in SUPPORTED_MODULES if re.fullmatch(targets, m) or m == targets]
+        targets = match_target_pattern(targets, SUPPORTED_MODULES, CONFIG_FILE)
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise AdapterInvalid("malformed_config", f"{CONFIG_FILE}: target_modules is malformed")
     for target in targets:
@@ -107,6 +103,7 @@ def parse_peft_state_dict(
             raise AdapterInvalid(
                 "unsupported_module", f"{source}: tensor {key!r} is not a supported LoRA weight"
             )
+        check_float_tensor(tensor, f"{source}: tensor {key!r}")
         slot = (int(m["layer"]), m["module"])
         if m["ab"] in halves.setdefault(slot, {}):
             raise AdapterInvalid("malformed_config", f"{source}: duplicate tensor for {key!r}")

@@ -28,8 +28,9 @@ from torch import Tensor
 
 from store.errors import AdapterInvalid
 from store.formats.guards import MAX_CONFIG_BYTES, read_tar_members, torch_load_weights_only
+from store.formats.parsers import parse_config_yaml
 from store.formats.spec import BaseModelSpec, CanonicalAdapter, ValidationLimits
-from store.formats.validate import check_rank
+from store.formats.validate import check_float_tensor, check_rank
 
 CONFIG_MEMBER = "model_config.yaml"
 WEIGHTS_MEMBER = "model_weights.ckpt"
@@ -74,9 +75,13 @@ def read_nemo(directory: Path, limits: ValidationLimits) -> CanonicalAdapter:
     lora = config["peft"]["lora_tuning"]
     rank = check_rank(lora.get("adapter_dim"), limits, f"{archive.name} adapter_dim")
     alpha = lora.get("alpha")
-    alpha = float(rank if alpha is None else alpha)
+    if alpha is None:
+        alpha = rank
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+        raise AdapterInvalid("malformed_config", f"{archive.name}: alpha {alpha!r} is not a number")
+    alpha = float(alpha)
     for size_key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
-        if int(config.get(size_key, 1) or 1) != 1:
+        if config.get(size_key) not in (None, 0, 1):
             raise AdapterInvalid(
                 "malformed_config",
                 f"{archive.name}: {size_key}={config[size_key]}; only unsharded checkpoints "
@@ -93,10 +98,7 @@ def read_nemo(directory: Path, limits: ValidationLimits) -> CanonicalAdapter:
 
 
 def _parse_config(data: bytes, archive: str) -> dict[str, Any]:
-    try:
-        config = yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise AdapterInvalid("malformed_config", f"{archive}: {CONFIG_MEMBER}: {exc}") from None
+    config = parse_config_yaml(data, f"{archive}: {CONFIG_MEMBER}")
     if not isinstance(config, dict):
         raise AdapterInvalid("malformed_config", f"{archive}: {CONFIG_MEMBER} is not a mapping")
     lora = (
@@ -154,6 +156,7 @@ def _unfuse(
             raise AdapterInvalid(
                 "unsupported_module", f"{archive}: tensor {key!r} is not a supported LoRA weight"
             )
+        check_float_tensor(tensor, f"{archive}: tensor {key!r}")
         slot = (int(m["layer"]), m["adapter"])
         halves.setdefault(slot, {})[m["io"]] = tensor.detach().to(torch.float32).contiguous()
     weights: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
@@ -174,7 +177,7 @@ def _unfuse(
             weights[(layer, _SIMPLE[adapter])] = (a, b)
         elif adapter == "lora_kqv_adapter":
             heads, groups, head_dim = _qkv_dims(config, archive)
-            q_rows, k_rows, v_rows = _qkv_row_index(heads, groups, head_dim)
+            # Compared before the row index is built: hostile dimensions must not allocate.
             expected = (heads + 2 * groups) * head_dim
             if b.shape[0] != expected:
                 raise AdapterInvalid(
@@ -182,6 +185,7 @@ def _unfuse(
                     f"{archive}: layer {layer} lora_kqv_adapter.linear_out has {b.shape[0]} rows, "
                     f"fused QKV of {heads} heads / {groups} groups x {head_dim} needs {expected}",
                 )
+            q_rows, k_rows, v_rows = _qkv_row_index(heads, groups, head_dim)
             for module, rows in (("q_proj", q_rows), ("k_proj", k_rows), ("v_proj", v_rows)):
                 weights[(layer, module)] = (a.clone(), b[rows].contiguous())
         else:  # lora_hto4h_adapter: gate rows, then up rows

@@ -22,6 +22,17 @@ def check_rank(rank: object, limits: ValidationLimits, source: str) -> int:
     return rank
 
 
+def check_float_tensor(tensor: object, where: str) -> None:
+    """``unsupported_dtype`` unless ``tensor`` is a floating-point tensor: LoRA weights are
+    refused, never cast, when stored as integers or booleans."""
+    if not getattr(tensor, "is_floating_point", lambda: False)():
+        raise AdapterInvalid(
+            "unsupported_dtype",
+            f"{where} has dtype {getattr(tensor, 'dtype', type(tensor).__name__)}; LoRA weights "
+            "must be floating point",
+        )
+
+
 # What sets each module's (in_features, out_features) in a Llama-family config.
 _DIMENSIONS: dict[str, tuple[str, str]] = {
     "q_proj": ("hidden_size", "num_attention_heads x head_dim"),
