@@ -195,3 +195,46 @@ def test_reused_event_id_with_another_payload_is_event_id_conflict(bridge) -> No
         ).scalar_one()
     assert payload["artifact_uri"] == first["artifact_uri"], "the conflict changed the record"
     assert proc.alive(), proc.tail()
+
+
+def test_an_entry_the_database_refuses_is_dead_lettered_and_the_bridge_goes_on(bridge) -> None:
+    """The last line: an entry that passes its contract but that the database refuses (here a
+    real constraint added for the test) is ``unprocessable`` on the first try, not a crash."""
+    proc, client, engine = bridge
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                sa.text(
+                    "ALTER TABLE ingest_records ADD CONSTRAINT poison_check "
+                    "CHECK (job_id NOT LIKE 'reject-%')"
+                )
+            )
+        else:
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER poison_check BEFORE INSERT ON ingest_records "
+                    "WHEN NEW.job_id LIKE 'reject-%' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+    refused, good = _good(job_id="reject-1"), _good()
+    for event in (refused, good):
+        client.xadd(streams.JOBS_STREAM, {"event": json.dumps(event)})
+    refused_text = json.dumps(refused)
+    wait_for(lambda: refused_text in _dlq_by_event(client), 30, "the refused entry dead-lettered")
+    reason = _dlq_by_event(client)[refused_text]
+    assert reason.startswith("unprocessable: "), reason
+    assert "delivered" not in reason, reason
+
+    def recorded() -> bool:
+        with engine.connect() as conn:
+            return (
+                conn.execute(
+                    sa.select(IngestRecord.event_id).where(
+                        IngestRecord.event_id == good["event_id"]
+                    )
+                ).first()
+                is not None
+            )
+
+    wait_for(recorded, 30, "the next announcement is recorded")
+    assert proc.alive(), proc.tail()
