@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from engine.dependencies import CallerDep, RuntimeDep
+from engine.metering import metered
 from engine.protocol import (
     ChatRequest,
     CommonRequest,
@@ -54,6 +55,15 @@ async def completions(
     params = sampling(runtime, body, max_tokens, body.logprobs, max(len(p) for p in prompts))
     reply = Reply.start(runtime, body, len(prompts), chat=False, logprobs=body.logprobs is not None)
     stream = generate(request, runtime, adapter, prompts, params, body.n)
+    stream = metered(
+        runtime.meter,
+        caller,
+        adapter,
+        stream,
+        reply.n_choices,
+        runtime.adapter_metrics,
+        runtime.model_name,
+    )
     return await respond(runtime, reply, stream)
 
 
@@ -74,6 +84,15 @@ async def chat_completions(
     params = sampling(runtime, body, max_tokens, top if body.logprobs else None, len(ids))
     reply = Reply.start(runtime, body, 1, chat=True, logprobs=body.logprobs)
     stream = generate(request, runtime, adapter, [ids], params, body.n)
+    stream = metered(
+        runtime.meter,
+        caller,
+        adapter,
+        stream,
+        reply.n_choices,
+        runtime.adapter_metrics,
+        runtime.model_name,
+    )
     return await respond(runtime, reply, stream)
 
 

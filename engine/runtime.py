@@ -18,6 +18,7 @@ import structlog
 import torch
 
 from engine.lora_cache import AdapterCache, CpuCache, GpuSlots
+from engine.metering import AdapterMetrics, UsageMeter
 from engine.metrics import EngineMetrics
 from engine.refresh import Reconciler
 from engine.scheduler import Scheduler
@@ -66,11 +67,15 @@ class EngineRuntime:
     subscriber: RefreshFollower | None = None
     auth: TokenVerifier | None = None  # None: LORAFLEET_ENGINE_AUTH=none, anyone may call
     revocations: RevocationFollower | None = None
+    meter: UsageMeter | None = None  # counts finished requests; flushed when redis_url is set
+    usage_flush_seconds: float = 5.0
+    metrics_max_adapters: int = 64
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.metrics = EngineMetrics(self.scheduler, self.cache, self.catalog)
+        self.adapter_metrics = AdapterMetrics(self.metrics.registry, self.metrics_max_adapters)
 
     @property
     def ready(self) -> bool:
@@ -109,6 +114,9 @@ class EngineRuntime:
             )
             self._spawn("lorafleet-refresh", self.subscriber.run)
         self._follow_revocations()
+        if self.redis_url and self.meter is not None:
+            meter, url, every = self.meter, self.redis_url, self.usage_flush_seconds
+            self._spawn("lorafleet-usage", lambda: meter.run(url, every, self._stop))
         if self.refresh_interval:
             interval = self.refresh_interval
             self._spawn(
@@ -248,6 +256,9 @@ def build_runtime(
         redis_url=settings.redis_url,
         source_verified=verify_source,
         auth=make_verifier(settings) if auth_mode == "registry" else None,
+        meter=UsageMeter(settings.resolved_engine_id(), name),
+        usage_flush_seconds=settings.usage_flush_seconds,
+        metrics_max_adapters=settings.metrics_max_adapters,
     )
 
 

@@ -117,6 +117,22 @@ class EngineSettings(BaseSettings):
         "for a cached token it keeps working; uncached tokens get 503.",
     )
 
+    usage_flush_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=_env("LORAFLEET_ENGINE_USAGE_FLUSH_SECONDS", "usage_flush_seconds"),
+        description="Seconds between usage flushes to lorafleet:usage (needs "
+        "LORAFLEET_REDIS_URL); a killed engine loses at most this interval's counts.",
+    )
+
+    metrics_max_adapters: int = Field(
+        default=64,
+        ge=1,
+        validation_alias=_env("LORAFLEET_ENGINE_METRICS_MAX_ADAPTERS", "metrics_max_adapters"),
+        description="Most distinct adapter labels on the per-adapter Prometheus metrics; "
+        'later adapter versions are counted under adapter="_other".',
+    )
+
     @field_validator("peft_refresh_interval")
     @classmethod
     def _positive_interval(cls, value: float | None) -> float | None:
@@ -127,6 +143,15 @@ class EngineSettings(BaseSettings):
     def source_is_registry(self) -> bool:
         """True when ``NIM_PEFT_SOURCE`` names a registry URL rather than a directory."""
         return bool(self.peft_source) and self.peft_source.startswith(("http://", "https://"))
+
+    def resolved_engine_id(self) -> str:
+        """This engine's id in usage flushes and logs: ``LORAFLEET_ENGINE_ID``, else
+        ``<hostname>:<port>``."""
+        if self.engine_id:
+            return self.engine_id
+        import socket
+
+        return f"{socket.gethostname()}:{self.port}"
 
     def resolved_auth(self) -> str:
         """``registry`` or ``none``: the explicit ``LORAFLEET_ENGINE_AUTH``, else

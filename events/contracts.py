@@ -13,6 +13,7 @@ from typing import Any
 
 from events.models import AdapterStatusChanged, Event, FleetRefresh, JobCompleted
 from events.revocations import TokenRevoked
+from events.usage import UsageFlush
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 EVENT_MODELS: tuple[type[Event], ...] = (
@@ -20,6 +21,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     FleetRefresh,
     AdapterStatusChanged,
     TokenRevoked,
+    UsageFlush,
 )
 
 

@@ -22,6 +22,10 @@ STATUS_STREAM = f"{PREFIX}:adapters:status"
 # Registry -> every engine: revoked tokens (``events.revocations``), XREAD, no consumer group.
 REVOCATIONS_STREAM = f"{PREFIX}:auth:revocations"
 
+# Engines -> the usage fold (``events.usage``): counts per token/adapter, consumer group.
+USAGE_STREAM = f"{PREFIX}:usage"
+USAGE_GROUP = "lorafleet-usage"
+
 # Approximate cap on stream lengths (XADD MAXLEN ~).
 STREAM_MAXLEN = 100_000
 

@@ -340,3 +340,40 @@ class Package:
     def total_bytes(self) -> int:
         """Bytes this version holds (originals + canonical), what quotas count."""
         return sum(f.size for f in self.files)
+
+
+class UsageBucket(SQLModel, table=True):
+    """Metered engine usage: one hour of one (token, namespace, adapter version, base model).
+
+    Keys are never NULL so the unique key works alike on every database: ``token_id`` 0 is
+    the bootstrap admin token (or an engine without auth), ``namespace``/``adapter`` ""
+    the base model without a tenant."""
+
+    __tablename__ = "usage_buckets"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "hour", "token_id", "namespace", "adapter", "base_model", name="uq_usage_bucket"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    hour: datetime = _ts(index=True)
+    token_id: int = Field(default=0)
+    namespace: str = Field(default="", max_length=63, index=True)
+    adapter: str = Field(default="", max_length=256)
+    base_model: str = Field(max_length=256)
+    requests: int = Field(default=0, sa_type=sa.BigInteger)
+    prompt_tokens: int = Field(default=0, sa_type=sa.BigInteger)
+    completion_tokens: int = Field(default=0, sa_type=sa.BigInteger)
+    errors: int = Field(default=0, sa_type=sa.BigInteger)
+    cancelled: int = Field(default=0, sa_type=sa.BigInteger)
+
+
+class UsageFlushRecord(SQLModel, table=True):
+    """A usage flush already folded into ``UsageBucket``: a replay of it counts nothing."""
+
+    __tablename__ = "usage_flushes"
+
+    engine_id: str = Field(primary_key=True, max_length=128)
+    flush_id: str = Field(primary_key=True, max_length=80)
+    folded_at: datetime = _ts()

@@ -69,6 +69,7 @@ def create_app(settings: WorkerSettings | None = None, *, redis_url: str | None 
             f"{TASK_MODULE}.broadcast": {"queue": streams.FLEET_QUEUE, "priority": 1},
             f"{TASK_MODULE}.relay": {"queue": streams.FLEET_QUEUE},
             f"{TASK_MODULE}.reclaim_stuck": {"queue": streams.MAINTENANCE_QUEUE},
+            f"{TASK_MODULE}.fold_usage": {"queue": streams.MAINTENANCE_QUEUE},
             f"{TASK_MODULE}.blob_gc": {"queue": streams.MAINTENANCE_QUEUE},
         },
         # Flower / `celery events` see every task from the moment it is sent.
@@ -80,6 +81,11 @@ def create_app(settings: WorkerSettings | None = None, *, redis_url: str | None 
                 "task": f"{TASK_MODULE}.relay",
                 "schedule": settings.relay_interval_s,
                 # A missed tick is superseded by the next one; never let them pile up.
+                "options": {"expires": max(1.0, settings.relay_interval_s * 2)},
+            },
+            "fold-usage": {  # engines flush every few seconds; fold at the relay's pace
+                "task": f"{TASK_MODULE}.fold_usage",
+                "schedule": settings.relay_interval_s,
                 "options": {"expires": max(1.0, settings.relay_interval_s * 2)},
             },
             "reclaim-stuck": {

@@ -290,6 +290,15 @@ def relay(self: Task) -> int:
     return relay_outbox(rt.session, rt.redis, batch=rt.settings.relay_batch)
 
 
+@app.task(base=PipelineTask, bind=True, name=f"{TASK_MODULE}.fold_usage")
+def fold_usage(self: Task) -> int:
+    """Fold the engines' usage flushes into hourly buckets (beat; idempotent per flush)."""
+    from workers.usage import fold_usage as fold
+
+    rt = get_runtime()
+    return fold(rt.session, rt.redis)
+
+
 @app.task(base=PipelineTask, bind=True, name=f"{TASK_MODULE}.reclaim_stuck")
 def reclaim_stuck(self: Task) -> dict[str, int]:
     """Re-drive ingest records that stopped progressing and fail versions stuck mid-way."""

@@ -28,6 +28,7 @@ from store.api import (
     routes_ingest,
     routes_ops,
     routes_tokens,
+    routes_usage,
     routes_transfer,
     routes_webhooks,
 )
@@ -90,6 +91,7 @@ def create_app(
     app.include_router(routes_ops.router)
     app.include_router(routes_catalog.router)
     app.include_router(routes_tokens.router)  # tokens and /v1/auth/whoami
+    app.include_router(routes_usage.router)  # /v1/usage: metered engine usage
     app.include_router(routes_transfer.router)  # before ``/{adapter_id}`` takes its paths
     app.include_router(routes_governance.router)  # ``/{id}/history`` before ``/{ns}/{name}``
     app.include_router(routes_adapters.router)

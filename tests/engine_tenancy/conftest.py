@@ -6,52 +6,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis
 from support.factories import write_adapter_dir
 from support.live_api import LiveRegistry, fresh_database, live_engine, serve_registry
 from support.services import flushed_redis_db, redis_db_url
 from support.tiny import TINY_MODEL, engine_settings, model_spec
+from tenancy_fixtures import TENANTS, Fleet
 
-from engine.runtime import EngineRuntime, build_runtime
+from engine.runtime import build_runtime
 from engine.tiny import init_tiny
-from store.db import session_scope
-from workers.relay import relay_outbox
-
-TENANTS = ("acme", "globex", "initech")
-
-
-def adapter_of(tenant: str) -> str:
-    return f"{tenant}/bot@1.0.0"
-
-
-@dataclass
-class Fleet:
-    """A registry, its engine, and one reader token per tenant."""
-
-    registry: LiveRegistry
-    runtime: EngineRuntime
-    engine_url: str
-    redis_url: str
-    readers: dict[str, str] = field(default_factory=dict)
-
-    def relay(self) -> int:
-        """Publish pending outbox rows (what beat's relay tick does)."""
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            return relay_outbox(lambda: session_scope(self.registry.engine), client, wait_s=5.0)
-        finally:
-            client.close()
-
-    def revoke(self, token: str) -> None:
-        """Revoke ``token`` through the API (admin) and relay the event."""
-        with self.registry.client(token) as client:
-            token_id = client.whoami()["token_id"]
-        self.registry.admin.revoke_token(token_id)
-        self.relay()
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import adapter_of
 from support.factories import write_adapter_dir
 from support.live_api import fresh_database, live_engine, serve_registry
 from support.tiny import TINY_MODEL, engine_settings, model_spec
+from tenancy_fixtures import adapter_of
 
 from engine.runtime import build_runtime
 

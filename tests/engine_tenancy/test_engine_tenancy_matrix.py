@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import TENANTS, Fleet, adapter_of
 from support.tiny import TINY_MODEL
+from tenancy_fixtures import TENANTS, Fleet, adapter_of
 
 OPS = ("list", "complete", "chat", "stream")
 
@@ -31,7 +31,10 @@ def _do(client: openai.OpenAI, op: str, model: str) -> Any:
         return out.choices[0].text
     if op == "chat":
         out = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+            model=model,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=4,
+            temperature=0,
         )
         return out.choices[0].message.content
     chunks = client.completions.create(
@@ -78,7 +81,8 @@ def test_own_adapter_works_and_only_own_adapters_are_listed(
     if op == "list":
         assert result == sorted([TINY_MODEL, adapter_of(tenant)])
     else:
-        assert isinstance(result, str) and result != ""
+        # Answered 200 (any refusal raises); a tiny random model may well say nothing.
+        assert isinstance(result, str)
         base = _do(client, op, TINY_MODEL)  # the base model is everyone's
         assert isinstance(base, str)
 

@@ -1,0 +1,101 @@
+"""``GET /v1/usage``: metered engine usage (requests and tokens), tenant-scoped."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel as Body
+
+from events.models import NAMESPACE_PATTERN
+from store import usage
+from store.api.deps import AppState, get_principal, get_state
+from store.api.errors import error_responses
+from store.api.schemas.common import entity_config
+from store.auth import Principal
+from store.db import session_scope
+
+router = APIRouter(prefix="/v1", responses=error_responses(401))
+Caller = Annotated[Principal, Depends(get_principal)]
+State = Annotated[AppState, Depends(get_state)]
+
+
+class UsageRow(Body):
+    namespace: str | None = None
+    adapter: str | None = None
+    token_id: int | None = None
+    hour: str | None = None
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    errors: int
+    cancelled: int
+
+
+class UsageList(Body):
+    model_config = entity_config(
+        {
+            "object": "list",
+            "group_by": "version",
+            "data": [
+                {
+                    "namespace": "acme",
+                    "adapter": "acme/support-bot@1.0.0",
+                    "requests": 12,
+                    "prompt_tokens": 240,
+                    "completion_tokens": 96,
+                    "errors": 0,
+                    "cancelled": 1,
+                }
+            ],
+        }
+    )
+
+    object: Literal["list"] = "list"
+    group_by: str
+    data: list[UsageRow]
+
+
+@router.get(
+    "/usage",
+    response_model=UsageList,
+    response_model_exclude_unset=True,  # a row carries only its group's keys
+    responses=error_responses(400, 404),
+)
+def get_usage(
+    caller: Caller,
+    state: State,
+    namespace: Annotated[
+        str | None, Query(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)
+    ] = None,
+    adapter: Annotated[
+        str | None, Query(max_length=256, description="ns/name or ns/name@version")
+    ] = None,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: datetime | None = None,
+    group_by: Literal["version", "adapter", "token", "hour"] = "version",
+) -> dict[str, Any]:
+    """Requests, prompt and completion tokens, errors and cancellations the engines metered,
+    in hourly buckets summed by ``group_by``; ``from`` <= hour < ``to``. Any token of a
+    namespace sees that namespace's usage only; asking for another's answers the missing
+    one's 404. Engines flush every few seconds and a worker folds the flushes, so the last
+    seconds may not be here yet."""
+    with session_scope(state.engine) as session:
+        data = usage.usage_report(
+            session,
+            caller,
+            namespace=namespace,
+            adapter=adapter,
+            start=_aware(from_),
+            end=_aware(to),
+            group_by=group_by,
+        )
+    return {"object": "list", "group_by": group_by, "data": data}
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """A bound given without a zone is UTC (the buckets' zone)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
