@@ -13,7 +13,8 @@ it sees the bytes first) answers:
 
 and passes every other request on with its body replayed unchanged. A refusal is logged in
 the access log as ``request.refused`` (an unauthenticated caller gets its 401 instead). Bodies that are not
-JSON (the multipart upload) are left to their own bounded parser (``store.api.uploads``).
+JSON (the multipart upload) are left to their own bounded parser (``store.api.uploads``), and
+so are the raw-bytes routes named by ``raw_body_prefixes`` (the HF Git LFS object upload).
 """
 
 from __future__ import annotations
@@ -49,12 +50,29 @@ def _is_json(scope: Scope) -> bool:
 class BoundedJsonBodies:
     """ASGI middleware: the limits above, on every HTTP request with a JSON body."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int = MAX_JSON_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int = MAX_JSON_BODY_BYTES,
+        raw_body_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Routes whose body is raw bytes (the Git LFS object PUT, which huggingface_hub sends
+        # with no Content-Type): they bound and check their bodies themselves.
+        self.raw_body_prefixes = raw_body_prefixes
+
+    def _is_bounded(self, scope: Scope) -> bool:
+        return (
+            scope["type"] == "http"
+            and scope["method"] not in ("GET", "HEAD")
+            and not scope["path"].startswith(self.raw_body_prefixes)
+            and _is_json(scope)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD") or not _is_json(scope):
+        if not self._is_bounded(scope):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", ())).get(b"content-length")

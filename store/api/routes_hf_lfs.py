@@ -23,6 +23,10 @@ from store.hf import lfs
 from store.hf.repos import EntryNotFound
 
 router = APIRouter(prefix="/v1/hf", route_class=HfRoute, include_in_schema=False)
+
+# The object PUT carries the file's raw bytes (no Content-Type from huggingface_hub): the JSON
+# body bounds (store.api.body_limits) must leave it alone; the route checks size and digest.
+RAW_BODY_PREFIX = "/v1/hf/api/lfs-upload/"
 Caller = Annotated[Principal, Depends(get_principal)]
 State = Annotated[AppState, Depends(get_state)]
 
