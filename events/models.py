@@ -131,6 +131,17 @@ class JobCompleted(Event):
     dataset: str | None = Field(default=None, max_length=1024)
     metrics: dict[str, Any] = Field(default_factory=dict)
     description: str | None = Field(default=None, max_length=4096)
+    submitted_by: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description=(
+            "who launched the job, as the registry names principals "
+            "(token:<token name>@<namespace>, the `principal` of GET /v1/auth/whoami); "
+            "recorded as the version's uploader, so a namespace with "
+            "require_distinct_approver keeps them from approving it"
+        ),
+    )
 
     # Free-text fields; every other string is one line.
     MULTILINE_FIELDS: ClassVar[frozenset[str]] = frozenset({"description"})

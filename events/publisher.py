@@ -116,6 +116,7 @@ def announce_job_completed(
     dataset: str | None = None,
     metrics: dict[str, Any] | None = None,
     description: str | None = None,
+    submitted_by: str | None = None,
     event_id: str | None = None,
     client: redis.Redis | None = None,
     **s3: Any,
@@ -141,6 +142,7 @@ def announce_job_completed(
         "dataset": dataset,
         "metrics": metrics or {},
         "description": description,
+        "submitted_by": submitted_by,
     }
     if event_id is not None:
         fields["event_id"] = event_id

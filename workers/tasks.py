@@ -144,6 +144,12 @@ class IngestTask(PipelineTask):
         )
 
 
+def _uploader(event: JobCompleted) -> str:
+    """The version's ``created_by``: who launched the job when the event says so (four-eyes
+    approval compares it with the approver), else the pipeline itself."""
+    return event.submitted_by or ACTOR
+
+
 def _provenance(event: JobCompleted) -> Provenance:
     return Provenance(
         job_id=event.job_id,
@@ -178,7 +184,7 @@ def record_pipeline_failure(
                     code=code,
                     message=message,
                     provenance=_provenance(event),
-                    actor=ACTOR,
+                    actor=_uploader(event),
                 )
                 adapter_id = row.id
             except LorafleetError as exc:
@@ -267,7 +273,7 @@ def register(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
             version=version,
             base_model=event.base_model,
             provenance=_provenance(event),
-            actor=ACTOR,
+            actor=_uploader(event),
             description=event.description,
         )
         ingest.set_status(session, event.event_id, ingest.State.DONE, adapter_id=row.id)

@@ -9,6 +9,7 @@ import pickle
 import uuid
 from pathlib import Path
 
+import pytest
 from pipeline_harness import BASE_MODEL, Pipeline
 from support.factories import random_adapter, write_hf_peft
 from support.services import S3_ACCESS_KEY, S3_SECRET_KEY
@@ -18,7 +19,8 @@ from events import streams
 from events.dlq import list_dead_letters, replay
 from events.models import FleetRefresh, JobCompleted
 from events.publisher import announce_job_completed, publish
-from store import registry
+from store import registry, tenancy
+from store.errors import SelfApproval
 from store.models import AdapterVersion
 from store.outbox import pending_outbox
 
@@ -87,6 +89,27 @@ def test_event_becomes_ready_version_and_load_refresh(pipeline: Pipeline) -> Non
     )
     assert refresh.generation == version.generation > 0
     assert fields[streams.OUTBOX_ID_FIELD].isdigit()
+
+
+def test_four_eyes_holds_the_job_submitter_to_a_distinct_approver(pipeline: Pipeline) -> None:
+    # The event names who launched the job; the version records them as its uploader, so
+    # in a namespace that requires a distinct approver they cannot approve their own job.
+    with pipeline.session() as s:
+        tenancy.create_namespace(s, "bank", actor="test", require_distinct_approver=True)
+        s.commit()
+    alice, bob = "token:alice@bank", "token:bob@bank"
+    event = _announce(pipeline, "bank/loans@1.0.0", _adapter_dir(pipeline), submitted_by=alice)
+    record = pipeline.wait_ingest(event.event_id)
+    assert record.status == "done", record.error_message
+    version = _version(pipeline, record.adapter_id)
+    assert (version.status, version.created_by) == ("pending", alice)
+    with pipeline.session() as s:
+        with pytest.raises(SelfApproval):
+            registry.approve(s, version.id, actor=alice)
+        s.rollback()
+        registry.approve(s, version.id, actor=bob, reason="reviewed")
+        s.commit()
+    assert _version(pipeline, version.id).status == "ready"
 
 
 def test_duplicate_event_registers_once(pipeline: Pipeline) -> None:
