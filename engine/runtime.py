@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import structlog
 import torch
 
+from engine.heartbeat import run_heartbeat
 from engine.lora_cache import AdapterCache, CpuCache, GpuSlots
 from engine.metering import AdapterMetrics, UsageMeter
 from engine.metrics import EngineMetrics
@@ -32,6 +33,7 @@ from engine.source import (
     check_entry,
 )
 from engine.tenancy import TokenVerifier
+from events.heartbeat import EngineHeartbeat
 from events.refresh import RefreshFollower
 from events.revocations import RevocationFollower, TokenRevoked
 from store.formats import BaseModelSpec
@@ -70,6 +72,8 @@ class EngineRuntime:
     meter: UsageMeter | None = None  # counts finished requests; flushed when redis_url is set
     usage_flush_seconds: float = 5.0
     metrics_max_adapters: int = 64
+    engine_id: str = "engine"
+    heartbeat_seconds: float = 5.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -117,6 +121,12 @@ class EngineRuntime:
         if self.redis_url and self.meter is not None:
             meter, url, every = self.meter, self.redis_url, self.usage_flush_seconds
             self._spawn("lorafleet-usage", lambda: meter.run(url, every, self._stop))
+        if self.redis_url:
+            url, beat = self.redis_url, self.heartbeat_seconds
+            self._spawn(
+                "lorafleet-heartbeat",
+                lambda: run_heartbeat(url, self.heartbeat, beat, self._stop),
+            )
         if self.refresh_interval:
             interval = self.refresh_interval
             self._spawn(
@@ -132,6 +142,20 @@ class EngineRuntime:
             ready=self.ready,
             adapters=len(self.catalog.names()),
             unservable=len(self.catalog.refusals()),
+        )
+
+    def heartbeat(self, ttl: float) -> EngineHeartbeat:
+        """What this engine reports about itself now (``events.heartbeat``)."""
+        residency = self.cache.residency()
+        return EngineHeartbeat(
+            engine_id=self.engine_id,
+            base_model=self.model_name,
+            generation=self.catalog.generation,
+            ready=self.ready,
+            servable=len(self.catalog.names()),
+            gpu=sorted(n for n, levels in residency.items() if "gpu" in levels),
+            cpu=sorted(n for n, levels in residency.items() if "cpu" in levels),
+            ttl_seconds=ttl,
         )
 
     def _follow_revocations(self) -> None:
@@ -259,6 +283,8 @@ def build_runtime(
         meter=UsageMeter(settings.resolved_engine_id(), name),
         usage_flush_seconds=settings.usage_flush_seconds,
         metrics_max_adapters=settings.metrics_max_adapters,
+        engine_id=settings.resolved_engine_id(),
+        heartbeat_seconds=settings.heartbeat_seconds,
     )
 
 

@@ -133,6 +133,14 @@ class EngineSettings(BaseSettings):
         'later adapter versions are counted under adapter="_other".',
     )
 
+    heartbeat_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=_env("LORAFLEET_ENGINE_HEARTBEAT_SECONDS", "heartbeat_seconds"),
+        description="Seconds between heartbeats (needs LORAFLEET_REDIS_URL); an engine "
+        "disappears from GET /v1/fleet/engines 3 intervals after its last one.",
+    )
+
     @field_validator("peft_refresh_interval")
     @classmethod
     def _positive_interval(cls, value: float | None) -> float | None:

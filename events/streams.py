@@ -26,6 +26,9 @@ REVOCATIONS_STREAM = f"{PREFIX}:auth:revocations"
 USAGE_STREAM = f"{PREFIX}:usage"
 USAGE_GROUP = "lorafleet-usage"
 
+# Engine heartbeats (``events.heartbeat``): one key per live engine, expiring after its TTL.
+ENGINE_HEARTBEAT_PREFIX = f"{PREFIX}:fleet:engine:"
+
 # Approximate cap on stream lengths (XADD MAXLEN ~).
 STREAM_MAXLEN = 100_000
 

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from store.cli_adapters import adapters_app, fleet_pull
 from store.cli_api import AsJson, Token, Url, api_client, err, out, print_json
+from store.cli_fleet import fleet_app
 from store.cli_governance import adapters_history, adapters_restore, audit
 from store.cli_usage import usage
 from store.cli_webhooks import webhooks_app
@@ -40,6 +41,7 @@ adapters_app.command("history")(adapters_history)
 adapters_app.command("restore")(adapters_restore)
 app.command("audit")(audit)
 app.command("usage")(usage)
+app.add_typer(fleet_app, name="fleet")
 app.add_typer(webhooks_app, name="webhooks")
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from store.api import (
     routes_adapters,
     routes_catalog,
+    routes_fleet_engines,
     routes_governance,
     routes_hf,
     routes_hf_commit,
@@ -28,8 +29,8 @@ from store.api import (
     routes_ingest,
     routes_ops,
     routes_tokens,
-    routes_usage,
     routes_transfer,
+    routes_usage,
     routes_webhooks,
 )
 from store.api.body_limits import BoundedJsonBodies
@@ -92,6 +93,7 @@ def create_app(
     app.include_router(routes_catalog.router)
     app.include_router(routes_tokens.router)  # tokens and /v1/auth/whoami
     app.include_router(routes_usage.router)  # /v1/usage: metered engine usage
+    app.include_router(routes_fleet_engines.router)  # /v1/fleet/engines: heartbeats
     app.include_router(routes_transfer.router)  # before ``/{adapter_id}`` takes its paths
     app.include_router(routes_governance.router)  # ``/{id}/history`` before ``/{ns}/{name}``
     app.include_router(routes_adapters.router)
