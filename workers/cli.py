@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import typer
 
@@ -122,6 +123,9 @@ def relay(
 @app.command("webhook-sender")
 def webhook_sender(
     once: bool = typer.Option(False, "--once", help="One pass, then exit."),
+    alive_file: Path | None = typer.Option(
+        None, "--alive-file", help="Touched after every pass that reached the database (health)."
+    ),
 ) -> None:
     """Send the registry's signed webhook deliveries, with retries (LORAFLEET_WEBHOOK_*)."""
     from workers.runtime import get_runtime
@@ -136,4 +140,4 @@ def webhook_sender(
             sent = deliver_due(rt.session, client, settings, rt.settings)
         typer.echo(f"attempted {sent} webhook deliveries")
         return
-    run_sender(rt.session, workers=rt.settings)
+    run_sender(rt.session, workers=rt.settings, alive_file=alive_file)

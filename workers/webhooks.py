@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import httpx
 import structlog
@@ -118,15 +119,21 @@ def run_sender(
     settings: WebhookSettings | None = None,
     workers: WorkerSettings | None = None,
     stop: threading.Event | None = None,
+    alive_file: Path | None = None,
 ) -> None:
-    """Deliver forever (until ``stop`` is set), a pass every ``poll_s`` when idle."""
+    """Deliver forever (until ``stop`` is set), a pass every ``poll_s`` when idle.
+    ``alive_file`` is touched after every pass that reached the database: a health check
+    (compose's) reads its age."""
     settings = settings or WebhookSettings()
     workers = workers or WorkerSettings()
     stop = stop or threading.Event()
+    log.info("webhook.sender_started", poll_s=settings.poll_s, batch=settings.batch)
     with httpx.Client(timeout=settings.timeout_s, follow_redirects=False) as client:
         while not stop.is_set():
             try:
                 sent = deliver_due(session_factory, client, settings, workers)
+                if alive_file is not None:
+                    alive_file.touch()
             except LorafleetError as exc:  # the database went away: try again next pass
                 log.warning("webhook.pass_failed", error=exc.message)
                 sent = 0

@@ -32,7 +32,7 @@ ENGINES = ("engine-cpu", "engine-gpu")
 TORCH_2_13_INDEXES = {
     f"https://download.pytorch.org/whl/{v}" for v in ("cpu", "cu126", "cu130", "cu132")
 }
-LORAFLEET_COMMANDS = {"api", "bridge", "worker", "beat", "db", "engine"}
+LORAFLEET_COMMANDS = {"api", "bridge", "worker", "beat", "db", "engine", "webhook-sender"}
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,16 @@ def test_compose_config_is_valid_for_docker(compose: dict[str, Any]) -> None:
     for profile in ("cpu", "gpu"):
         result = _compose_config(profile, LORAFLEET_ADMIN_TOKEN="lft_compose_test")
         assert result.returncode == 0, result.stderr
-    assert {"redis", "postgres", "minio", "api", "bridge", "worker", "beat"} <= set(
-        compose["services"]
-    )
+    assert {
+        "redis",
+        "postgres",
+        "minio",
+        "api",
+        "bridge",
+        "worker",
+        "beat",
+        "webhook-sender",
+    } <= set(compose["services"])
 
 
 def test_compose_refuses_to_start_without_an_admin_token() -> None:

@@ -117,7 +117,7 @@ def test_up_serves_and_ctrl_c_stops_every_component(tmp_path: Path) -> None:
     output = (tmp_path / "up.out").read_text()
     assert proc.returncode == 0, output[-3000:]
     assert _wait_gone(home) == []
-    for name in ("redis", "api", "bridge", "worker", "beat", "engine"):
+    for name in ("redis", "api", "bridge", "worker", "beat", "webhook", "engine"):
         assert f"\n{name:<7}| " in output, f"no prefixed lines from {name}"
         assert (home / "logs" / f"{name}.log").stat().st_size > 0
     assert "lorafleet is up" in output and "stopping" in output

@@ -83,7 +83,9 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[L
         yield live, url
 
 
-def _sender(reg: LiveRegistry, db_url: str, tmp_path: Path, name: str, **env: str) -> Proc:
+def _sender(
+    reg: LiveRegistry, db_url: str, tmp_path: Path, name: str, *args: str, **env: str
+) -> Proc:
     variables = {
         "LORAFLEET_DATABASE_URL": db_url,
         "LORAFLEET_HOME": str(tmp_path / f"{name}-home"),
@@ -92,7 +94,8 @@ def _sender(reg: LiveRegistry, db_url: str, tmp_path: Path, name: str, **env: st
         "LORAFLEET_WEBHOOK_BACKOFF_S": "0.2",
         **env,
     }
-    return Proc(name, lorafleet_argv("webhook-sender"), process_env(variables), tmp_path)
+    argv = lorafleet_argv("webhook-sender", *args)
+    return Proc(name, argv, process_env(variables), tmp_path)
 
 
 def _hook(reg: LiveRegistry, url: str, events: list[str]) -> dict:
@@ -260,3 +263,18 @@ def test_the_webhooks_cli(registry: tuple[LiveRegistry, str], receiver: Receiver
         json.loads(run_cli(reg, tmp_path, "webhooks", "list", "bank", "--json").stdout)["data"]
         == []
     )
+
+
+def test_the_sender_keeps_its_alive_file_fresh_for_health_checks(
+    registry: tuple[LiveRegistry, str], tmp_path: Path
+) -> None:
+    # compose's health check reads the age of --alive-file: every pass touches it.
+    reg, db_url = registry
+    alive = tmp_path / "sender.alive"
+    proc = _sender(reg, db_url, tmp_path, "alive", "--alive-file", str(alive)).start()
+    try:
+        wait_for(alive.exists, 60, "the alive file")
+        first = alive.stat().st_mtime_ns
+        wait_for(lambda: alive.stat().st_mtime_ns > first, 30, "a second touch")
+    finally:
+        proc.stop()
