@@ -109,6 +109,7 @@ class DemoReport:
     stage_times: dict[str, dict[str, float]] = field(default_factory=dict)
     archived: str | None = None
     models_after_archive: list[str] = field(default_factory=list)
+    fleet: list[dict] = field(default_factory=list)  # GET /v1/fleet/engines, adapters loaded
     train_loss: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -198,6 +199,7 @@ def run_demo(
             report.stage_times = follower.progress
             report.statuses = dict(follower.status)
             _compare_answers(narrator, stack, report)
+            _fleet_status(narrator, client, report)
             _archive_one(narrator, client, stack, options, report)
         narrator.step("Stopping everything")
     report.seconds = time.monotonic() - started
@@ -319,6 +321,31 @@ def _compare_answers(narrator: Narrator, stack: Stack, report: DemoReport) -> No
     narrator.table(table)
     if len(set(report.answers.values())) != len(report.answers):
         raise RuntimeError(f"adapters did not change the answer: {report.answers}")
+
+
+def _fleet_status(narrator: Narrator, client: RegistryClient, report: DemoReport) -> None:
+    """What is loaded where, as ``lorafleet fleet status`` shows it: the engine's heartbeat
+    (every few seconds) catches up with the adapters the answers just loaded."""
+    narrator.step("What is loaded where (lorafleet fleet status)")
+    wanted = {a.coordinates for a in ADAPTERS}
+    deadline = time.monotonic() + 30
+    while True:
+        body = client.request("GET", "/v1/fleet/engines")
+        held = {name for e in body["data"] for name in e["cpu"]}
+        if wanted <= held or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    report.fleet = body["data"]
+    table = Table("engine", "generation", "lag", "GPU slots", "CPU cache")
+    for e in body["data"]:
+        table.add_row(
+            e["engine_id"],
+            str(e["generation"]),
+            str(e["lag"]),
+            ", ".join(e["gpu"]) or "-",
+            ", ".join(e["cpu"]) or "-",
+        )
+    narrator.table(table)
 
 
 def _archive_one(

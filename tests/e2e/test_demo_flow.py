@@ -68,6 +68,9 @@ def test_demo_trains_serves_side_by_side_archives_and_stops_everything(
     assert f"{hint} up --home {options.home}" in narration
 
     # Archiving evicted exactly that adapter from the engine.
+    # The fleet status once the adapters are loaded: the engine holds both.
+    assert len(report.fleet) == 1 and report.fleet[0]["lag"] == 0
+    assert {math, pirate} <= set(report.fleet[0]["cpu"])
     assert report.archived == pirate
     assert pirate not in report.models_after_archive
     assert {BASE_MODEL, math} <= set(report.models_after_archive)
