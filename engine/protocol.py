@@ -6,9 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_error"}
+
+# Every integer field is bounded to int64 at parse time (a 400 ``invalid_value``, never a
+# torch overflow): ``seed`` reaches ``torch.Generator.manual_seed`` as ``seed + choice``.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int64(default: int | None = None) -> Any:
+    return Field(default=default, ge=INT64_MIN, le=INT64_MAX)
 
 
 class OpenAIError(Exception):
@@ -22,12 +30,16 @@ class OpenAIError(Exception):
 
 
 def error_response(
-    status: int, message: str, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """``{"error": {...}}`` with OpenAI's fields, at HTTP ``status``."""
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body = {"message": message, "type": kind, "param": param, "code": code}
-    return JSONResponse({"error": body}, status_code=status)
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 # Fields the engine does not read, whatever their value: they change nothing about the
@@ -59,14 +71,14 @@ class CommonRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
-    max_tokens: int | None = None
+    max_tokens: int | None = _int64()
     temperature: float = 1.0
     top_p: float = 1.0
-    n: int = 1
+    n: int = _int64(1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = _int64()
     ignore_eos: bool = False
 
     def refuse_unsupported(self) -> None:
@@ -88,7 +100,7 @@ class CompletionRequest(CommonRequest):
     """``POST /v1/completions``; ``prompt`` is checked by ``normalize_prompts``."""
 
     prompt: Any
-    logprobs: int | None = None
+    logprobs: int | None = _int64()
     echo: bool = False
 
 
@@ -96,9 +108,9 @@ class ChatRequest(CommonRequest):
     """``POST /v1/chat/completions``."""
 
     messages: list[dict[str, Any]]
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = _int64()
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = _int64()
 
 
 def normalize_prompts(prompt: Any, encode: Any) -> list[list[int]]:
