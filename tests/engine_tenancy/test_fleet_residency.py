@@ -129,3 +129,62 @@ def test_two_engines_report_residency_and_lag_and_a_stopped_one_disappears(
             )
             after = run_cli(reg, tmp_path, "fleet", "status", "--json")
             assert [e["engine_id"] for e in json.loads(after.stdout)["data"]] == ["engine-a"]
+
+
+def test_a_killed_engine_process_disappears_after_its_ttl(model_dir: Path, tmp_path: Path) -> None:
+    """``lorafleet engine serve`` as a process, SIGKILLed: nothing deletes its heartbeat, so
+    it is the TTL that takes it out of the fleet, while the other engine stays."""
+    from support.processes import Proc, lorafleet_argv, process_env
+    from support.services import free_port
+
+    with (
+        flushed_redis_db(redis_db_url(1)) as redis_url,
+        fresh_database("sqlite", tmp_path) as url,
+        serve_registry(url, tmp_path, redis_url=redis_url) as reg,
+    ):
+        reg.admin.register_base_model(
+            TINY_MODEL, json.loads((model_dir / "config.json").read_text())
+        )
+        engine_token = reg.mint("reader", None, "engine")
+        env = process_env(
+            {
+                "NIM_PEFT_SOURCE": reg.base_url,
+                "NIM_SERVED_MODEL_NAME": TINY_MODEL,
+                "LORAFLEET_TOKEN": engine_token,
+                "LORAFLEET_REDIS_URL": redis_url,
+                "LORAFLEET_ENGINE_DEVICE": "cpu",
+                "LORAFLEET_ENGINE_HOST": "127.0.0.1",
+                "LORAFLEET_ENGINE_PORT": str(free_port()),
+                "LORAFLEET_ENGINE_MAX_SEQ_LEN": "128",
+                "LORAFLEET_ENGINE_ID": "doomed",
+                "LORAFLEET_ENGINE_HEARTBEAT_SECONDS": "0.5",
+                "LORAFLEET_HOME": str(tmp_path / "engine-home"),
+            }
+        )
+        settings = engine_settings(
+            model_dir,
+            peft_source=reg.base_url,
+            token=engine_token,
+            redis_url=redis_url,
+            engine_id="survivor",
+            heartbeat_seconds=0.5,
+        )
+
+        def live() -> list[str]:
+            with reg.http(reg.admin_token) as http:
+                return [e["engine_id"] for e in http.get("/v1/fleet/engines").json()["data"]]
+
+        proc = Proc(
+            "doomed",
+            lorafleet_argv("engine", "serve", "--model-dir", str(model_dir)),
+            env,
+            tmp_path,
+        )
+        with live_engine(build_runtime(settings)):
+            proc.start()
+            try:
+                wait_for(lambda: live() == ["doomed", "survivor"], 90, "both engines beating")
+                proc.kill9()
+                wait_for(lambda: live() == ["survivor"], 5, "the killed engine gone (TTL 1.5 s)")
+            finally:
+                proc.stop(timeout=10)
