@@ -168,3 +168,81 @@ def test_usage_is_counted_exactly_per_tenant_and_version_across_a_restart(
     assert table.returncode == 0, table.stderr
     assert adapter_of("acme") in table.stdout
     assert str(want_acme["completion_tokens"]) in table.stdout
+
+
+def test_a_killed_engine_keeps_what_it_flushed(model_dir: Path, tmp_path: Path) -> None:
+    """SIGKILL after a flush interval passed: every request counted before it is folded."""
+    from support.processes import lorafleet_argv
+    from support.services import free_port
+
+    from store.db import make_engine, session_scope
+    from workers.usage import fold_usage
+
+    with (
+        flushed_redis_db(redis_db_url(1)) as redis_url,
+        fresh_database("sqlite", tmp_path) as url,
+        serve_registry(url, tmp_path) as reg,
+    ):
+        reg.admin.register_base_model(
+            TINY_MODEL, json.loads((model_dir / "config.json").read_text())
+        )
+        reg.admin.create_namespace("acme", approval_policy="auto")
+        src = write_adapter_dir(tmp_path / "up", "acme", model_spec(model_dir), seed=1)
+        reg.admin.upload_adapter(
+            src, namespace="acme", name="bot", version="1.0.0", base_model=TINY_MODEL
+        )
+        acme = reg.mint("reader", "acme", "acme-app")
+        port = free_port()
+        env = process_env(
+            {
+                "NIM_PEFT_SOURCE": reg.base_url,
+                "NIM_SERVED_MODEL_NAME": TINY_MODEL,
+                "LORAFLEET_TOKEN": reg.mint("reader", None, "engine"),
+                "LORAFLEET_REDIS_URL": redis_url,
+                "LORAFLEET_ENGINE_DEVICE": "cpu",
+                "LORAFLEET_ENGINE_HOST": "127.0.0.1",
+                "LORAFLEET_ENGINE_PORT": str(port),
+                "LORAFLEET_ENGINE_MAX_SEQ_LEN": "128",
+                "LORAFLEET_ENGINE_ID": "killed",
+                "LORAFLEET_ENGINE_USAGE_FLUSH_SECONDS": "0.3",
+                "LORAFLEET_HOME": str(tmp_path / "engine-home"),
+            }
+        )
+        argv = lorafleet_argv("engine", "serve", "--model-dir", str(model_dir))
+        proc = Proc("killed-engine", argv, env, tmp_path)
+        engine_url = f"http://127.0.0.1:{port}"
+        proc.start()
+        try:
+            import httpx
+
+            wait_for(lambda: _up(httpx, f"{engine_url}/v1/health/ready"), 90, "the engine is ready")
+            usages = _complete(engine_url, acme, adapter_of("acme"), 4)
+            client = redis.Redis.from_url(redis_url)
+            try:
+                wait_for(lambda: _flushed(client) == 4, 30, "the 4 requests flushed")
+                proc.kill9()
+                db = make_engine(url)
+                try:
+                    fold_usage(lambda: session_scope(db), client)
+                finally:
+                    db.dispose()
+            finally:
+                client.close()
+        finally:
+            proc.stop(timeout=10)
+        assert _report(reg, acme) == [_expected(usages, "acme")]
+
+
+def _up(httpx: Any, url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _flushed(client: redis.Redis) -> int:
+    """Requests counted in every flush on the stream so far."""
+    from events.usage import decode_usage
+
+    flushes = [decode_usage(fields) for _id, fields in client.xrange(USAGE_STREAM)]
+    return sum(c.requests for f in flushes for c in f.counts)
