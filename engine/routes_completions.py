@@ -29,16 +29,27 @@ from engine.protocol import (
     chat_logprobs,
     chat_messages,
     completion_logprobs,
+    error_response,
     normalize_prompts,
 )
 from engine.runtime import EngineRuntime
 from engine.sampling import SamplingParams
-from engine.scheduler import GenerationRequest, InvalidPrompt, TokenDelta, check_token_ids
+from engine.scheduler import (
+    GenerationRequest,
+    InvalidPrompt,
+    Overloaded,
+    RequestTooLarge,
+    TokenDelta,
+    check_token_ids,
+)
 from engine.tenancy import Caller
 
 log = structlog.get_logger(__name__)
 
 router = APIRouter()
+
+# How often a running request checks that its client is still there (tokens flowing or not).
+DISCONNECT_POLL_SECONDS = 0.1
 
 
 @router.post("/v1/completions")
@@ -53,6 +64,8 @@ async def completions(
     check_prompts(runtime, prompts, "prompt")
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     params = sampling(runtime, body, max_tokens, body.logprobs, max(len(p) for p in prompts))
+    if (refused := admit(runtime, prompts, params, body.n)) is not None:
+        return refused
     reply = Reply.start(runtime, body, len(prompts), chat=False, logprobs=body.logprobs is not None)
     stream = generate(request, runtime, adapter, prompts, params, body.n)
     stream = metered(
@@ -82,6 +95,8 @@ async def chat_completions(
     max_tokens = body.max_completion_tokens or body.max_tokens
     top = body.top_logprobs or 0
     params = sampling(runtime, body, max_tokens, top if body.logprobs else None, len(ids))
+    if (refused := admit(runtime, [ids], params, body.n)) is not None:
+        return refused
     reply = Reply.start(runtime, body, 1, chat=True, logprobs=body.logprobs)
     stream = generate(request, runtime, adapter, [ids], params, body.n)
     stream = metered(
@@ -154,6 +169,23 @@ def sampling(
     return params
 
 
+def admit(
+    runtime: EngineRuntime, prompts: list[list[int]], params: SamplingParams, n: int
+) -> Response | None:
+    """The scheduler's admission for ``prompts x n`` sequences: 400 ``request_too_large``
+    above its per-request token limit (``RequestTooLarge``), or this 429 ``overloaded``
+    with ``Retry-After`` when its waiting queue is full; None to go ahead."""
+    tokens = n * sum(len(p) + params.max_tokens for p in prompts)
+    try:
+        runtime.scheduler.check_request(len(prompts) * n, tokens)
+    except RequestTooLarge as exc:
+        raise OpenAIError(400, str(exc), code="request_too_large") from exc
+    except Overloaded as exc:
+        headers = {"Retry-After": str(exc.retry_after)}
+        return error_response(429, str(exc), None, "overloaded", headers=headers)
+    return None
+
+
 # -- generation ------------------------------------------------------------------------------
 
 
@@ -170,6 +202,7 @@ async def generate(
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, TokenDelta]] = asyncio.Queue()
     reqs: list[GenerationRequest] = []
+    group = uuid.uuid4().hex  # the scheduler shares rows fairly between groups
 
     def sink_for(index: int) -> Callable[[TokenDelta], None]:
         return lambda delta: loop.call_soon_threadsafe(queue.put_nowait, (index, delta))
@@ -178,18 +211,24 @@ async def generate(
         for i, ids in enumerate(prompts):
             for j in range(n):
                 p = params if params.seed is None else replace(params, seed=params.seed + j)
-                req = GenerationRequest(ids, p, sink_for(i * n + j), adapter=adapter)
+                req = GenerationRequest(ids, p, sink_for(i * n + j), adapter=adapter, group=group)
                 await loop.run_in_executor(None, runtime.scheduler.submit, req)
                 reqs.append(req)
         remaining = len(reqs)
+        next_poll = loop.time() + DISCONNECT_POLL_SECONDS
         while remaining:
             try:
-                index, delta = await asyncio.wait_for(queue.get(), timeout=1.0)
+                item = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_SECONDS)
             except TimeoutError:
+                item = None
+            if loop.time() >= next_poll:  # whether or not tokens flow
+                next_poll = loop.time() + DISCONNECT_POLL_SECONDS
                 if await request.is_disconnected():
                     log.info("client_disconnected", requests=len(reqs))
                     return
+            if item is None:
                 continue
+            index, delta = item
             if delta.finish_reason is not None:
                 remaining -= 1
             yield index, delta

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +36,18 @@ log = structlog.get_logger(__name__)
 
 class InvalidPrompt(ValueError):
     """A prompt this engine cannot run (too long, or a token id outside the vocabulary)."""
+
+
+class RequestTooLarge(ValueError):
+    """One request asks for more work than ``Scheduler.max_request_tokens`` allows."""
+
+
+class Overloaded(RuntimeError):
+    """The waiting queue is full (``Scheduler.max_waiting``); retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def check_token_ids(ids: list[int], vocab_size: int) -> None:
@@ -72,6 +84,8 @@ class GenerationRequest:
     sink: Callable[[TokenDelta], None]
     adapter: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The API request this sequence belongs to (its choices share one); None: its own.
+    group: str | None = None
     # Set by the scheduler.
     cancelled: threading.Event = field(default_factory=threading.Event)
     output_ids: list[int] = field(default_factory=list)
@@ -86,6 +100,10 @@ class GenerationRequest:
     def cancel(self) -> None:
         """Stop generating at the next step boundary (the client went away)."""
         self.cancelled.set()
+
+    @property
+    def group_key(self) -> str:
+        return self.group or self.request_id
 
 
 @dataclass(frozen=True)
@@ -114,8 +132,21 @@ class Scheduler:
         decode: Callable[[list[int]], str],
         device: torch.device | str = "cpu",
         vocab_size: int | None = None,
+        max_request_tokens: int | None = None,
+        max_waiting: int | None = None,
+        max_rows_per_request: int | None = None,
     ) -> None:
         self.model = model
+        # Request-size limits (issue 12 class 8). One request's cost is the sum over its
+        # sequences of prompt + max_tokens: by default at most 16 full-context choices.
+        self.max_request_tokens = max_request_tokens or 16 * max_seq_len
+        # Sequences that may wait for a row before new requests get 429 ``overloaded``.
+        self.max_waiting = max_waiting or 16 * max_batch
+        # Rows one request may hold at once, so a big request leaves rows for the others
+        # (8 -> 6, 4 -> 3, 2 -> 1, 1 -> 1).
+        self.max_rows_per_request = max_rows_per_request or max(
+            1, max_batch - max(1, max_batch // 4)
+        )
         self.vocab_size = vocab_size or _embedding_rows(model)
         self.cache = cache
         self.max_batch = max_batch
@@ -172,6 +203,25 @@ class Scheduler:
         for req in list(self._running) + list(self._waiting):
             self._finish(req, "abort")
 
+    def check_request(self, sequences: int, tokens: int) -> None:
+        """Admission for one API request of ``sequences`` sequences costing ``tokens``
+        (prompt + max_tokens, summed): ``RequestTooLarge`` above ``max_request_tokens``,
+        ``Overloaded`` when queueing it would pass ``max_waiting`` while others wait (a
+        request alone on an idle queue is always taken)."""
+        if tokens > self.max_request_tokens:
+            raise RequestTooLarge(
+                f"This request asks for {tokens} tokens of work ({sequences} sequences x "
+                f"(prompt + max_tokens)); the limit per request is {self.max_request_tokens} "
+                "(max_request_tokens). Send fewer prompts, a smaller n or a smaller max_tokens."
+            )
+        waiting = len(self._waiting)
+        if waiting and waiting + sequences > self.max_waiting:
+            raise Overloaded(
+                f"The engine is overloaded ({waiting} sequences waiting, limit "
+                f"{self.max_waiting}); retry after 1 s.",
+                retry_after=1,
+            )
+
     @property
     def waiting(self) -> int:
         return len(self._waiting)
@@ -213,12 +263,23 @@ class Scheduler:
             self._finish(req, "abort")
 
     def _admit(self) -> list[GenerationRequest]:
+        """Fill free rows round-robin between requests: the next row goes to the first
+        waiting sequence of the request holding the fewest rows, and no request holds more
+        than ``max_rows_per_request`` (FIFO within a request and between equals)."""
         admitted: list[GenerationRequest] = []
         with self._cond:
             candidates = list(self._waiting)
+        groups: dict[str, deque[GenerationRequest]] = {}
         for req in candidates:
-            if not self._free_rows:
-                break
+            groups.setdefault(req.group_key, deque()).append(req)
+        held = Counter(r.group_key for r in self._running)
+        while self._free_rows and groups:
+            key = min(groups, key=lambda k: held[k])
+            if held[key] >= self.max_rows_per_request:
+                break  # every waiting request holds its share: the rest wait
+            req = groups[key].popleft()
+            if not groups[key]:
+                del groups[key]
             if req.adapter is not None:
                 try:
                     slot = self.cache.gpu.acquire(req.adapter, req._lora)
@@ -235,6 +296,7 @@ class Scheduler:
             req._row = self._free_rows.pop(0)
             self._running.append(req)
             admitted.append(req)
+            held[key] += 1
         return admitted
 
     def _run(self, batch: list[GenerationRequest], *, prefill: bool) -> None:

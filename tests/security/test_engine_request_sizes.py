@@ -7,6 +7,7 @@ request after each case.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,207 @@ def test_openai_client_gets_a_bad_request_error(engine: tuple[str, Any]) -> None
             model=TINY_MODEL, prompt="hi", max_tokens=2, seed=INT64_MAX, n=16
         )
         assert len(edge.choices) == 16
+
+
+# -- part 2: one request's cost is bounded -------------------------------------------------
+
+
+def completion_cost(prompt_len: int, prompts: int, n: int, max_tokens: int) -> int:
+    return prompts * n * (prompt_len + max_tokens)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "n", "max_tokens"),
+    [(300, 16, 16), (200, 1, 16), (20, 16, 8), (2, 16, 100), (129, 1, 16)],
+)
+def test_a_request_above_the_cost_limit_is_a_400_naming_it(
+    engine: tuple[str, Any], http: httpx.Client, prompts: int, n: int, max_tokens: int
+) -> None:
+    limit = engine[1].scheduler.max_request_tokens
+    ids = [65, 66, 67]
+    assert completion_cost(len(ids), prompts, n, max_tokens) > limit  # the table's premise
+    body = {"model": TINY_MODEL, "prompt": [ids] * prompts, "n": n, "max_tokens": max_tokens}
+    resp = http.post("/v1/completions", json=body)
+    assert_openai_400(resp)
+    err = resp.json()["error"]
+    assert err["code"] == "request_too_large"
+    assert str(limit) in err["message"] and "max_request_tokens" in err["message"]
+    assert engine[1].scheduler.waiting == 0  # nothing was queued
+    assert_healthy(http)
+
+
+def test_the_default_limit_is_sixteen_full_context_choices(
+    engine: tuple[str, Any], http: httpx.Client
+) -> None:
+    runtime = engine[1]
+    assert runtime.scheduler.max_request_tokens == 16 * runtime.max_seq_len
+    # Chat without max_tokens counts the whole context per choice: n=16 is exactly the limit.
+    chat = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 16}
+    resp = http.post("/v1/chat/completions", json=chat)
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["choices"]) == 16
+    # Two such prompts are twice the limit.
+    body = {"model": TINY_MODEL, "prompt": [[65], [66]], "n": 16, "max_tokens": 100}
+    resp = http.post("/v1/completions", json=body)
+    assert resp.json()["error"]["code"] == "request_too_large"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    prompts=st.integers(min_value=1, max_value=400),
+    n=st.integers(min_value=1, max_value=16),
+    max_tokens=st.integers(min_value=1, max_value=120),
+)
+def test_cost_limit_is_exact(
+    engine: tuple[str, Any], http: httpx.Client, prompts: int, n: int, max_tokens: int
+) -> None:
+    limit = engine[1].scheduler.max_request_tokens
+    cost = completion_cost(1, prompts, n, max_tokens)
+    body = {"model": TINY_MODEL, "prompt": [[65]] * prompts, "n": n, "max_tokens": max_tokens}
+    resp = http.post("/v1/completions", json=body)
+    if cost > limit:
+        assert resp.json()["error"]["code"] == "request_too_large", resp.text
+        assert resp.status_code == 400
+    else:
+        assert resp.status_code == 200, resp.text
+        assert len(resp.json()["choices"]) == prompts * n
+
+
+# -- part 3: overload is a 429, rows are shared fairly ---------------------------------------
+
+
+def big_body(n: int = 16, max_tokens: int = 60, stream: bool = False) -> dict[str, Any]:
+    return {
+        "model": TINY_MODEL,
+        "prompt": "Once upon",
+        "n": n,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": stream,
+    }
+
+
+def wait_for(predicate: Any, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_admission_is_round_robin_and_capped_per_request(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Stepped by hand: 16 sequences of one request and 1 of another, 8 rows."""
+    from engine.sampling import SamplingParams
+    from engine.scheduler import GenerationRequest
+
+    model_dir = init_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+    runtime = build_runtime(engine_settings(model_dir, max_batch=8))
+    sched = runtime.scheduler
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    done: list[str] = []
+    for _ in range(16):
+        sched.submit(GenerationRequest([65, 66], params, lambda d: None, group="big"))
+
+    def small_sink(delta: Any) -> None:
+        if delta.finish_reason:
+            done.append("small")
+
+    sched.submit(GenerationRequest([65], params, small_sink, group="small"))
+    sched.step()
+    held = [r.group for r in sched._running]
+    assert held.count("big") == sched.max_rows_per_request < sched.max_batch
+    assert held.count("small") == 1  # admitted in the first step although it came last
+    while sched.has_work():
+        sched.step()
+    assert done == ["small"]
+
+
+def test_a_small_request_is_served_while_a_big_one_runs(
+    engine: tuple[str, Any], http: httpx.Client
+) -> None:
+    import threading
+
+    url, runtime = engine
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def record(name: str) -> None:
+        with lock:
+            events.append(name)
+
+    def big() -> None:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            body = big_body(max_tokens=100, stream=True)
+            with c.stream("POST", "/v1/completions", json=body) as resp:
+                assert resp.status_code == 200
+                finished = 0
+                for line in resp.iter_lines():
+                    if line.startswith("data: {") and json.loads(line[6:])["choices"][0].get(
+                        "finish_reason"
+                    ):
+                        finished += 1
+                        if finished == 1:
+                            record("big_first_choice_done")
+        record("big_done")
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    # All 16 of the big request's choices are queued or running before the small one comes.
+    wait_for(lambda: runtime.scheduler.running + runtime.scheduler.waiting >= 16)
+    with http.stream("POST", "/v1/completions", json=big_body(n=1, max_tokens=3, stream=True)) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: {"):
+                record("small_token")
+                break
+        for _ in lines:
+            pass
+    record("small_done")
+    thread.join(120)
+    # Without fair admission the small request waits for a whole wave of the big one's
+    # choices (FIFO behind 16 - max_batch of them), so its first token comes after a big
+    # choice has finished.
+    assert events.index("small_token") < events.index("big_first_choice_done"), events
+    assert events[-1] == "big_done", events
+
+
+def test_overload_is_a_429_with_retry_after(engine: tuple[str, Any], http: httpx.Client) -> None:
+    import threading
+
+    url, runtime = engine
+    sched = runtime.scheduler
+    old = sched.max_waiting
+    sched.max_waiting = 16
+    results: list[int] = []
+
+    def big() -> None:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            results.append(c.post("/v1/completions", json=big_body(max_tokens=80)).status_code)
+
+    thread = threading.Thread(target=big)
+    try:
+        thread.start()
+        wait_for(lambda: sched.waiting > 0)  # 16 - max_rows_per_request sequences wait
+        resp = http.post("/v1/completions", json=big_body(n=16, max_tokens=2))
+        assert resp.status_code == 429, resp.text
+        assert int(resp.headers["Retry-After"]) >= 1
+        err = resp.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"}
+        assert err["type"] == "rate_limit_error" and err["code"] == "overloaded"
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
+            with pytest.raises(openai.RateLimitError):
+                client.completions.create(model=TINY_MODEL, prompt="hi", n=16, max_tokens=2)
+            # A request that fits the queue is still taken while the big one runs.
+            small = client.completions.create(model=TINY_MODEL, prompt="hi", max_tokens=2)
+            assert small.choices[0].finish_reason in ("stop", "length")
+        assert sched.waiting > 0 or thread.is_alive()
+    finally:
+        thread.join(120)
+        sched.max_waiting = old
+    assert results == [200]
+    assert_healthy(http)
