@@ -3,7 +3,6 @@ access log. The rules are in ``store.governance``; these check the caller's role
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,7 +12,7 @@ from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
 from store.api.routes_adapters import adapter_entity, visible_adapter
 from store.api.schemas.adapters import AdapterOut
-from store.api.schemas.common import page_of
+from store.api.schemas.common import QueryInstant, page_of
 from store.api.schemas.governance import (
     AuditList,
     HistoryOut,
@@ -70,8 +69,8 @@ def list_audit(
     adapter: Annotated[str | None, Query(max_length=512, description="target id")] = None,
     actor: Annotated[str | None, Query(max_length=256)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
+    from_: Annotated[QueryInstant | None, Query(alias="from")] = None,
+    to: QueryInstant | None = None,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=governance.MAX_AUDIT_PAGE)] = 50,
 ) -> dict[str, Any]:
@@ -87,20 +86,13 @@ def list_audit(
             adapter=adapter,
             actor=actor,
             action=action,
-            since=_aware(from_),
-            until=_aware(to),
+            since=from_,
+            until=to,
             page=page,
             page_size=page_size,
         )
         data = [audit_out(r) for r in rows]
     return page_of(data, page=page, page_size=page_size, total=total)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """A bound given without a zone is UTC (the log's zone)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 __all__ = ["router"]

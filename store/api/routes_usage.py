@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -12,7 +11,7 @@ from events.models import NAMESPACE_PATTERN
 from store import usage
 from store.api.deps import AppState, get_principal, get_state
 from store.api.errors import error_responses
-from store.api.schemas.common import entity_config
+from store.api.schemas.common import QueryInstant, entity_config
 from store.auth import Principal
 from store.db import session_scope
 
@@ -72,8 +71,8 @@ def get_usage(
     adapter: Annotated[
         str | None, Query(max_length=256, description="ns/name or ns/name@version")
     ] = None,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
+    from_: Annotated[QueryInstant | None, Query(alias="from")] = None,
+    to: QueryInstant | None = None,
     group_by: Literal["version", "adapter", "token", "hour"] = "version",
 ) -> dict[str, Any]:
     """Requests, prompt and completion tokens, errors and cancellations the engines metered,
@@ -87,15 +86,8 @@ def get_usage(
             caller,
             namespace=namespace,
             adapter=adapter,
-            start=_aware(from_),
-            end=_aware(to),
+            start=from_,
+            end=to,
             group_by=group_by,
         )
     return {"object": "list", "group_by": group_by, "data": data}
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """A bound given without a zone is UTC (the buckets' zone)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)

@@ -4,12 +4,32 @@
 from __future__ import annotations
 
 import math
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 from pydantic import BaseModel as Body
-from pydantic import ConfigDict, Field
 
 Policy = Literal["auto", "manual"]
+
+# An ISO 8601 date or date-time (what the schema documents). Pydantic alone also takes a bare
+# number as Unix time, so ``from=-10801`` would be a date in 1969 instead of a 422.
+_ISO_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}([T ].*)?", re.ASCII)
+
+
+def _iso_only(value: object) -> object:
+    if isinstance(value, str) and _ISO_INSTANT.fullmatch(value) is None:
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-12-01T00:00:00Z")
+    return value
+
+
+def _utc_if_naive(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# A time bound in a query (``from``, ``to``): ISO 8601 only; without a zone it is UTC.
+QueryInstant = Annotated[datetime, BeforeValidator(_iso_only), AfterValidator(_utc_if_naive)]
 
 
 def not_nullable(schema: dict[str, Any]) -> None:
