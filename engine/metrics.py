@@ -6,14 +6,13 @@ with (a middleware, after the error handlers), so a 400, 404 or 429 counts as su
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.lora_cache import AdapterCache
 from engine.scheduler import Scheduler
@@ -125,18 +124,32 @@ class EngineMetrics:
             buckets=TTFT_BUCKETS,
         )
 
-    async def middleware(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Count each generation request once, by endpoint and the status it was answered
-        with (500 when it raised past the error handlers)."""
-        endpoint = ENDPOINTS.get(request.url.path)
-        if endpoint is None or request.method != "POST":
-            return await call_next(request)
+
+class CountRequests:
+    """ASGI middleware: count each generation request once, by endpoint and the status it
+    was answered with (500 when it raised past the error handlers).
+
+    Plain ASGI on purpose: Starlette's ``BaseHTTPMiddleware`` hands the route a proxied
+    ``receive`` that never reports ``http.disconnect``, so a non-streamed generation whose
+    client left ran to its last token for nobody."""
+
+    def __init__(self, app: ASGIApp, metrics: EngineMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = ENDPOINTS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
         status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, sending)
         finally:
-            self.requests.labels(endpoint, str(status)).inc()
+            self.metrics.requests.labels(endpoint, str(status)).inc()

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import routes_completions
 from engine.dependencies import CallerDep, RuntimeDep
+from engine.metrics import CountRequests
 from engine.protocol import OpenAIError, error_response
 from engine.runtime import EngineRuntime
 from engine.sampling import InvalidSamplingParams
@@ -51,7 +52,7 @@ def create_app(runtime: EngineRuntime, *, manage_runtime: bool = True) -> FastAP
     app.state.runtime = runtime
     for exc_type, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(exc_type, handler)  # type: ignore[arg-type]
-    app.middleware("http")(runtime.metrics.middleware)  # counts by the status answered
+    app.add_middleware(CountRequests, metrics=runtime.metrics)  # counts by the status answered
     app.include_router(router)
     app.include_router(routes_completions.router)
     return app

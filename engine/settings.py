@@ -70,6 +70,27 @@ class EngineSettings(BaseSettings):
     max_seq_len: int = Field(
         default=1024, ge=8, validation_alias=_env("LORAFLEET_ENGINE_MAX_SEQ_LEN", "max_seq_len")
     )
+    # Request-size limits (engine.scheduler.Scheduler; None = its derived default).
+    max_request_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias=_env("LORAFLEET_ENGINE_MAX_REQUEST_TOKENS", "max_request_tokens"),
+        description="One request's cost cap (prompts x n x (prompt + max_tokens)); "
+        "default 16 x max_seq_len; above it: 400 request_too_large.",
+    )
+    max_waiting: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias=_env("LORAFLEET_ENGINE_MAX_WAITING", "max_waiting"),
+        description="Waiting sequences before new requests get 429 overloaded; "
+        "default 16 x max_batch.",
+    )
+    max_rows_per_request: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias=_env("LORAFLEET_ENGINE_MAX_ROWS_PER_REQUEST", "max_rows_per_request"),
+        description="Batch rows one request may hold; default max_batch minus a quarter.",
+    )
     device: str = Field(
         default="auto",
         validation_alias=_env("LORAFLEET_ENGINE_DEVICE", "device"),

@@ -318,3 +318,33 @@ def test_overload_is_a_429_with_retry_after(engine: tuple[str, Any], http: httpx
         sched.max_waiting = old
     assert results == [200]
     assert_healthy(http)
+
+
+def test_a_disconnected_client_is_cancelled_while_tokens_flow(
+    engine: tuple[str, Any], http: httpx.Client
+) -> None:
+    """A non-streamed n=16 request whose client goes away mid-generation stops generating:
+    tokens keep flowing, so waiting for a second without tokens would never notice."""
+    url, runtime = engine
+    sched = runtime.scheduler
+    before = sched.generated_tokens
+    body = big_body(max_tokens=100)
+    with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=0.05)) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            c.post("/v1/completions", json=body)  # closes the connection on the timeout
+    wait_for(lambda: not sched.has_work())
+    generated = sched.generated_tokens - before
+    assert 0 < generated < body["n"] * body["max_tokens"], generated
+    assert_healthy(http)
+
+
+def test_the_limits_are_engine_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = init_tiny(tmp_path / "model", seed=0)
+    monkeypatch.setenv("LORAFLEET_ENGINE_MAX_REQUEST_TOKENS", "300")
+    monkeypatch.setenv("LORAFLEET_ENGINE_MAX_WAITING", "5")
+    monkeypatch.setenv("LORAFLEET_ENGINE_MAX_ROWS_PER_REQUEST", "2")
+    sched = build_runtime(engine_settings(model_dir)).scheduler
+    assert (sched.max_request_tokens, sched.max_waiting, sched.max_rows_per_request) == (300, 5, 2)
+    monkeypatch.setenv("LORAFLEET_ENGINE_MAX_WAITING", "0")
+    with pytest.raises(ValueError, match="LORAFLEET_ENGINE_MAX_WAITING"):
+        engine_settings(model_dir)
