@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import redis
 import structlog
@@ -95,6 +96,71 @@ class ReconnectingLoop:
                 backoff = min(self.max_backoff, backoff * 2)
         if client is not None:
             client.close()
+
+
+class StreamTail:
+    """Follow one stream from the newest entry there at the first connect, for as long as
+    ``stop`` is unset: plain XREAD (no consumer group: every follower sees every entry),
+    each entry decoded by ``decode`` and handed to ``on_entry``; an entry ``decode`` refuses
+    (``ValueError``) is logged as ``malformed`` and skipped, never fatal. ``on_connect()`` runs
+    after every reconnect, and after the first connect too when ``on_first_connect``.
+    Reconnects through ``ReconnectingLoop``."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        stream: str,
+        decode: Callable[[dict], Any],
+        on_entry: Callable[[Any], None],
+        on_connect: Callable[[], None],
+        *,
+        on_first_connect: bool,
+        malformed: str,
+        stop: threading.Event | None = None,
+        block_ms: int = 1000,
+        name: str,
+    ) -> None:
+        self.stream, self.decode, self.on_entry = stream, decode, on_entry
+        self.on_connect, self.on_first_connect = on_connect, on_first_connect
+        self.malformed, self.block_ms = malformed, block_ms
+        self.last_id: bytes | str | None = None
+        self.loop = ReconnectingLoop(
+            redis_url,
+            self._step,
+            stop=stop,
+            on_connect=self._connected,
+            name=name,
+            socket_timeout=max(5.0, block_ms / 1000 * 5),
+        )
+
+    @property
+    def stop(self) -> threading.Event:
+        return self.loop.stop
+
+    def run(self) -> None:
+        """Block until ``stop`` is set."""
+        self.loop.run()
+
+    def _connected(self, client: redis.Redis) -> None:
+        first = self.last_id is None
+        if first:
+            newest = client.xrevrange(self.stream, count=1)
+            self.last_id = newest[0][0] if newest else "0-0"
+        if not first or self.on_first_connect:
+            self.on_connect()
+
+    def _step(self, client: redis.Redis) -> None:
+        assert self.last_id is not None
+        response = client.xread({self.stream: self.last_id}, count=100, block=self.block_ms)
+        for _stream, entries in response or []:
+            for entry_id, fields in entries:
+                self.last_id = entry_id
+                try:
+                    event = self.decode(fields)
+                except ValueError as exc:
+                    log.warning(self.malformed, entry_id=str(entry_id), error=str(exc))
+                    continue
+                self.on_entry(event)
 
 
 def _lost_stream(exc: redis.ResponseError) -> bool:

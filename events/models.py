@@ -229,6 +229,13 @@ def decode(
 ) -> JobCompleted | FleetRefresh | AdapterStatusChanged:
     """Parse a stream entry's fields into its event. Raises ``ValueError`` (pydantic's
     ``ValidationError`` is one) with a precise message for anything malformed or oversized."""
+    return _any_event.validate_json(event_json(fields))
+
+
+def event_json(fields: dict[bytes | str, bytes | str]) -> bytes:
+    """The ``event`` field of a stream entry, checked by the bounded parser (size, duplicate
+    keys, NaN, depth, huge integers: ``ValueError``) before any contract reads it. Every
+    stream's decoder starts here."""
     raw = fields.get("event", fields.get(b"event"))
     if raw is None:
         raise ValueError("stream entry has no 'event' field")
@@ -236,7 +243,5 @@ def decode(
         raw = raw.encode()
     if len(raw) > MAX_EVENT_BYTES:
         raise ValueError(f"event is {len(raw)} bytes, more than the {MAX_EVENT_BYTES} allowed")
-    # The bounded parser first (duplicate keys, NaN, depth, huge integers: UntrustedJson,
-    # a ValueError), then the contract.
     load_json(raw, EVENT_JSON, what="event")
-    return _any_event.validate_json(raw)
+    return raw

@@ -11,17 +11,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import redis
-import structlog
-
-from events.consumer import ReconnectingLoop
+from events.consumer import StreamTail
 from events.models import FleetRefresh, decode
 from events.streams import REFRESH_STREAM
 
-log = structlog.get_logger(__name__)
 
-
-class RefreshFollower:
+class RefreshFollower(StreamTail):
     """Reads the refresh stream from the last id it saw and calls ``on_event`` with each
     ``FleetRefresh`` for ``base_model``; calls ``on_connect()`` after every (re)connect.
 
@@ -43,42 +38,19 @@ class RefreshFollower:
     ) -> None:
         self.base_model = base_model
         self.on_event = on_event
-        self.on_connect = on_connect
-        self.block_ms = block_ms
-        self.last_id: bytes | str | None = None
-        self.loop = ReconnectingLoop(
+        super().__init__(
             redis_url,
-            self._step,
+            REFRESH_STREAM,
+            decode,
+            self._deliver,
+            on_connect,
+            on_first_connect=True,
+            malformed="refresh_event_malformed",
             stop=stop,
-            on_connect=self._connected,
+            block_ms=block_ms,
             name=name,
-            socket_timeout=max(5.0, block_ms / 1000 * 5),
         )
 
-    @property
-    def stop(self) -> threading.Event:
-        return self.loop.stop
-
-    def run(self) -> None:
-        """Block until ``stop`` is set."""
-        self.loop.run()
-
-    def _connected(self, client: redis.Redis) -> None:
-        if self.last_id is None:
-            newest = client.xrevrange(REFRESH_STREAM, count=1)
-            self.last_id = newest[0][0] if newest else "0-0"
-        self.on_connect()
-
-    def _step(self, client: redis.Redis) -> None:
-        assert self.last_id is not None
-        response = client.xread({REFRESH_STREAM: self.last_id}, count=100, block=self.block_ms)
-        for _stream, entries in response or []:
-            for entry_id, fields in entries:
-                self.last_id = entry_id
-                try:
-                    event = decode(fields)
-                except ValueError as exc:
-                    log.warning("refresh_event_malformed", entry_id=str(entry_id), error=str(exc))
-                    continue
-                if isinstance(event, FleetRefresh) and event.base_model == self.base_model:
-                    self.on_event(event)
+    def _deliver(self, event: object) -> None:
+        if isinstance(event, FleetRefresh) and event.base_model == self.base_model:
+            self.on_event(event)

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.models import MAX_EVENT_BYTES, Event
+from events.models import Event, event_json
 
 MAX_USAGE_ROWS = 200  # rows per flush; an engine splits a bigger interval into several flushes
 
@@ -49,11 +49,4 @@ class UsageFlush(Event):
 
 def decode_usage(fields: dict[bytes | str, bytes | str]) -> UsageFlush:
     """Parse one stream entry; ``ValueError`` for anything malformed or oversized."""
-    raw = fields.get("event", fields.get(b"event"))
-    if raw is None:
-        raise ValueError("stream entry has no 'event' field")
-    if isinstance(raw, str):
-        raw = raw.encode()
-    if len(raw) > MAX_EVENT_BYTES:
-        raise ValueError(f"event is {len(raw)} bytes, more than the {MAX_EVENT_BYTES} allowed")
-    return UsageFlush.model_validate_json(raw)
+    return UsageFlush.model_validate_json(event_json(fields))
