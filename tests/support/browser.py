@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -32,3 +33,18 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+def only_from(page: Any, base_url: str, foreign: list[str]) -> None:
+    """Let ``page`` reach ``base_url``'s host only: every other request is aborted and its
+    URL appended to ``foreign`` (the page must work air-gapped)."""
+    own = urlsplit(base_url).netloc
+
+    def route(request_route: Any) -> None:
+        if urlsplit(request_route.request.url).netloc == own:
+            request_route.continue_()
+        else:
+            foreign.append(request_route.request.url)
+            request_route.abort()
+
+    page.route("**/*", route)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-from support.browser import chromium
+from support.browser import chromium, only_from
 from support.factories import random_adapter, write_hf_peft
 from support.live_api import LiveRegistry, fresh_database, serve_registry
 from support.tiny import tiny_hf_config
@@ -74,18 +73,9 @@ def fleet(registry: LiveRegistry, tmp_path: Path) -> dict:
 
 
 def _page(browser, reg: LiveRegistry, foreign: list[str]):  # type: ignore[no-untyped-def]
-    own = urlsplit(reg.base_url).netloc
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
-
-    def only_the_registry(route) -> None:  # type: ignore[no-untyped-def]
-        if urlsplit(route.request.url).netloc == own:
-            route.continue_()
-        else:
-            foreign.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_the_registry)
+    only_from(page, reg.base_url, foreign)
     return context, page
 
 
