@@ -68,16 +68,7 @@ async def completions(
         return refused
     reply = Reply.start(runtime, body, len(prompts), chat=False, logprobs=body.logprobs is not None)
     stream = generate(request, runtime, adapter, prompts, params, body.n)
-    stream = metered(
-        runtime.meter,
-        caller,
-        adapter,
-        stream,
-        reply.n_choices,
-        runtime.adapter_metrics,
-        runtime.model_name,
-    )
-    return await respond(runtime, reply, stream)
+    return await respond(runtime, reply, _metered(runtime, caller, adapter, stream, reply))
 
 
 @router.post("/v1/chat/completions")
@@ -99,7 +90,18 @@ async def chat_completions(
         return refused
     reply = Reply.start(runtime, body, 1, chat=True, logprobs=body.logprobs)
     stream = generate(request, runtime, adapter, [ids], params, body.n)
-    stream = metered(
+    return await respond(runtime, reply, _metered(runtime, caller, adapter, stream, reply))
+
+
+def _metered(
+    runtime: EngineRuntime,
+    caller: Caller,
+    adapter: str | None,
+    stream: AsyncIterator[tuple[int, TokenDelta]],
+    reply: Reply,
+) -> AsyncIterator[tuple[int, TokenDelta]]:
+    """``stream`` counted for the caller's tenant and the adapter's metrics as it finishes."""
+    return metered(
         runtime.meter,
         caller,
         adapter,
@@ -108,7 +110,6 @@ async def chat_completions(
         runtime.adapter_metrics,
         runtime.model_name,
     )
-    return await respond(runtime, reply, stream)
 
 
 # -- admission -------------------------------------------------------------------------------
