@@ -288,8 +288,10 @@ def test_overload_is_a_429_with_retry_after(engine: tuple[str, Any], http: httpx
 
     url, runtime = engine
     sched = runtime.scheduler
-    old = sched.max_waiting
-    sched.max_waiting = 16
+    old = sched.max_waiting, sched.max_rows_per_request
+    # A queue of 16 and two rows for the big request: its sequences wait long enough (8
+    # rounds of 80 tokens) for both refusals below, however fast this machine decodes.
+    sched.max_waiting, sched.max_rows_per_request = 16, 2
     results: list[int] = []
 
     def big() -> None:
@@ -298,8 +300,9 @@ def test_overload_is_a_429_with_retry_after(engine: tuple[str, Any], http: httpx
 
     thread = threading.Thread(target=big)
     try:
+        wait_for(lambda: not sched.has_work())  # an earlier test's sequences have drained
         thread.start()
-        wait_for(lambda: sched.waiting > 0)  # 16 - max_rows_per_request sequences wait
+        wait_for(lambda: sched.waiting >= 16 - 2)  # the big request's own sequences wait
         resp = http.post("/v1/completions", json=big_body(n=16, max_tokens=2))
         assert resp.status_code == 429, resp.text
         assert int(resp.headers["Retry-After"]) >= 1
@@ -315,7 +318,7 @@ def test_overload_is_a_429_with_retry_after(engine: tuple[str, Any], http: httpx
         assert sched.waiting > 0 or thread.is_alive()
     finally:
         thread.join(120)
-        sched.max_waiting = old
+        sched.max_waiting, sched.max_rows_per_request = old
     assert results == [200]
     assert_healthy(http)
 
