@@ -1,5 +1,5 @@
 """Usage metering at the engine: every finished request counted per (token, namespace,
-adapter version, hour), flushed every ``LORAFLEET_ENGINE_USAGE_FLUSH_SECONDS`` to
+adapter version served, alias named, hour), with its summed latency, flushed every ``LORAFLEET_ENGINE_USAGE_FLUSH_SECONDS`` to
 ``lorafleet:usage`` as a ``UsageFlush`` (``events.usage``).
 
 A flush gets its id (``<boot id>-<sequence>``) when its counts are taken; one that could not
@@ -28,8 +28,9 @@ from events.usage import MAX_USAGE_ROWS, UsageCount, UsageFlush
 
 log = structlog.get_logger(__name__)
 
-Key = tuple[datetime, int | None, str | None, str | None]  # hour, token, namespace, adapter
-_COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cancelled")
+# hour, token, namespace, adapter (served), alias (named)
+Key = tuple[datetime, int | None, str | None, str | None, str | None]
+_COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cancelled", "latency_ms")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class _Counts:
     completion_tokens: int = 0
     errors: int = 0
     cancelled: int = 0
+    latency_ms: int = 0
 
 
 def tenant_of(caller: Caller, adapter: str | None) -> str | None:
@@ -73,10 +75,13 @@ class UsageMeter:
         prompt_tokens: int,
         completion_tokens: int,
         outcome: str,
+        alias: str | None = None,
+        latency_ms: int = 0,
     ) -> None:
-        """Count one finished request (``outcome``: ``ok``, ``error`` or ``cancelled``)."""
+        """Count one finished request (``outcome``: ``ok``, ``error`` or ``cancelled``) of
+        ``adapter`` (the version served), under ``alias`` when the request named one."""
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-        key = (hour, caller.token_id, tenant_of(caller, adapter), adapter)
+        key = (hour, caller.token_id, tenant_of(caller, adapter), adapter, alias)
         with self._lock:
             c = self._counts.setdefault(key, _Counts())
             c.requests += 1
@@ -84,6 +89,7 @@ class UsageMeter:
             c.completion_tokens += completion_tokens
             c.errors += outcome == "error"
             c.cancelled += outcome == "cancelled"
+            c.latency_ms += max(latency_ms, 0)
 
     def take(self) -> list[UsageFlush]:
         """Move the counts into new flushes (each with its id), queued to be sent."""
@@ -95,6 +101,7 @@ class UsageMeter:
                     token_id=k[1],
                     namespace=k[2],
                     adapter=k[3],
+                    alias=k[4],
                     **{name: getattr(c, name) for name in _COUNTERS},
                 )
                 for k, c in counts.items()
@@ -155,10 +162,12 @@ async def metered(
     choices: int,
     prometheus: AdapterMetrics | None = None,
     base_model: str = "",
+    alias: str | None = None,
 ) -> AsyncIterator[tuple[int, TokenDelta]]:
     """``stream`` unchanged; when it ends, counts the request once: its prompt and
-    completion tokens, as ``error`` (a failed choice, or an exception such as a full
-    cache's 429), ``cancelled`` (left before every choice finished) or ``ok``."""
+    completion tokens and latency, as ``error`` (a failed choice, or an exception such as a
+    full cache's 429), ``cancelled`` (left before every choice finished) or ``ok``, for
+    ``adapter`` (the version served) under ``alias`` (the alias the request named, if any)."""
     prompt = completion = finished = 0
     outcome = "ok"
     started = time.perf_counter()
@@ -180,8 +189,8 @@ async def metered(
         await stream.aclose()  # type: ignore[attr-defined]
         if outcome == "ok" and finished < choices:
             outcome = "cancelled"
+        seconds = time.perf_counter() - started
         if prometheus is not None:
-            seconds = time.perf_counter() - started
             prometheus.observe(adapter or base_model, outcome, prompt, completion, seconds)
         if meter is not None:
             meter.record(
@@ -190,6 +199,8 @@ async def metered(
                 prompt_tokens=prompt,
                 completion_tokens=completion,
                 outcome=outcome,
+                alias=alias,
+                latency_ms=round(seconds * 1000),
             )
 
 

@@ -18,19 +18,24 @@ def usage(
     adapter: Annotated[
         str | None, typer.Option(help="Only this adapter: ns/name or ns/name@version.")
     ] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Only requests that named this alias: ns/name@alias.")
+    ] = None,
     since: Annotated[str | None, typer.Option("--from", help="From this hour (ISO 8601).")] = None,
     until: Annotated[str | None, typer.Option("--to", help="Before this hour (ISO 8601).")] = None,
     group_by: Annotated[
-        str, typer.Option("--group-by", help="version, adapter, token or hour.")
+        str, typer.Option("--group-by", help="version, adapter, token, hour or alias (per arm).")
     ] = "version",
     as_json: AsJson = False,
     url: Url = None,
     token: Token = None,
 ) -> None:
-    """Requests and tokens the engines served, per adapter version (or adapter, token, hour)."""
+    """Requests and tokens the engines served, per adapter version (or adapter, token, hour,
+    or alias arm: the alias named and the version served, with its mean latency)."""
     filters = {
         "namespace": namespace,
         "adapter": adapter,
+        "alias": alias,
         "from": since,
         "to": until,
         "group_by": group_by,
@@ -46,8 +51,11 @@ def usage(
         "adapter": ("namespace", "adapter"),
         "token": ("token_id",),
         "hour": ("hour",),
+        "alias": ("namespace", "alias", "adapter"),
     }[body["group_by"]]
     counters = ("requests", "prompt_tokens", "completion_tokens", "errors", "cancelled")
+    if body["group_by"] == "alias":
+        counters = (*counters, "mean_latency_ms")
     table = Table(*keys, *counters)
     for row in body["data"]:
         labels = [escape(str(row.get(k) if row.get(k) is not None else "-")) for k in keys]

@@ -343,16 +343,24 @@ class Package:
 
 
 class UsageBucket(SQLModel, table=True):
-    """Metered engine usage: one hour of one (token, namespace, adapter version, base model).
+    """Metered engine usage: one hour of one (token, namespace, adapter version, alias,
+    base model).
 
     Keys are never NULL so the unique key works alike on every database: ``token_id`` 0 is
     the bootstrap admin token (or an engine without auth), ``namespace``/``adapter`` ""
-    the base model without a tenant."""
+    the base model without a tenant, ``alias`` "" a request that named exact coordinates
+    (else the alias it named, ``ns/name@alias``, and ``adapter`` the version it was served)."""
 
     __tablename__ = "usage_buckets"
     __table_args__ = (
         sa.UniqueConstraint(
-            "hour", "token_id", "namespace", "adapter", "base_model", name="uq_usage_bucket"
+            "hour",
+            "token_id",
+            "namespace",
+            "adapter",
+            "alias",
+            "base_model",
+            name="uq_usage_bucket",
         ),
     )
 
@@ -361,12 +369,14 @@ class UsageBucket(SQLModel, table=True):
     token_id: int = Field(default=0)
     namespace: str = Field(default="", max_length=63, index=True)
     adapter: str = Field(default="", max_length=256)
+    alias: str = Field(default="", max_length=256)
     base_model: str = Field(max_length=256)
     requests: int = Field(default=0, sa_type=sa.BigInteger)
     prompt_tokens: int = Field(default=0, sa_type=sa.BigInteger)
     completion_tokens: int = Field(default=0, sa_type=sa.BigInteger)
     errors: int = Field(default=0, sa_type=sa.BigInteger)
     cancelled: int = Field(default=0, sa_type=sa.BigInteger)
+    latency_ms: int = Field(default=0, sa_type=sa.BigInteger)  # sum over the requests
 
 
 class UsageFlushRecord(SQLModel, table=True):

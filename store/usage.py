@@ -25,9 +25,10 @@ from store.models import UsageBucket, UsageFlushRecord
 
 log = structlog.get_logger(__name__)
 
-GroupBy = Literal["version", "adapter", "token", "hour"]
-GROUP_BY: tuple[str, ...] = ("version", "adapter", "token", "hour")
+GroupBy = Literal["version", "adapter", "token", "hour", "alias"]
+GROUP_BY: tuple[str, ...] = ("version", "adapter", "token", "hour", "alias")
 COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cancelled")
+FOLDED = (*COUNTERS, "latency_ms")  # what a flush adds to a bucket
 
 
 def fold_flush(session: Session, flush: UsageFlush) -> bool:
@@ -45,9 +46,10 @@ def fold_flush(session: Session, flush: UsageFlush) -> bool:
             "token_id": count.token_id or 0,
             "namespace": count.namespace or "",
             "adapter": count.adapter or "",
+            "alias": count.alias or "",
             "base_model": flush.base_model,
         }
-        amounts = {name: getattr(count, name) for name in COUNTERS}
+        amounts = {name: getattr(count, name) for name in FOLDED}
         _add(session, key, amounts)
     session.flush()
     return True
@@ -77,15 +79,19 @@ def usage_report(
     *,
     namespace: str | None = None,
     adapter: str | None = None,
+    alias: str | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
     group_by: str = "version",
 ) -> list[dict[str, Any]]:
     """Usage summed by ``group_by`` (``version``: adapter coordinates, ``adapter``:
-    ``namespace/name``, ``token``: token id, ``hour``) over buckets with ``start <= hour <
+    ``namespace/name``, ``token``: token id, ``hour``, ``alias``: one row per arm, i.e. per
+    (alias named, version served), with ``latency_ms`` and ``mean_latency_ms``; requests
+    that named exact coordinates have ``alias`` None) over buckets with ``start <= hour <
     end``, only of namespaces the caller may read (a global token: also the base model used
-    without a tenant). ``adapter`` is ``ns/name`` or ``ns/name@version``. A namespace the
-    caller may not read answers ``NotFound``, like a missing one."""
+    without a tenant). ``adapter`` is ``ns/name`` or ``ns/name@version`` (the version
+    served); ``alias`` is ``ns/name@alias`` (the alias named). A namespace the caller may
+    not read answers ``NotFound``, like a missing one."""
     if group_by not in GROUP_BY:
         raise BadRequest(f"group_by must be one of {', '.join(GROUP_BY)}, got {group_by!r}")
     query = select(UsageBucket)
@@ -100,6 +106,8 @@ def usage_report(
             query = query.where(UsageBucket.adapter == adapter)
         else:
             query = query.where(UsageBucket.adapter.startswith(adapter + "@"))  # type: ignore[attr-defined]
+    if alias is not None:
+        query = query.where(UsageBucket.alias == alias)
     if start is not None:
         query = query.where(UsageBucket.hour >= start)
     if end is not None:
@@ -114,14 +122,24 @@ def _group_key(row: UsageBucket, group_by: str) -> dict[str, Any]:
         return {"namespace": row.namespace or None, "adapter": row.adapter.split("@")[0] or None}
     if group_by == "token":
         return {"token_id": row.token_id or None}
+    if group_by == "alias":
+        return {
+            "namespace": row.namespace or None,
+            "alias": row.alias or None,
+            "adapter": row.adapter or None,
+        }
     return {"hour": row.hour.isoformat().replace("+00:00", "Z")}
 
 
 def _grouped(rows: Iterable[UsageBucket], group_by: str) -> list[dict[str, Any]]:
+    summed = FOLDED if group_by == "alias" else COUNTERS
     sums: dict[tuple, dict[str, Any]] = {}
     for row in rows:
         key = _group_key(row, group_by)
-        entry = sums.setdefault(tuple(key.values()), {**key, **dict.fromkeys(COUNTERS, 0)})
-        for name in COUNTERS:
+        entry = sums.setdefault(tuple(key.values()), {**key, **dict.fromkeys(summed, 0)})
+        for name in summed:
             entry[name] += getattr(row, name)
+    if group_by == "alias":
+        for entry in sums.values():
+            entry["mean_latency_ms"] = round(entry["latency_ms"] / max(entry["requests"], 1), 3)
     return sorted(sums.values(), key=lambda e: tuple(str(v) for v in e.values()))

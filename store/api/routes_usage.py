@@ -23,6 +23,7 @@ State = Annotated[AppState, Depends(get_state)]
 class UsageRow(Body):
     namespace: str | None = None
     adapter: str | None = None
+    alias: str | None = None
     token_id: int | None = None
     hour: str | None = None
     requests: int
@@ -30,6 +31,8 @@ class UsageRow(Body):
     completion_tokens: int
     errors: int
     cancelled: int
+    latency_ms: int | None = None
+    mean_latency_ms: float | None = None
 
 
 class UsageList(Body):
@@ -69,23 +72,30 @@ def get_usage(
         str | None, Query(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)
     ] = None,
     adapter: Annotated[
-        str | None, Query(max_length=256, description="ns/name or ns/name@version")
+        str | None,
+        Query(max_length=256, description="ns/name or ns/name@version (the version served)"),
+    ] = None,
+    alias: Annotated[
+        str | None, Query(max_length=256, description="ns/name@alias (the alias named)")
     ] = None,
     from_: Annotated[QueryInstant | None, Query(alias="from")] = None,
     to: QueryInstant | None = None,
-    group_by: Literal["version", "adapter", "token", "hour"] = "version",
+    group_by: Literal["version", "adapter", "token", "hour", "alias"] = "version",
 ) -> dict[str, Any]:
     """Requests, prompt and completion tokens, errors and cancellations the engines metered,
     in hourly buckets summed by ``group_by``; ``from`` <= hour < ``to``. Any token of a
     namespace sees that namespace's usage only; asking for another's answers the missing
-    one's 404. Engines flush every few seconds and a worker folds the flushes, so the last
-    seconds may not be here yet."""
+    one's 404. ``group_by=alias`` gives one row per arm: the alias a request named
+    (``alias``, None for exact coordinates), the version it was served (``adapter``), and
+    the arm's summed and mean latency. Engines flush every few seconds and a worker folds
+    the flushes, so the last seconds may not be here yet."""
     with session_scope(state.engine) as session:
         data = usage.usage_report(
             session,
             caller,
             namespace=namespace,
             adapter=adapter,
+            alias=alias,
             start=from_,
             end=to,
             group_by=group_by,
