@@ -41,6 +41,11 @@ QUEUES = (INGEST_QUEUE, FLEET_QUEUE, MAINTENANCE_QUEUE)  # what a worker consume
 
 # Held by whoever is publishing outbox rows, so concurrent relays do not double-publish.
 RELAY_LOCK_KEY = f"{PREFIX}:outbox:relay-lock"
+# Set by whoever committed outbox rows and wants them sent now; the lock holder re-reads
+# the table before releasing while it is set (workers/relay.py), so nobody waits for the lock.
+RELAY_KICK_KEY = f"{PREFIX}:outbox:relay-kick"
+# Per-event stage timings, written only when LORAFLEET_STAGE_TRACE is on (bench/pipeline.py).
+STAGE_TRACE_STREAM = f"{PREFIX}:bench:stages"
 
 # Fields of a stream entry besides ``event`` (the event JSON).
 OUTBOX_ID_FIELD = "outbox_id"  # refresh entries: the outbox row id, for consumer dedup

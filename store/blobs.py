@@ -177,28 +177,27 @@ class FileBlobStore(StreamedBlobStore):
         return self.root / check_key(key)
 
     def _put(self, fh: IO[bytes]) -> BlobRef:
-        sha, size, _ = _hash_stream(fh)
-        ref = BlobRef(blob_key(sha), sha, size)
-        final = self.path_for(ref.key)
-        if final.is_file() and final.stat().st_size == size:
-            self._touch(final)
-            return ref
-        fh.seek(0)
-        tmp = self.root / "tmp" / f"{sha}.{uuid.uuid4().hex}"
+        # One pass: copy into tmp while hashing what is written, so the blob is exactly the
+        # bytes its name says (a source changing meanwhile cannot slip in), then fsync and
+        # rename into place. A blob already stored keeps its file; the copy is dropped.
+        tmp = self.root / "tmp" / f"put.{uuid.uuid4().hex}"
         try:
             with tmp.open("wb") as out:
-                copy = hashlib.sha256()
+                sha, size = hashlib.sha256(), 0
                 while chunk := fh.read(CHUNK):
-                    copy.update(chunk)
+                    sha.update(chunk)
                     out.write(chunk)
+                    size += len(chunk)
+                ref = BlobRef(blob_key(sha.hexdigest()), sha.hexdigest(), size)
+                final = self.path_for(ref.key)
+                if final.is_file() and final.stat().st_size == size:
+                    self._touch(final)
+                    return ref
                 out.flush()
                 os.fsync(out.fileno())
-            if copy.hexdigest() != sha or tmp.stat().st_size != size:
-                # The source changed between hashing and copying: nothing is stored.
-                raise TransientError(f"source bytes changed while storing blob {ref.key}")
             os.replace(tmp, final)
         except OSError as exc:
-            raise TransientError(f"filesystem error storing {ref.key}: {exc}") from exc
+            raise TransientError(f"filesystem error storing a blob: {exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)
         log.debug("blob_stored", key=ref.key, size=size, backend="file")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,7 @@ from store.models import Package, PackageFile
 
 if TYPE_CHECKING:
     from store.blobs import BlobStore
-    from store.formats.spec import BaseModelSpec, ValidationLimits
+    from store.formats.spec import BaseModelSpec, CanonicalAdapter, ValidationLimits
 
 __all__ = ["content_digest", "original_files", "prepare_package"]
 
@@ -51,29 +53,33 @@ def content_digest(originals: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+def _untimed(name: str) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
 def prepare_package(
-    blobs: BlobStore, source_dir: Path, spec: BaseModelSpec, limits: ValidationLimits
+    blobs: BlobStore,
+    source_dir: Path,
+    spec: BaseModelSpec,
+    limits: ValidationLimits,
+    *,
+    stage: Callable[[str], AbstractContextManager[object]] = _untimed,
 ) -> Package:
     """Parse, validate and convert the adapter in ``source_dir``, then store its original
     and canonical files as blobs. Nothing is uploaded unless the adapter is valid; every
     blob is verified before this returns, so the row committed afterwards never points at
-    a missing file. Raises ``AdapterInvalid`` (final) or ``TransientError`` (retry)."""
-    from store.formats.canonical import build_manifest, manifest_digest, write_canonical
+    a missing file. Raises ``AdapterInvalid`` (final) or ``TransientError`` (retry).
+    ``stage(name)`` wraps the ``parse_validate`` and ``blob_write`` steps (timing)."""
+    from store.formats.canonical import build_manifest, manifest_digest
     from store.formats.detect import load_adapter
 
     source_dir = Path(source_dir)
     originals = original_files(source_dir)
-    adapter = load_adapter(source_dir, spec, limits)
-    files: list[PackageFile] = []
-    for rel, path in originals:
-        ref = blobs.put_file(path)
-        files.append(PackageFile(rel, "original", ref.sha256, ref.size, ref.key))
-    canonical: dict[str, tuple[str, int]] = {}
-    with tempfile.TemporaryDirectory(prefix="lorafleet-canonical-") as tmp:
-        for path in sorted(write_canonical(adapter, Path(tmp))):
-            ref = blobs.put_file(path)
-            files.append(PackageFile(path.name, "canonical", ref.sha256, ref.size, ref.key))
-            canonical[path.name] = (ref.sha256, ref.size)
+    with stage("parse_validate"):
+        adapter = load_adapter(source_dir, spec, limits)
+    with stage("blob_write"):
+        files = _store_files(blobs, originals, adapter)
+    canonical = {f.path: (f.sha256, f.size) for f in files if f.role == "canonical"}
     manifest = build_manifest(adapter, spec, canonical)
     return Package(
         source_format=adapter.source_format,
@@ -85,3 +91,20 @@ def prepare_package(
         manifest_sha256=manifest_digest(manifest),
         content_sha256=content_digest({f.path: f.sha256 for f in files if f.role == "original"}),
     )
+
+
+def _store_files(
+    blobs: BlobStore, originals: list[tuple[str, Path]], adapter: CanonicalAdapter
+) -> list[PackageFile]:
+    """Upload the original files and the canonical form of ``adapter``."""
+    from store.formats.canonical import write_canonical
+
+    files: list[PackageFile] = []
+    for rel, path in originals:
+        ref = blobs.put_file(path)
+        files.append(PackageFile(rel, "original", ref.sha256, ref.size, ref.key))
+    with tempfile.TemporaryDirectory(prefix="lorafleet-canonical-") as tmp:
+        for path in sorted(write_canonical(adapter, Path(tmp))):
+            ref = blobs.put_file(path)
+            files.append(PackageFile(path.name, "canonical", ref.sha256, ref.size, ref.key))
+    return files

@@ -26,7 +26,7 @@ from events.consumer import ReconnectingLoop
 from events.dlq import dead_letter
 from events.models import JobCompleted, decode
 from store.errors import TransientError
-from workers import ingest
+from workers import ingest, stages
 from workers.celery_app import ingest_chain
 from workers.runtime import Runtime
 from workers.settings import WorkerSettings
@@ -172,11 +172,13 @@ class IngestBridge:
             reason = f"unexpected_event_type: {event.type} on the jobs stream"
             dead_letter(client, entry_id=entry_id, fields=fields, reason=reason)
             return "dead_lettered"
+        trace = stages.StageTrace(event.event_id, enabled=self.settings.stage_trace)
+        trace.mark("bridge_read", event.occurred_at.timestamp())
         with structlog.contextvars.bound_contextvars(
             event_id=event.event_id, job_id=event.job_id, adapter=event.output_model
         ):
             try:
-                outcome = self._record_and_enqueue(event)
+                outcome = self._record_and_enqueue(event, trace)
             except (TransientError, kombu.exceptions.OperationalError) as exc:
                 # Left pending: reclaimed after the idle time, dead-lettered if it keeps failing.
                 log.warning("ingest_deferred", entry_id=_text(entry_id), error=str(exc)[:500])
@@ -198,13 +200,15 @@ class IngestBridge:
                 dead_letter(client, entry_id=entry_id, fields=fields, reason=reason)
                 log.warning("ingest_event_id_conflict", entry_id=_text(entry_id))
                 return "dead_lettered"
-            client.xack(streams.JOBS_STREAM, streams.INGEST_GROUP, entry_id)
+            with trace.stage("bridge_ack"):
+                client.xack(streams.JOBS_STREAM, streams.INGEST_GROUP, entry_id)
+            trace.flush(client)
             self.handled += 1
             log.info("ingest_" + outcome, entry_id=_text(entry_id))
             return outcome
 
-    def _record_and_enqueue(self, event: JobCompleted) -> str:
-        with self.rt.session() as session:
+    def _record_and_enqueue(self, event: JobCompleted, trace: stages.StageTrace) -> str:
+        with trace.stage("bridge_record_commit"), self.rt.session() as session:
             record, inserted = ingest.record_received(session, event)
             status = record.status
             if not inserted and not ingest.same_announcement(record, event):
@@ -213,8 +217,9 @@ class IngestBridge:
         # that got further is a no-op (and a rare double enqueue is harmless: idempotent).
         if not inserted and status != ingest.State.RECEIVED:
             return "duplicate"
-        self._enqueue(event)
-        with self.rt.session() as session:
+        with trace.stage("bridge_enqueue"):
+            self._enqueue(event)
+        with trace.stage("bridge_mark_commit"), self.rt.session() as session:
             ingest.set_status(
                 session, event.event_id, ingest.State.ENQUEUED, only_from=(ingest.State.RECEIVED,)
             )

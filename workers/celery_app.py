@@ -9,7 +9,7 @@ unacknowledged message after ``visibility_timeout``, which is longer than any ta
 
 from __future__ import annotations
 
-from celery import Celery, chain
+from celery import Celery, Signature
 from kombu import Queue
 
 from events import streams
@@ -63,6 +63,7 @@ def create_app(settings: WorkerSettings | None = None, *, redis_url: str | None 
         ),
         task_default_queue=streams.INGEST_QUEUE,
         task_routes={
+            f"{TASK_MODULE}.ingest": {"queue": streams.INGEST_QUEUE, "priority": 6},
             f"{TASK_MODULE}.package": {"queue": streams.INGEST_QUEUE, "priority": 6},
             f"{TASK_MODULE}.validate": {"queue": streams.INGEST_QUEUE, "priority": 3},
             f"{TASK_MODULE}.register": {"queue": streams.INGEST_QUEUE, "priority": 2},
@@ -103,16 +104,12 @@ def create_app(settings: WorkerSettings | None = None, *, redis_url: str | None 
     return app
 
 
-def ingest_chain(celery_app: Celery, event: JobCompleted) -> chain:
-    """The chain that turns an announcement into a registered, broadcast version. Built
-    from task names, so enqueuing does not import the tasks (nor torch)."""
+def ingest_chain(celery_app: Celery, event: JobCompleted) -> Signature:
+    """The work that turns an announcement into a registered, broadcast version: one
+    ``ingest`` task (package, validate, register, relay; ``workers.tasks``), a single queue
+    hop. Built from the task name, so enqueuing does not import the tasks (nor torch)."""
     ctx = {"event": event.model_dump(mode="json")}
-    return chain(
-        celery_app.signature(f"{TASK_MODULE}.package", args=(ctx,)),
-        celery_app.signature(f"{TASK_MODULE}.validate"),
-        celery_app.signature(f"{TASK_MODULE}.register"),
-        celery_app.signature(f"{TASK_MODULE}.broadcast"),
-    )
+    return celery_app.signature(f"{TASK_MODULE}.ingest", args=(ctx,))
 
 
 app = create_app()

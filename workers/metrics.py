@@ -39,7 +39,8 @@ log = structlog.get_logger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 INGEST_LATENCY = "lorafleet_ingest_latency_seconds"
 INGEST_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-INGEST_TASKS = ("package", "validate", "register")  # the chain's steps (task name suffixes)
+# The ingest task and the steps of the older chain (task name suffixes).
+INGEST_TASKS = ("ingest", "package", "validate", "register")
 
 
 def enable_multiprocess() -> str:
@@ -132,7 +133,7 @@ def _observe(ctx: Any, outcome: str) -> None:
 
 
 def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
-    if getattr(sender, "name", "").endswith(".register"):
+    if getattr(sender, "name", "").endswith((".ingest", ".register")):
         _observe(result, "done")
 
 

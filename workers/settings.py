@@ -60,6 +60,8 @@ class WorkerSettings(BaseSettings):
     # redelivers a message that a live worker is still running.
     broker_visibility_timeout: int = 2400
     result_expires: int = 3600
+    # Write per-event stage timings to a Redis stream (workers/stages.py); for the bench.
+    stage_trace: bool = False
 
     # Beat.
     relay_interval_s: float = 2.0

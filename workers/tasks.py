@@ -1,4 +1,12 @@
-"""The ingest chain (package → validate → register → broadcast) and the periodic sweeps.
+"""The ingest of an announcement and the periodic sweeps.
+
+One task, ``ingest``, does the whole ingest of an announcement: package (fetch, parse,
+validate, store blobs), validate (re-check what can change after packaging), register (one
+transaction: the version, its outbox rows and the ingest record ``done``), then relays the
+outbox at once, so its ``fleet.refresh`` entry goes out without another task hop, a relay
+lock wait or beat's tick. Every step is idempotent, so a retry re-runs it from the top.
+The steps are also tasks of their own (``package``, ``validate``, ``register``,
+``broadcast``): a chain of them (messages queued by an older release) still runs.
 
 Task bodies hold the happy path only. Retry, logging context and failure bookkeeping are
 declared once on the base classes: ``PipelineTask`` retries transient faults with bounded,
@@ -11,6 +19,7 @@ silently.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +30,7 @@ import kombu.exceptions
 import redis
 import sqlalchemy.exc
 import structlog
-from celery import Task
+from celery import Task, signals
 
 from events.models import JobCompleted
 from store import catalog, packaging, registry
@@ -35,7 +44,7 @@ from store.errors import (
     VersionConflict,
 )
 from store.models import Package, PackageFile, Provenance
-from workers import ingest, sweeps
+from workers import ingest, stages, sweeps
 from workers.celery_app import TASK_MODULE, app
 from workers.fetch import fetch_artifact
 from workers.relay import relay_outbox
@@ -219,18 +228,60 @@ def _require_namespace(session: Any, name: str) -> None:
         raise NotFound(exc.message, code="namespace_not_found") from None
 
 
+def _trace(event: JobCompleted) -> stages.StageTrace:
+    return stages.StageTrace(event.event_id, enabled=_settings.stage_trace)
+
+
+_NO_TRACE = stages.StageTrace("", enabled=False)
+
+
+@app.task(base=IngestTask, bind=True, name=f"{TASK_MODULE}.ingest")
+def ingest_event(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
+    """The whole ingest of one announcement (see the module docstring); returns what
+    ``register`` returns. Its ``fleet.refresh`` is relayed before it returns (or, when
+    another relay holds the lock, by that relay before it lets go)."""
+    event = JobCompleted.model_validate(ctx["event"])
+    trace = _trace(event)
+    started = time.time()
+    ctx = run_package(ctx, trace)
+    ctx = run_validate(ctx, trace)
+    # Hook: after validate, before register / approval (an evaluation step goes here).
+    result = run_register(ctx, trace)
+    with trace.stage("relay"):
+        _relay_now()
+    trace.mark("task", started)
+    trace.flush(get_runtime().redis)
+    return result
+
+
+def _relay_now() -> None:
+    """Publish the outbox right after a commit. A failure is logged, not raised: the rows
+    are committed, and beat's relay tick publishes them (the outbox's guarantee)."""
+    rt = get_runtime()
+    try:
+        relay_outbox(rt.session, rt.redis, batch=rt.settings.relay_batch)
+    except TRANSIENT_ERRORS as exc:
+        log.warning("relay_after_commit_failed", error=str(exc)[:500])
+
+
 @app.task(base=IngestTask, bind=True, name=f"{TASK_MODULE}.package")
 def package(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     """Fetch the artifact, detect its format, convert it and store its blobs."""
+    return run_package(ctx, _NO_TRACE)
+
+
+def run_package(ctx: dict[str, Any], trace: stages.StageTrace) -> dict[str, Any]:
+    """The package step: ``ctx`` plus its ``package``."""
     event = JobCompleted.model_validate(ctx["event"])
     rt = get_runtime()
-    with rt.session() as session:
+    with trace.stage("lookup_commit"), rt.session() as session:
         ingest.touch(session, event.event_id)
         _require_namespace(session, event.namespace)
         spec = catalog.get_base_model_spec(session, event.base_model)
     with tempfile.TemporaryDirectory(prefix="lorafleet-fetch-") as tmp:
-        source = fetch_artifact(event.artifact_uri, Path(tmp), rt.settings, rt.store)
-        pkg = packaging.prepare_package(rt.blobs, source, spec, rt.limits)
+        with trace.stage("fetch"):
+            source = fetch_artifact(event.artifact_uri, Path(tmp), rt.settings, rt.store)
+        pkg = packaging.prepare_package(rt.blobs, source, spec, rt.limits, stage=trace.stage)
     log.info("adapter_packaged", format=pkg.source_format, rank=pkg.rank, bytes=pkg.total_bytes)
     return {**ctx, "package": package_to_dict(pkg)}
 
@@ -241,10 +292,15 @@ def validate(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     and that every blob the package names is still stored (GC could have collected one).
     Whether the adapter fits (rank, modules, shapes) was decided by packaging, through
     ``store.formats.validate_adapter``, the one adapter-fit rule."""
+    return run_validate(ctx, _NO_TRACE)
+
+
+def run_validate(ctx: dict[str, Any], trace: stages.StageTrace) -> dict[str, Any]:
+    """The validate step; returns ``ctx`` unchanged or raises ``AdapterInvalid``."""
     event = JobCompleted.model_validate(ctx["event"])
     pkg = package_from_dict(ctx["package"])
     rt = get_runtime()
-    with rt.session() as session:
+    with trace.stage("recheck"), rt.session() as session:
         ingest.touch(session, event.event_id)
         spec = catalog.get_base_model_spec(session, event.base_model)
     if pkg.manifest.get("base_model_spec") != spec.to_dict():
@@ -261,10 +317,16 @@ def validate(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
 def register(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     """Commit the version (pending or ready per namespace policy) and mark the ingest record
     done, in one transaction."""
+    return run_register(ctx, _NO_TRACE)
+
+
+def run_register(ctx: dict[str, Any], trace: stages.StageTrace) -> dict[str, Any]:
+    """The register step (one transaction); returns the event, ``adapter_id``, ``status``
+    and whether the version was ``created``."""
     event = JobCompleted.model_validate(ctx["event"])
     pkg = package_from_dict(ctx["package"])
     namespace, name, version = event.coordinates()
-    with get_runtime().session() as session:
+    with trace.stage("register_commit"), get_runtime().session() as session:
         row, created = registry.commit_version(
             session,
             pkg,
@@ -286,7 +348,7 @@ def register(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
 def broadcast(self: Task, ctx: dict[str, Any]) -> int:
     """Publish the outbox now, so the ``fleet.refresh`` goes out without waiting for beat."""
     rt = get_runtime()
-    return relay_outbox(rt.session, rt.redis, wait_s=5.0)
+    return relay_outbox(rt.session, rt.redis, batch=rt.settings.relay_batch)
 
 
 @app.task(base=PipelineTask, bind=True, name=f"{TASK_MODULE}.relay")
@@ -318,3 +380,25 @@ def blob_gc(self: Task) -> int:
     with rt.session() as session:
         removed = run_blob_gc(session, rt.blobs, timedelta(seconds=rt.store.blob_gc_grace_seconds))
     return len(removed)
+
+
+@signals.worker_init.connect(weak=False)
+def _import_formats(**_: Any) -> None:
+    """Import the adapter formats (torch) in the worker's main process before it forks its
+    pool, so no pool process pays that import (seconds) inside its first ingest."""
+    import store.formats.canonical
+    import store.formats.detect  # noqa: F401
+
+
+@signals.worker_process_init.connect(weak=False)
+def _connect(**_: Any) -> None:
+    """Open this pool process's database and Redis connections before its first task. A
+    store that is down now is not fatal: the first task connects (and retries) itself."""
+    rt = get_runtime()
+    try:
+        with rt.engine.connect():
+            pass
+        rt.redis.ping()
+        rt.blobs  # noqa: B018 - built once, here, instead of inside the first task
+    except Exception as exc:  # noqa: BLE001 - a pool process must start regardless
+        log.warning("worker_connect_deferred", error=str(exc)[:500])

@@ -188,10 +188,9 @@ def test_a_failing_rerun_never_undoes_a_done_record(pipeline: Pipeline, api: Api
     assert record.status == "done"
     # The sweep re-drove it while it was slow; meanwhile the trainer cleaned up its output.
     shutil.rmtree(directory)
-    last = ingest_chain(pipeline.celery, event).apply_async()
-    package_result = last.parent.parent.parent
-    package_result.get(timeout=60, propagate=False)
-    assert package_result.failed()
+    result = ingest_chain(pipeline.celery, event).apply_async()
+    result.get(timeout=60, propagate=False)
+    assert result.failed()
     # Its failure handler has run (and said so) once this line is logged.
     pipeline.wait_for(lambda: "ingest_rerun_failed_after_done" in pipeline.worker_log.read_text())
     with pipeline.session() as s:

@@ -211,6 +211,24 @@ def test_non_finite_weights_are_refused(tmp_path: Path, bad: float, fmt: str) ->
     assert "layer 1 up_proj" in refused(tmp_path, "non_finite_weights")
 
 
+@pytest.mark.parametrize("bad", [(float("-inf"),), (float("inf"), float("-inf"))])
+def test_infinities_that_sum_to_nan_are_refused(tmp_path: Path, bad: tuple[float, ...]) -> None:
+    adapter = random_adapter(SPEC, shared_a=True)
+    for i, value in enumerate(bad):
+        adapter.weights[(1, "up_proj")][1][3, i] = value
+    write_hf_peft(adapter, tmp_path)
+    assert "layer 1 up_proj" in refused(tmp_path, "non_finite_weights")
+
+
+def test_finite_weights_whose_sum_overflows_are_accepted(tmp_path: Path) -> None:
+    # The fast check sums the tensor; a sum that overflows to inf must not refuse it.
+    adapter = random_adapter(SPEC, shared_a=True)
+    adapter.weights[(1, "up_proj")][1][:4, 0] = 3e38
+    write_hf_peft(adapter, tmp_path)
+    loaded = load_adapter(tmp_path, SPEC)
+    assert float(loaded.weights[(1, "up_proj")][1][0, 0]) == pytest.approx(3e38)
+
+
 def test_rank_zero_is_invalid_rank(tmp_path: Path) -> None:
     write_hf_peft(random_adapter(SPEC), tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
