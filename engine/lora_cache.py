@@ -1,6 +1,8 @@
 """Adapter residency, as in NIM: a CPU cache of canonical adapters and GPU slots.
 
 Both levels are LRU; an adapter in use by a running request is pinned and never evicted.
+Adapters the registry pins (issue 13) are *kept*: resident and never LRU-evicted at either
+level (an explicit ``evict``, when the adapter stops being servable, still drops them).
 The CPU cache's capacity bounds the number of distinct adapters among all active requests:
 one more gives ``CacheFull`` (the server answers HTTP 429). Whether an adapter fits this
 engine is decided before it gets here (``store.formats.validate_adapter``, when the PEFT
@@ -75,7 +77,18 @@ class CpuCache:
         self._lock = threading.Lock()
         # One load at a time: two requests for the same cold adapter load it once.
         self._load_lock = threading.Lock()
+        self._kept: frozenset[str] = frozenset()
         self.stats = LevelStats()
+
+    def keep(self, names: frozenset[str]) -> None:
+        """Never LRU-evict ``names`` (at most ``capacity - 1``, so one slot always turns
+        over; the caller decides which)."""
+        with self._lock:
+            self._kept = frozenset(names)
+
+    def kept(self) -> frozenset[str]:
+        with self._lock:
+            return self._kept
 
     def acquire(self, name: str) -> object:
         """Pin ``name`` and return its adapter, loading it from the source on a miss.
@@ -142,7 +155,7 @@ class CpuCache:
 
     def _unpinned_room(self) -> int:
         free = self.capacity - len(self._entries)
-        evictable = sum(1 for n in self._entries if self._pins[n] == 0)
+        evictable = sum(1 for n in self._entries if self._pins[n] == 0 and n not in self._kept)
         return free + evictable
 
     def _get_or_load(self, name: str, *, count: bool) -> object:
@@ -176,7 +189,7 @@ class CpuCache:
         for victim in list(self._entries):
             if len(self._entries) <= self.capacity:
                 return
-            if self._pins[victim] == 0:
+            if self._pins[victim] == 0 and victim not in self._kept:
                 del self._entries[victim]
                 self.stats.evictions += 1
                 log.info("lora_evicted", adapter=victim, level="cpu", reason="lru")
@@ -204,7 +217,18 @@ class GpuSlots:
         self._slots: OrderedDict[int, _Slot] = OrderedDict()  # LRU order over used slots
         self._by_name: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._kept: frozenset[str] = frozenset()
         self.stats = LevelStats()
+
+    def keep(self, names: frozenset[str]) -> None:
+        """Never LRU-evict the slots of ``names`` (at most ``n_slots - 1``, so one slot
+        always turns over for the other adapters)."""
+        with self._lock:
+            self._kept = frozenset(names)
+
+    def kept(self) -> frozenset[str]:
+        with self._lock:
+            return self._kept
 
     def acquire(self, name: str, adapter: object) -> int | None:
         """Pin ``name`` in a slot and return the slot index, or None when all are pinned.
@@ -278,7 +302,7 @@ class GpuSlots:
             if slot not in used:
                 return slot
         for slot, entry in self._slots.items():  # least recently used first
-            if entry.pins == 0:
+            if entry.pins == 0 and entry.name not in self._kept:
                 self._drop(slot, reason="lru")
                 return slot
         return None
@@ -303,6 +327,44 @@ class AdapterCache:
         """Remove ``name`` from both levels (running requests finish with their copy)."""
         self.cpu.evict(name)
         self.gpu.evict(name)
+
+    def keep(self, pinned: frozenset[str]) -> None:
+        """Keep ``pinned`` resident: the first ``gpu.n_slots - 1`` (by name) in GPU slots
+        once loaded there, up to ``cpu.capacity - 1`` in the CPU cache; one slot of each
+        level always turns over for the other adapters. Those beyond are reported by
+        ``pins``, never dropped silently."""
+        names = sorted(pinned)
+        self.gpu.keep(frozenset(names[: max(self.gpu.n_slots - 1, 0)]))
+        self.cpu.keep(frozenset(names[: max(self.cpu.capacity - 1, 0)]))
+
+    def preload_gpu(self) -> list[str]:
+        """Load the GPU-kept adapters that are in the CPU cache into slots. Only before the
+        scheduler runs (the scheduler thread alone writes slots once it does); returns the
+        names loaded."""
+        loaded = []
+        for name in sorted(self.gpu.kept()):
+            if name in self.gpu.resident() or name not in self.cpu.resident():
+                continue
+            adapter = self.cpu.acquire(name)
+            try:
+                slot = self.gpu.acquire(name, adapter)
+                if slot is not None:
+                    self.gpu.release(name, slot)
+                    loaded.append(name)
+            finally:
+                self.cpu.release(name)
+        return loaded
+
+    def pins(self, pinned: frozenset[str]) -> dict[str, list[str]]:
+        """Where the ``pinned`` adapters are: ``gpu`` (in a slot), ``cpu`` (in the CPU
+        cache only), ``not_resident`` (beyond both levels' room, or not loaded yet)."""
+        residency = self.residency()
+        report: dict[str, list[str]] = {"gpu": [], "cpu": [], "not_resident": []}
+        for name in sorted(pinned):
+            levels = residency.get(name, set())
+            level = "gpu" if "gpu" in levels else "cpu" if "cpu" in levels else "not_resident"
+            report[level].append(name)
+        return report
 
     def residency(self) -> dict[str, set[str]]:
         """``adapter -> {"cpu", "gpu"}`` levels it is resident in."""

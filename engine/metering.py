@@ -191,7 +191,9 @@ async def metered(
             outcome = "cancelled"
         seconds = time.perf_counter() - started
         if prometheus is not None:
-            prometheus.observe(adapter or base_model, outcome, prompt, completion, seconds)
+            prometheus.observe(
+                adapter or base_model, outcome, prompt, completion, seconds, alias=alias
+            )
         if meter is not None:
             meter.record(
                 caller,
@@ -206,9 +208,11 @@ async def metered(
 
 class AdapterMetrics:
     """Prometheus per adapter version: requests by outcome, prompt and completion tokens,
-    latency. The ``adapter`` label takes at most ``max_adapters`` distinct values (the base
-    model is one); later ones are counted under ``OTHER`` so a fleet of thousands of
-    versions cannot blow up the scrape. Usage per tenant is ``/v1/usage``'s job."""
+    latency; and the same per alias arm (``alias`` named, ``adapter`` served) for requests
+    that named an alias. The ``adapter`` and ``alias`` labels take at most ``max_adapters``
+    distinct values together (the base model is one); later ones are counted under
+    ``OTHER`` so a fleet of thousands of versions cannot blow up the scrape. Usage per
+    tenant is ``/v1/usage``'s job."""
 
     OTHER = "_other"
 
@@ -236,6 +240,24 @@ class AdapterMetrics:
             ["adapter"],
             registry=registry,  # type: ignore[arg-type]
         )
+        self.arm_requests = Counter(
+            "lorafleet_engine_alias_requests",
+            "Finished requests that named an alias, per arm (alias, version served) and outcome",
+            ["alias", "adapter", "outcome"],
+            registry=registry,  # type: ignore[arg-type]
+        )
+        self.arm_tokens = Counter(
+            "lorafleet_engine_alias_tokens",
+            "Prompt and completion tokens of requests that named an alias, per arm",
+            ["alias", "adapter", "kind"],
+            registry=registry,  # type: ignore[arg-type]
+        )
+        self.arm_latency = Histogram(
+            "lorafleet_engine_alias_request_seconds",
+            "Seconds from admission to the end of a request that named an alias, per arm",
+            ["alias", "adapter"],
+            registry=registry,  # type: ignore[arg-type]
+        )
 
     def label(self, name: str) -> str:
         """``name``, or ``OTHER`` once ``max_adapters`` other names have been seen."""
@@ -248,10 +270,23 @@ class AdapterMetrics:
         return self.OTHER
 
     def observe(
-        self, name: str, outcome: str, prompt: int, completion: int, seconds: float
+        self,
+        name: str,
+        outcome: str,
+        prompt: int,
+        completion: int,
+        seconds: float,
+        alias: str | None = None,
     ) -> None:
         label = self.label(name)
         self.requests.labels(label, outcome).inc()
         self.tokens.labels(label, "prompt").inc(prompt)
         self.tokens.labels(label, "completion").inc(completion)
         self.latency.labels(label).observe(seconds)
+        if alias is None:
+            return
+        arm = (self.label(alias), label)
+        self.arm_requests.labels(*arm, outcome).inc()
+        self.arm_tokens.labels(*arm, "prompt").inc(prompt)
+        self.arm_tokens.labels(*arm, "completion").inc(completion)
+        self.arm_latency.labels(*arm).observe(seconds)

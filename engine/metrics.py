@@ -77,6 +77,17 @@ class _EngineCollector(Collector):
         ):
             unservable.add_metric([reason], count)
         yield unservable
+        pins = GaugeMetricFamily(
+            f"{PREFIX}_lora_pinned",
+            "Pinned adapters by where they are held (gpu, cpu, not_resident).",
+            labels=["level"],
+        )
+        for level, names in self.cache.pins(self.catalog.pinned).items():
+            pins.add_metric([level], len(names))
+        yield pins
+        yield GaugeMetricFamily(
+            f"{PREFIX}_aliases", "Aliases this engine routes.", value=len(self.catalog.aliases())
+        )
         capacity = GaugeMetricFamily(
             f"{PREFIX}_lora_capacity", "Adapters each cache level holds.", labels=["level"]
         )

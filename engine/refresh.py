@@ -4,6 +4,15 @@ The source (registry ready set + generation, or the local directory) is the trut
 on ``lorafleet:fleet:refresh`` are hints that make the engine look sooner. The engine
 reconciles at start, after every event for its base model, and every
 ``NIM_PEFT_REFRESH_INTERVAL`` seconds, so an engine that missed events converges by itself.
+
+One reconciliation applies a listing in an order that never shows a request a half-made
+switch: new and changed adapters are served first, then every explicit alias's targets (an
+implicit ``@latest``'s when it switches) and every pinned adapter are loaded into the CPU
+cache (and pins are kept there), then the alias table is
+swapped whole, then adapters that left are removed, and only then does
+``catalog.generation`` (what health and the heartbeat report) move. So once an engine
+reports a generation, every alias at it routes to adapters already in memory: a switch
+gives neither a 404 nor a cold load on the request path.
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from engine.aliases import targets_of
 from engine.lora_cache import AdapterCache
-from engine.source import AdapterEntry, Catalog, PeftSource
+from engine.source import AdapterEntry, Catalog, Listing, PeftSource
 from events.models import FleetRefresh
 from store.errors import AdapterInvalid
 
@@ -30,6 +40,8 @@ class ReconcileResult:
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)  # aliases added, changed or gone
+    prefetched: list[str] = field(default_factory=list)  # alias targets / pins loaded now
     generation: int | None = None
     ok: bool = True
     error: str | None = None
@@ -74,25 +86,65 @@ class Reconciler:
                 return ReconcileResult(ok=False, error=str(exc))
             result = ReconcileResult(generation=listing.generation)
             known = set(self.catalog.names()) | set(self.catalog.refusals())
-            for name in known - set(listing.entries):
+            for entry in listing.entries.values():
+                self._apply(entry, result)
+            self._warm(listing, result)
+            self._swap_aliases(listing, result)
+            for name in known - set(listing.entries):  # no alias routes to them any more
                 self.catalog.remove(name)
                 self._evict(name)
                 result.removed.append(name)
-            for entry in listing.entries.values():
-                self._apply(entry, result)
             self.catalog.generation = listing.generation
             self.reconciliations += 1
             self.last_error = None
-        if result.added or result.removed or result.changed or result.refused:
+        if result.added or result.removed or result.changed or result.refused or result.aliases:
             log.info(
                 "reconciled",
                 added=result.added,
                 removed=result.removed,
                 changed=result.changed,
                 refused=result.refused,
+                aliases=result.aliases,
+                prefetched=result.prefetched,
                 generation=result.generation,
             )
         return result
+
+    def _warm(self, listing: Listing, result: ReconcileResult) -> None:
+        """Keep the pinned adapters and load every alias target and pin into the CPU cache
+        (before the alias table that routes to them is swapped in). A target that cannot be
+        loaded is logged; a request for it gets the same answer a cold request would."""
+        self.catalog.pinned = frozenset(n for n in listing.pinned if n in self.catalog)
+        if self.cache is None:
+            return
+        self.cache.keep(self.catalog.pinned)
+        # Explicit aliases' targets always; an implicit @latest's only when it switches
+        # (else every adapter's newest version would fill the cache at start).
+        routed = self.catalog.aliases()
+        switching = [
+            alias
+            for name, alias in listing.aliases.items()
+            if not alias.implicit or (name in routed and routed[name] != alias)
+        ]
+        wanted = self.catalog.pinned | targets_of(switching)
+        resident = set(self.cache.cpu.resident())
+        for name in sorted(wanted - resident):
+            if name not in self.catalog:
+                continue  # refused: its requests get the reason
+            try:
+                if self.cache.cpu.prefetch(name):
+                    result.prefetched.append(name)
+                else:
+                    log.warning("prefetch_no_room", adapter=name)
+            except Exception as exc:  # a broken adapter is refused again when requested
+                log.warning("prefetch_failed", adapter=name, error=str(exc))
+
+    def _swap_aliases(self, listing: Listing, result: ReconcileResult) -> None:
+        old = self.catalog.aliases()
+        for name in sorted(set(old) | set(listing.aliases)):
+            if old.get(name) != listing.aliases.get(name):
+                result.aliases.append(name)
+        self.catalog.set_aliases(listing.aliases)
 
     def _apply(self, entry: AdapterEntry, result: ReconcileResult) -> None:
         """Serve, re-serve or refuse one listed entry. A refusal stands until the entry's

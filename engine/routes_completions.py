@@ -17,8 +17,9 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from engine.aliases import ROUTE_KEY_HEADER, SERVED_MODEL_HEADER, Resolution
 from engine.dependencies import CallerDep, RuntimeDep
 from engine.metering import metered
 from engine.protocol import (
@@ -56,7 +57,8 @@ DISCONNECT_POLL_SECONDS = 0.1
 async def completions(
     body: CompletionRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
 ) -> Any:
-    adapter = resolve(runtime, caller, body.model)
+    target = resolve(runtime, caller, body.model, route_key(request, body))
+    adapter = target.served
     body.refuse_unsupported()
     if body.echo:
         raise OpenAIError(400, "echo is not supported", param="echo")
@@ -68,14 +70,16 @@ async def completions(
         return refused
     reply = Reply.start(runtime, body, len(prompts), chat=False, logprobs=body.logprobs is not None)
     stream = generate(request, runtime, adapter, prompts, params, body.n)
-    return await respond(runtime, reply, _metered(runtime, caller, adapter, stream, reply))
+    metered_stream = _metered(runtime, caller, target, stream, reply)
+    return served_as(runtime, target, await respond(runtime, reply, metered_stream))
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(
     body: ChatRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
 ) -> Any:
-    adapter = resolve(runtime, caller, body.model)
+    target = resolve(runtime, caller, body.model, route_key(request, body))
+    adapter = target.served
     body.refuse_unsupported()
     messages = chat_messages(body.messages)
     try:
@@ -90,39 +94,63 @@ async def chat_completions(
         return refused
     reply = Reply.start(runtime, body, 1, chat=True, logprobs=body.logprobs)
     stream = generate(request, runtime, adapter, [ids], params, body.n)
-    return await respond(runtime, reply, _metered(runtime, caller, adapter, stream, reply))
+    metered_stream = _metered(runtime, caller, target, stream, reply)
+    return served_as(runtime, target, await respond(runtime, reply, metered_stream))
 
 
 def _metered(
     runtime: EngineRuntime,
     caller: Caller,
-    adapter: str | None,
+    target: Resolution,
     stream: AsyncIterator[tuple[int, TokenDelta]],
     reply: Reply,
 ) -> AsyncIterator[tuple[int, TokenDelta]]:
-    """``stream`` counted for the caller's tenant and the adapter's metrics as it finishes."""
+    """``stream`` counted for the caller's tenant and the adapter's (and alias arm's)
+    metrics as it finishes."""
     return metered(
         runtime.meter,
         caller,
-        adapter,
+        target.served,
         stream,
         reply.n_choices,
         runtime.adapter_metrics,
         runtime.model_name,
+        alias=target.alias,
     )
+
+
+def served_as(runtime: EngineRuntime, target: Resolution, result: Any) -> Any:
+    """``result`` with the ``x-lorafleet-served-model`` header: the coordinates served (the
+    alias's pick, exact coordinates as asked, or the base model's name)."""
+    response = result if isinstance(result, Response) else JSONResponse(result)
+    response.headers[SERVED_MODEL_HEADER] = target.served or runtime.model_name
+    return response
 
 
 # -- admission -------------------------------------------------------------------------------
 
 
-def resolve(runtime: EngineRuntime, caller: Caller, model: str) -> str | None:
-    """None for the base model, else the adapter; 404 ``model_not_found`` for a name that is
-    not served (saying why when this engine refused the adapter) or that belongs to a
-    namespace ``caller`` may not read (the same answer as a missing one)."""
+def resolve(
+    runtime: EngineRuntime, caller: Caller, model: str, key: str | None = None
+) -> Resolution:
+    """What ``model`` serves: the base model (``served`` None), an adapter, or one target of
+    an alias (``ns/name@alias``, the bare ``ns/name`` = ``@latest``; sticky by ``key``);
+    404 ``model_not_found`` for a name that is not served (saying why when this engine
+    refused the adapter) or that belongs to a namespace ``caller`` may not read (the same
+    answer as a missing one, aliases included)."""
     caller.require_model(model, runtime.model_name)
     if model == runtime.model_name:
-        return None
-    return runtime.catalog.get(model).name
+        return Resolution(None)
+    return runtime.catalog.resolve(model, key)
+
+
+def route_key(request: Request, body: CommonRequest) -> str | None:
+    """The sticky-routing key: the ``x-lorafleet-route-key`` header, else OpenAI's ``user``."""
+    header = request.headers.get(ROUTE_KEY_HEADER)
+    if header:
+        return header
+    user = (body.model_extra or {}).get("user")
+    return user if isinstance(user, str) and user else None
 
 
 def check_prompts(runtime: EngineRuntime, prompts: list[list[int]], param: str) -> None:

@@ -106,6 +106,8 @@ class EngineRuntime:
         if not self.source_verified:
             self.reconciler.source.verify()
         first = self.reconciler.reconcile()
+        # Pinned adapters take their GPU slots now, while no scheduler step can run.
+        self.cache.preload_gpu()
         self.scheduler.start()
         if self.redis_url:
             self.subscriber = RefreshFollower(

@@ -127,6 +127,10 @@ async def ready(runtime: RuntimeDep) -> JSONResponse:
         {"model": name, "code": r.code, "reason": r.message}
         for name, r in sorted(runtime.catalog.refusals().items())
     ]
+    # The generation applied (its aliases' targets are loaded) and where pins are held.
+    body["generation"] = runtime.catalog.generation
+    body["aliases"] = len(runtime.catalog.aliases())
+    body["pinned"] = runtime.cache.pins(runtime.catalog.pinned)
     return JSONResponse(body, status_code=200 if runtime.ready else 503)
 
 
@@ -149,11 +153,14 @@ def _card(runtime: EngineRuntime, model_id: str, parent: str | None) -> dict[str
 
 @router.get("/v1/models")
 async def models(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
-    # The base model and the adapters of the namespaces the caller may read.
+    # The base model, then the adapters and aliases of the namespaces the caller may read
+    # (not each adapter's implicit @latest: the bare ns/name always resolves to it).
     data = [_card(runtime, runtime.model_name, None)]
+    explicit = [name for name, alias in runtime.catalog.aliases().items() if not alias.implicit]
+    names = runtime.catalog.names() + sorted(explicit)
     data += [
         _card(runtime, name, runtime.model_name)
-        for name in runtime.catalog.names()
+        for name in names
         if caller.may_use(name, runtime.model_name)
     ]
     return {"object": "list", "data": data}
@@ -166,4 +173,6 @@ async def model(model_id: str, runtime: RuntimeDep, caller: CallerDep) -> dict[s
     caller.require_model(model_id, runtime.model_name)
     if model_id == runtime.model_name:
         return _card(runtime, model_id, None)
+    if model_id in runtime.catalog.aliases():
+        return _card(runtime, model_id, runtime.model_name)
     return _card(runtime, runtime.catalog.get(model_id).name, runtime.model_name)

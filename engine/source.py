@@ -1,7 +1,8 @@
 """PEFT sources (NIM's ``NIM_PEFT_SOURCE``): where an engine discovers and fetches adapters.
 
 * ``RegistrySource``: the registry's ready set for this engine's base model
-  (``GET /v1/fleet``); served names are ``namespace/name@version``.
+  (``GET /v1/fleet``); served names are ``namespace/name@version``, and the fleet view's
+  aliases (``namespace/name@alias``, ``engine/aliases.py``) and pins come with it.
 * ``LocalDirectorySource``: NIM's layout, one adapter per sub-directory in any of the three
   formats; the served name is the directory name.
 
@@ -17,12 +18,13 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
+from engine.aliases import Alias, Resolution, Target, alias_name, pick
 from engine.lora_cache import UnknownAdapter
 from store.errors import AdapterInvalid, LorafleetError
 from store.formats import BaseModelSpec, CanonicalAdapter, ValidationLimits, load_adapter
@@ -44,10 +46,13 @@ class AdapterEntry:
 
 @dataclass(frozen=True)
 class Listing:
-    """A source's view at one moment: its adapters and (registry only) its generation."""
+    """A source's view at one moment: its adapters and (registry only) its generation, the
+    aliases routing to those adapters and the adapters pinned resident."""
 
     entries: dict[str, AdapterEntry]
     generation: int | None = None
+    aliases: dict[str, Alias] = field(default_factory=dict)
+    pinned: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,31 @@ class Catalog:
     def __init__(self) -> None:
         self._entries: dict[str, AdapterEntry] = {}
         self._refused: dict[str, Refusal] = {}
+        self._aliases: dict[str, Alias] = {}
         self._lock = threading.Lock()
         self.generation: int | None = None
+        self.pinned: frozenset[str] = frozenset()
+
+    def resolve(self, model: str, route_key: str | None = None) -> Resolution:
+        """What a request for ``model`` serves: exact coordinates as they are; an alias
+        (``ns/name@alias``, or the bare ``ns/name`` = ``@latest``) one of its targets, picked
+        by weight (sticky with ``route_key``). ``UnknownAdapter`` like ``get`` otherwise."""
+        with self._lock:
+            exact = model in self._entries
+            alias = None if exact else self._aliases.get(alias_name(model) or "")
+        if alias is None:
+            return Resolution(self.get(model).name)
+        return Resolution(pick(alias, route_key).name, alias.name)
+
+    def set_aliases(self, aliases: dict[str, Alias]) -> None:
+        """Route by ``aliases`` from now on (the whole table at once)."""
+        with self._lock:
+            self._aliases = dict(aliases)
+
+    def aliases(self) -> dict[str, Alias]:
+        """``name -> Alias`` of every alias routed now."""
+        with self._lock:
+            return dict(self._aliases)
 
     def get(self, name: str) -> AdapterEntry:
         """The entry for ``name``; ``UnknownAdapter`` when it is not servable (its subclass
@@ -262,6 +290,7 @@ class RegistrySource:
                 raise self._unknown_base_model() from exc
             raise SourceUnavailable(_unavailable_message(self.client, exc)) from exc
         entries: dict[str, AdapterEntry] = {}
+        pinned: set[str] = set()
         for item in state.get("adapters", []):
             name = f"{item['namespace']}/{item['name']}@{item['version']}"
             entries[name] = AdapterEntry(
@@ -271,7 +300,21 @@ class RegistrySource:
                 rank=item.get("rank"),
                 base_model=item.get("base_model", self.base_model),
             )
-        return Listing(entries, generation=state.get("generation"))
+            if item.get("pinned"):
+                pinned.add(name)
+        aliases = {}
+        for item in state.get("aliases", []):
+            alias = _alias_of(item)
+            if alias.targets and all(t.name in entries for t in alias.targets):
+                aliases[alias.name] = alias
+            else:  # the registry lists ready targets only: a torn view, skip the alias
+                log.warning("alias_unroutable", alias=alias.name)
+        return Listing(
+            entries,
+            generation=state.get("generation"),
+            aliases=aliases,
+            pinned=frozenset(pinned),
+        )
 
     def fetch(self, entry: AdapterEntry) -> CanonicalAdapter:
         """Download the canonical files (sha256-verified by the client), parse and validate
@@ -294,6 +337,23 @@ class RegistrySource:
             f"the registry has no base model {self.base_model!r}: set NIM_SERVED_MODEL_NAME "
             f"to a registered base model (lorafleet base-models list) or register it"
         )
+
+
+def _alias_of(item: dict) -> Alias:
+    """An ``Alias`` from one ``aliases`` item of the fleet view."""
+    adapter = f"{item['namespace']}/{item['name']}"
+    return Alias(
+        name=f"{adapter}@{item['alias']}",
+        targets=tuple(
+            Target(f"{adapter}@{t['version']}", int(t["weight"]))
+            for t in item.get("targets", [])
+            if int(t["weight"]) > 0
+        ),
+        pinned=bool(item.get("pinned")),
+        implicit=bool(item.get("implicit")),
+        revision=int(item.get("revision", 0)),
+        generation=item.get("generation"),
+    )
 
 
 def _unavailable_message(client: object, exc: object) -> str:
