@@ -36,6 +36,16 @@ VERSION_RULE = (
     f"a semantic version (SemVer 2.0.0, e.g. 1.2.0 or 1.2.0-rc.1) of at most "
     f"{VERSION_MAX_LENGTH} ASCII characters, numbers without leading zeros and of at most 9 digits"
 )
+# An alias of an adapter (``namespace/name@alias``, issue 13): a name that can never be read
+# as a version (a letter first, no dots), ``latest`` reserved for the implicit highest ready
+# version. ``alias_problem`` says what is wrong with one.
+ALIAS_PART = r"[a-z][a-z0-9_-]{0,62}"
+ALIAS_PATTERN = f"^{ALIAS_PART}$"
+ALIAS_RULE = (
+    "1 to 63 lowercase letters, digits, '-' or '_', starting with a letter "
+    "(not a version: e.g. stable, canary, prod)"
+)
+LATEST_ALIAS = "latest"
 NAMESPACE_PATTERN = f"^{NAMESPACE_PART}$"
 NAME_PATTERN = f"^{NAME_PART}$"
 NAME_RULE = "lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
@@ -83,6 +93,35 @@ def is_version(value: str) -> bool:
         and len(value) <= VERSION_MAX_LENGTH
         and re.fullmatch(VERSION_PART, value, re.ASCII) is not None
     )
+
+
+def version_key(version: str) -> tuple[Any, ...]:
+    """The SemVer 2.0.0 precedence of ``version`` (one accepted by ``is_version``) as a sort
+    key: numbers compare as numbers (1.10.0 > 1.9.0), a pre-release sorts before its release
+    (1.0.0-rc.2 < 1.0.0), numeric pre-release identifiers numerically and below alphanumeric
+    ones (rc.2 < rc.10 < rc.a), fewer identifiers first when all before are equal. Build
+    metadata has no precedence; it only breaks ties so the order is total."""
+    rest, _, build = version.partition("+")
+    core, _, pre = rest.partition("-")
+    major, minor, patch = (int(p) for p in core.split("."))
+    if not pre:
+        return major, minor, patch, 1, (), build
+    ids = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
+    return major, minor, patch, 0, ids, build
+
+
+def alias_problem(alias: str) -> str | None:
+    """What is wrong with ``alias`` as an alias name (``ALIAS_RULE``, not a version, not the
+    reserved ``latest``); None when it is a valid one."""
+    if not isinstance(alias, str):
+        return "an alias name must be a string"
+    if is_version(alias) or is_version(alias.removeprefix("v")):
+        return f"alias {shown(alias)} reads as a version; an alias needs a name: {ALIAS_RULE}"
+    if alias == LATEST_ALIAS:
+        return f"alias {LATEST_ALIAS!r} is reserved: it always means the highest ready version"
+    if re.fullmatch(ALIAS_PART, alias, re.ASCII) is None:
+        return f"invalid alias {shown(alias)}: {ALIAS_RULE}"
+    return None
 
 
 def _coordinates_problem(value: str) -> str:
@@ -192,9 +231,11 @@ class FleetRefresh(Event):
     TYPE: ClassVar[str] = "fleet.refresh"
     type: Literal["fleet.refresh"] = "fleet.refresh"
     version: Literal[1] = 1
-    action: Literal["load", "evict"]
+    # ``alias``: an alias of ``adapter`` (``namespace/name@alias``, ``adapter_id`` the alias's
+    # id) was set, changed or deleted; engines reconcile to pick up its new targets.
+    action: Literal["load", "evict", "alias"]
     adapter_id: str
-    adapter: str = Field(description="namespace/name@version")
+    adapter: str = Field(description="namespace/name@version, or namespace/name@alias")
     base_model: str
     manifest_sha256: str | None = None
     generation: int = Field(ge=0)

@@ -1,9 +1,10 @@
 """The registry's read side: look-ups, listings and the fleet view engines reconcile
 against. Reads only: nothing here writes. The rules that change things live in
 ``store.registry`` (adapter versions), ``store.tenancy`` (namespaces, base models),
-``store.outbox`` (events, the fleet generation), ``store.audit`` (the access log) and
-``store.blobs`` (blob GC); none of them is imported here but ``store.outbox``'s
-``current_generation`` (no cycle).
+``store.outbox`` (events, the fleet generation), ``store.audit`` (the access log),
+``store.aliases`` (aliases) and ``store.blobs`` (blob GC); none of them is imported
+here but ``store.outbox``'s ``current_generation`` and ``store.fleet_routing``'s fleet
+reads (no cycle).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from events.models import version_key
 from store.approval import Status, parse_status
 from store.errors import AdapterInvalid, BadRequest, NotFound
+from store.fleet_routing import fleet_aliases, pinned_ids
 from store.models import AdapterFile, AdapterVersion, BaseModelRecord, Namespace
 from store.outbox import current_generation
 
@@ -100,14 +103,6 @@ def get_version(session: Session, namespace: str, name: str, version: str) -> Ad
     return row
 
 
-def _semver_key(version: str) -> tuple[int, int, int, int, str]:
-    core, _, pre = version.partition("-")
-    core = core.split("+", 1)[0]
-    major, minor, patch = (int(p) for p in core.split(".")[:3])
-    # A pre-release sorts before its release (1.0.0-rc1 < 1.0.0).
-    return major, minor, patch, 0 if pre else 1, pre
-
-
 def list_versions(session: Session, namespace: str, name: str) -> list[AdapterVersion]:
     """Every version of ``namespace/name``, oldest semantic version first."""
     rows = session.execute(
@@ -115,7 +110,7 @@ def list_versions(session: Session, namespace: str, name: str) -> list[AdapterVe
             AdapterVersion.namespace == namespace, AdapterVersion.name == name
         )
     ).scalars()
-    return sorted(rows, key=lambda r: _semver_key(r.version))
+    return sorted(rows, key=lambda r: version_key(r.version))
 
 
 def list_files(session: Session, adapter_id: str, role: str | None = None) -> list[AdapterFile]:
@@ -175,9 +170,10 @@ def list_adapters(
 
 
 def fleet_state(session: Session, base_model: str) -> dict[str, Any]:
-    """What engines of ``base_model`` should serve: the generation and every ready adapter
-    with its canonical files. The generation is read first, so it never runs ahead of the
-    adapter list it is returned with."""
+    """What engines of ``base_model`` should serve: the generation, every ready adapter
+    with its canonical files and whether it is pinned, and the aliases routing to them
+    (``store.fleet_routing.fleet_aliases``, with each adapter's implicit ``latest``). The
+    generation is read first, so it never runs ahead of the lists it is returned with."""
     generation = current_generation(session)
     versions = list(
         session.execute(
@@ -194,6 +190,7 @@ def fleet_state(session: Session, base_model: str) -> dict[str, Any]:
             .order_by(AdapterFile.path)
         ).scalars():
             files[f.adapter_id].append({"path": f.path, "sha256": f.sha256, "size": f.size})
+    pinned = pinned_ids(session, base_model)
     return {
         "generation": generation,
         "adapters": [
@@ -207,8 +204,10 @@ def fleet_state(session: Session, base_model: str) -> dict[str, Any]:
                 "alpha": v.alpha,
                 "manifest_sha256": v.manifest_sha256,
                 "generation": v.generation,
+                "pinned": v.id in pinned,
                 "files": files[v.id],
             }
             for v in versions
         ],
+        "aliases": fleet_aliases(session, base_model, versions),
     }

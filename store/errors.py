@@ -107,3 +107,11 @@ class SelfApproval(Forbidden):
     """Four-eyes: the namespace requires an approver other than the version's uploader."""
 
     code = "self_approval"
+
+
+class AliasTargetConflict(LorafleetError):
+    """A version that aliases route to cannot leave ``ready`` unless the request drops it
+    from them (``store.aliases.release_version``)."""
+
+    code = "alias_target"
+    http_status = 409

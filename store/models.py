@@ -142,6 +142,8 @@ class AdapterVersion(SQLModel, table=True):
     updated_at: datetime = _ts()
     updated_by: str = Field(max_length=256)
     generation: int = Field(default=0, sa_type=sa.BigInteger)
+    # Engines keep a pinned version resident (preloaded, never LRU-evicted; issue 13).
+    pinned: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
 
     @property
     def coordinates(self) -> str:
@@ -216,6 +218,52 @@ class StatusTransition(SQLModel, table=True):
     actor: str = Field(max_length=256)
     reason: str | None = None
     generation: int | None = Field(default=None, sa_type=sa.BigInteger)
+    at: datetime = _ts()
+
+
+class Alias(SQLModel, table=True):
+    """``namespace/name@alias``: a movable name for one ready version of an adapter or a
+    weighted split of several (``store.aliases``). ``targets`` is a list of ``{"version",
+    "adapter_id", "weight"}`` (weights sum to 100); ``revision`` counts its changes."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (sa.UniqueConstraint("namespace", "name", "alias", name="uq_alias"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    namespace: str = Field(foreign_key="namespaces.name", max_length=63)
+    name: str = Field(max_length=128)
+    alias: str = Field(max_length=63)
+    base_model: str = Field(max_length=256, index=True)
+    targets: list[dict[str, Any]] = _json(nullable=False)
+    pinned: bool = Field(default=False)
+    revision: int = Field(default=1)
+    generation: int = Field(default=0, sa_type=sa.BigInteger)
+    created_at: datetime = _ts()
+    created_by: str = Field(max_length=256)
+    updated_at: datetime = _ts()
+    updated_by: str = Field(max_length=256)
+
+
+class AliasRevision(SQLModel, table=True):
+    """One revision of an alias, kept forever (its history): what it pointed at after the
+    change (``targets`` None: deleted), who changed it, why, at which generation. Not a
+    foreign key: the history outlives the alias."""
+
+    __tablename__ = "alias_revisions"
+    __table_args__ = (sa.Index("ix_alias_revisions_coordinates", "namespace", "name", "alias"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    alias_id: str = Field(max_length=40, index=True)
+    namespace: str = Field(max_length=63)
+    name: str = Field(max_length=128)
+    alias: str = Field(max_length=63)
+    revision: int
+    action: str = Field(max_length=16)  # set | drop | delete
+    targets: list[dict[str, Any]] | None = _json()
+    pinned: bool = Field(default=False)
+    actor: str = Field(max_length=256)
+    reason: str | None = None
+    generation: int = Field(sa_type=sa.BigInteger)
     at: datetime = _ts()
 
 

@@ -28,8 +28,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from events.models import parse_coordinates
-from store import catalog, governance, packaging, quotas
-from store.approval import Status, apply_transition, parse_status, statuses_after_validation
+from store import aliases, catalog, governance, packaging, quotas
+from store.approval import (
+    Status,
+    apply_transition,
+    check_transition,
+    parse_status,
+    statuses_after_validation,
+)
 from store.db import savepoint
 from store.errors import AdapterInvalid, BadRequest, IllegalTransition, VersionConflict
 from store.models import (
@@ -304,15 +310,21 @@ def transition(
     *,
     actor: str,
     reason: str | None = None,
+    drop_from_aliases: bool = False,
 ) -> AdapterVersion:
     """Move adapter ``adapter_id`` to ``to_status`` with a compare-and-set.
 
     ``IllegalTransition`` (409) for an edge the machine lacks or a lost race. From
     ``validating``, the namespace policy decides: ``auto`` goes on through ``pending`` to
     ``ready`` in this transaction; ``manual`` stops at ``pending`` and refuses ``ready``.
+    Out of ``ready``, a version an alias routes to is ``AliasTargetConflict`` (409
+    ``alias_target``) unless ``drop_from_aliases`` (``store.aliases.release_version``).
     """
     target = parse_status(to_status)
     version = catalog.get_adapter(session, adapter_id)
+    if version.status == Status.READY and target != Status.READY:
+        check_transition(version.status, target)
+        aliases.release_version(session, version, drop=drop_from_aliases, actor=actor)
     if version.status == Status.ARCHIVED and target == Status.READY:
         raise IllegalTransition(
             f"{version.coordinates} is archived: restore it (POST /v1/adapters/{adapter_id}"
@@ -351,19 +363,35 @@ def reject(
 
 
 def archive(
-    session: Session, adapter_id: str, *, actor: str, reason: str | None = None
+    session: Session,
+    adapter_id: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    drop_from_aliases: bool = False,
 ) -> AdapterVersion:
-    """``ready -> archived``: engines evict it."""
-    return transition(session, adapter_id, Status.ARCHIVED, actor=actor, reason=reason)
+    """``ready -> archived``: engines evict it (see ``transition`` for aliases)."""
+    return transition(
+        session,
+        adapter_id,
+        Status.ARCHIVED,
+        actor=actor,
+        reason=reason,
+        drop_from_aliases=drop_from_aliases,
+    )
 
 
-def purge(session: Session, adapter_id: str, *, actor: str) -> None:
+def purge(
+    session: Session, adapter_id: str, *, actor: str, drop_from_aliases: bool = False
+) -> None:
     """Delete a version and its file rows. A ready version is evicted in the same
-    transaction (generation bump + ``FleetRefresh``). Blobs are left to the GC, which
+    transaction (generation bump + ``FleetRefresh``); one an alias routes to is
+    ``AliasTargetConflict`` unless ``drop_from_aliases``. Blobs are left to the GC, which
     removes them once nothing references them."""
     version = catalog.get_adapter(session, adapter_id)
     status = version.status
     if status == Status.READY:
+        aliases.release_version(session, version, drop=drop_from_aliases, actor=actor)
         announce_refresh(session, version, "evict")
     announce_status(session, version, status, "deleted", actor=actor)
     session.execute(sa.delete(AdapterFile).where(AdapterFile.adapter_id == adapter_id))

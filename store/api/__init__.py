@@ -3,9 +3,9 @@
 Routes live by concern: ``routes_catalog`` (namespaces, base models), ``routes_tokens``
 (tokens, ``/v1/auth/whoami``),
 ``routes_transfer`` (upload, upload check, file downloads), ``routes_adapters``
-(versions, approval, edits), ``routes_governance`` (history, restore, the access log),
-``routes_ingest`` (what became of each
-trainer announcement), ``routes_ops`` (health, metrics, fleet).
+(versions, approval, edits), ``routes_aliases`` (``namespace/name@alias``),
+``routes_governance`` (history, restore, the access log), ``routes_ingest`` (what became of
+each trainer announcement), ``routes_ops`` (health, metrics, fleet).
 Every error leaves through ``errors`` in one JSON shape.
 
 Auth: every route needs a bearer token except ``/v1/health/*`` and ``/metrics`` (aggregate
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from store.api import (
     routes_adapters,
+    routes_aliases,
     routes_catalog,
     routes_fleet_engines,
     routes_governance,
@@ -95,6 +96,7 @@ def create_app(
     app.include_router(routes_usage.router)  # /v1/usage: metered engine usage
     app.include_router(routes_fleet_engines.router)  # /v1/fleet/engines: heartbeats
     app.include_router(routes_transfer.router)  # before ``/{adapter_id}`` takes its paths
+    app.include_router(routes_aliases.router)  # ``/{ns}/{name}/aliases`` before ``/{version}``
     app.include_router(routes_governance.router)  # ``/{id}/history`` before ``/{ns}/{name}``
     app.include_router(routes_adapters.router)
     app.include_router(routes_ingest.router)

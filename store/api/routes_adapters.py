@@ -10,7 +10,7 @@ from fastapi import Path as PathParam
 from sqlmodel import Session
 
 from events.models import VERSION_MAX_LENGTH, VERSION_PATTERN, VERSION_RULE, is_version
-from store import catalog, metadata, registry
+from store import catalog, fleet_routing, metadata, registry
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
 from store.api.schemas.adapters import (
@@ -126,18 +126,26 @@ def get_version(
 def patch_adapter(
     adapter_id: str, body: AdapterPatch, request: Request, caller: Caller, state: State
 ) -> dict[str, Any]:
-    """Approve/reject/archive (writer of the namespace) and/or edit description and
-    custom fields, in one transaction. 400 for an empty body, a null ``status`` or a
-    ``reason`` without a ``status``; illegal transitions answer 409 ``illegal_transition``."""
+    """Approve/reject/archive (writer of the namespace), edit description and custom
+    fields and/or pin, in one transaction. 400 for an empty body, a null ``status`` or
+    ``pinned``, a ``reason`` without a ``status``; illegal transitions answer 409
+    ``illegal_transition``; archiving a version an alias routes to answers 409
+    ``alias_target`` naming the aliases, unless ``drop_from_aliases``."""
     changes = body.model_dump(exclude_unset=True)
     edits = {k: changes[k] for k in ("description", "custom_fields") if k in changes}
     if "status" in changes and body.status is None:
         raise BadRequest("status cannot be null: give ready, rejected or archived")
+    if "pinned" in changes and body.pinned is None:
+        raise BadRequest("pinned cannot be null: give true or false")
     if body.reason is not None and body.status is None:
         raise BadRequest("reason goes with a status change: give status too")
-    if not edits and body.status is None:
-        raise BadRequest("nothing to change: give status, description or custom_fields")
+    if body.drop_from_aliases and body.status is None:
+        raise BadRequest("drop_from_aliases goes with a status change: give status too")
+    if not edits and body.status is None and body.pinned is None:
+        raise BadRequest("nothing to change: give status, description, custom_fields or pinned")
     action = f"adapter.{body.status}" if body.status else "adapter.edit"
+    if body.pinned is not None and not edits and body.status is None:
+        action = "adapter.pin" if body.pinned else "adapter.unpin"
     with audited(request, caller, action, target=adapter_id) as where:
         with session_scope(state.engine) as session:
             version = visible_adapter(session, caller, adapter_id)
@@ -147,9 +155,18 @@ def patch_adapter(
                 version = metadata.update_adapter_metadata(
                     session, adapter_id, actor=caller.actor, **edits
                 )
+            if body.pinned is not None:
+                version = fleet_routing.set_pinned(
+                    session, adapter_id, body.pinned, actor=caller.actor
+                )
             if body.status is not None:
                 version = registry.transition(
-                    session, adapter_id, body.status, actor=caller.actor, reason=body.reason
+                    session,
+                    adapter_id,
+                    body.status,
+                    actor=caller.actor,
+                    reason=body.reason,
+                    drop_from_aliases=body.drop_from_aliases,
                 )
             return adapter_entity(session, version)
 
@@ -160,10 +177,16 @@ def patch_adapter(
     responses=error_responses(400, 403, 404, 409),
 )
 def delete_adapter(
-    adapter_id: str, request: Request, caller: Caller, state: State, purge: bool = False
+    adapter_id: str,
+    request: Request,
+    caller: Caller,
+    state: State,
+    purge: bool = False,
+    drop_from_aliases: bool = False,
 ) -> dict[str, Any]:
     """Archive a version (writer), or with ``purge=true`` (admin) delete its row; its
-    blobs are left to the garbage collector."""
+    blobs are left to the garbage collector. A ready version an alias routes to answers 409
+    ``alias_target`` unless ``drop_from_aliases=true`` removes it from those aliases."""
     action = "adapter.purge" if purge else "adapter.archive"
     with audited(request, caller, action, target=adapter_id) as where:
         with session_scope(state.engine) as session:
@@ -172,8 +195,12 @@ def delete_adapter(
             missing = f"adapter {adapter_id} not found"
             if purge:
                 caller.require_role(version.namespace, "admin", missing)
-                registry.purge(session, adapter_id, actor=caller.actor)
+                registry.purge(
+                    session, adapter_id, actor=caller.actor, drop_from_aliases=drop_from_aliases
+                )
                 return {"object": "adapter", "id": adapter_id, "deleted": True}
             caller.require_role(version.namespace, "writer", missing)
-            version = registry.archive(session, adapter_id, actor=caller.actor)
+            version = registry.archive(
+                session, adapter_id, actor=caller.actor, drop_from_aliases=drop_from_aliases
+            )
             return adapter_entity(session, version)

@@ -92,7 +92,7 @@ def test_fleet_state_lists_ready_adapters_with_canonical_files(session, catalog)
     assert state["generation"] == 8
     names = {a["name"] for a in state["adapters"]}
     assert "summarize-1" in names and "chat-0" not in names
-    assert fleet_state(session, "other") == {"generation": 8, "adapters": []}
+    assert fleet_state(session, "other") == {"generation": 8, "adapters": [], "aliases": []}
 
 
 def test_versions_of_an_adapter_in_semver_order(session, auto_ns, base_model, make_package) -> None:

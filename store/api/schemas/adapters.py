@@ -38,6 +38,16 @@ class AdapterPatch(StrictBody):
     reason: SafeText | None = None
     description: SafeText | None = None
     custom_fields: CustomFields | None = None
+    pinned: bool | None = Field(
+        default=None,
+        json_schema_extra=not_nullable,
+        description="keep the version resident on engines (preloaded, never LRU-evicted)",
+    )
+    drop_from_aliases: bool = Field(
+        default=False,
+        description="with a status out of ready: remove the version from the aliases that "
+        "route to it (their other weights renormalised) instead of answering 409 alias_target",
+    )
 
 
 def file_out(f: AdapterFile) -> dict[str, Any]:

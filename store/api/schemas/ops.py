@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel as Body
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from store.api.errors import ErrorDetail
 from store.api.schemas.adapters import ADAPTER_EXAMPLE, EXAMPLE_SHA, FILE_EXAMPLE
@@ -29,11 +29,36 @@ class FleetAdapterOut(Body):
     alpha: float | None = None
     manifest_sha256: str | None = None
     generation: int
+    pinned: bool = Field(
+        default=False,
+        description="kept resident: the version is pinned or a target of a pinned alias",
+    )
     files: list[FleetFileOut]
 
 
+class FleetAliasTargetOut(Body):
+    version: str
+    adapter_id: str
+    weight: int = Field(ge=1, le=100)
+
+
+class FleetAliasOut(Body):
+    """An alias engines route (``namespace/name@alias``); ``implicit`` for ``latest``, the
+    highest ready version (revision 0). Every target is in the view's ``adapters``."""
+
+    namespace: str
+    name: str
+    alias: str
+    revision: int
+    generation: int
+    implicit: bool
+    pinned: bool
+    targets: list[FleetAliasTargetOut]
+
+
 class FleetView(Body):
-    """What engines of ``base_model`` serve: every ready version with its canonical files."""
+    """What engines of ``base_model`` serve: every ready version with its canonical files,
+    and the aliases that route to them."""
 
     model_config = entity_config(
         {
@@ -50,7 +75,22 @@ class FleetView(Body):
                     "alpha": 32.0,
                     "manifest_sha256": EXAMPLE_SHA,
                     "generation": 7,
+                    "pinned": False,
                     "files": [{k: v for k, v in FILE_EXAMPLE.items() if k != "role"}],
+                }
+            ],
+            "aliases": [
+                {
+                    "namespace": "acme",
+                    "name": "support-bot",
+                    "alias": "latest",
+                    "revision": 0,
+                    "generation": 7,
+                    "implicit": True,
+                    "pinned": False,
+                    "targets": [
+                        {"version": "1.2.0", "adapter_id": ADAPTER_EXAMPLE["id"], "weight": 100}
+                    ],
                 }
             ],
         }
@@ -59,6 +99,7 @@ class FleetView(Body):
     base_model: str
     generation: int
     adapters: list[FleetAdapterOut]
+    aliases: list[FleetAliasOut] = []
 
 
 class Liveness(Body):
