@@ -14,6 +14,7 @@ from kombu import Queue
 
 from events import streams
 from events.models import JobCompleted
+from workers import liveness
 from workers.settings import WorkerSettings, get_worker_settings
 
 TASK_MODULE = "workers.tasks"
@@ -113,3 +114,7 @@ def ingest_chain(celery_app: Celery, event: JobCompleted) -> Signature:
 
 
 app = create_app()
+# Heartbeats and the dead-worker check of the worker nodes running this app (once per process).
+liveness.install(
+    app, get_worker_settings().worker_heartbeat_s, get_worker_settings().worker_dead_after_s
+)

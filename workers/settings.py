@@ -59,6 +59,11 @@ class WorkerSettings(BaseSettings):
     # Longer than the longest task (time limit + the longest retry countdown), or Redis
     # redelivers a message that a live worker is still running.
     broker_visibility_timeout: int = 2400
+    # Worker liveness (workers/liveness.py): each node beats this often; one silent for
+    # ``worker_dead_after_s`` is dead, and the messages it held go back to their queues at
+    # once (not after the visibility timeout).
+    worker_heartbeat_s: float = 5.0
+    worker_dead_after_s: float = 15.0
     result_expires: int = 3600
     # Write per-event stage timings to a Redis stream (workers/stages.py); for the bench.
     stage_trace: bool = False

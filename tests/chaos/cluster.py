@@ -42,6 +42,9 @@ FAST_ENV = {
     "LORAFLEET_TASK_RETRY_BACKOFF_MAX": "4",
     # Unacknowledged task messages of a dead worker come back after this (prod 2400 s).
     "LORAFLEET_BROKER_VISIBILITY_TIMEOUT": "10",
+    # A node silent this long is dead and its messages go back at once (prod 5 s / 15 s).
+    "LORAFLEET_WORKER_HEARTBEAT_S": "1",
+    "LORAFLEET_WORKER_DEAD_AFTER_S": "4",
     "LORAFLEET_RELAY_INTERVAL_S": "1",
     "LORAFLEET_RECLAIM_INTERVAL_S": "5",
     "LORAFLEET_STUCK_RECEIVED_S": "15",
@@ -75,6 +78,7 @@ class Cluster:
         artifacts: dict[str, Path],
         worker_db_url: str | None = None,
         extra_env: dict[str, str] | None = None,
+        fast: bool = True,
     ) -> None:
         from store.blobs import open_blob_store
         from store.db import make_engine
@@ -84,9 +88,11 @@ class Cluster:
         self.artifacts = artifacts
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        # ``fast=False``: the shipped defaults (only the log format of FAST_ENV is kept).
+        timings = FAST_ENV if fast else {k: v for k, v in FAST_ENV.items() if "_LOG_" in k}
         self.env = process_env(
             {
-                **FAST_ENV,
+                **timings,
                 "LORAFLEET_DATABASE_URL": worker_db_url or db_url,
                 "LORAFLEET_REDIS_URL": redis_url,
                 "LORAFLEET_BLOB_URL": blob_url,
@@ -95,6 +101,9 @@ class Cluster:
                 **(extra_env or {}),
             }
         )
+        if not fast:  # nor any timing this test process may have in its environment
+            for key in FAST_ENV.keys() - timings.keys() - (extra_env or {}).keys():
+                self.env.pop(key, None)
         self.engine = make_engine(db_url)
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=2)
         settings = StoreSettings(
@@ -281,6 +290,16 @@ class Cluster:
             for match in TASK_RECEIVED.finditer(text):
                 seen[match[1]] = seen.get(match[1], 0) + 1
         return sum(1 for count in seen.values() if count > 1)
+
+    def settled_one(self, event_id: str) -> bool:
+        """Whether the ingest record of ``event_id`` is ``done`` or ``failed``."""
+        from store.models import IngestRecord
+
+        with self.engine.connect() as conn:
+            status = conn.execute(
+                sa.select(IngestRecord.status).where(IngestRecord.event_id == event_id)
+            ).scalar_one_or_none()
+        return status in ("done", "failed")
 
     def final_records(self) -> int:
         """How many ingest records are ``done`` or ``failed`` by now."""

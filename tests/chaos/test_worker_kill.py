@@ -24,10 +24,9 @@ def test_kill9_workers_mid_stream_registers_each_event_once(shared_redis_url, ma
     thread, sent = cluster.announce_in_background(cluster.plan(n, "wk"), per_second=40)
     rng = random.Random(1)
     kills = 0
-    # Kill a random node every 1-3 s for as long as work is in flight (at most 6 times);
-    # each is restarted at once, as an orchestrator would, and may be killed again while
-    # it is still starting.
-    while kills < 6 and (thread.is_alive() or kills < 4 or cluster.final_records() < 0.9 * n):
+    # Kill a random node every 1-3 s, 8 times; each is restarted at once, as an
+    # orchestrator would, and may be killed again while it is still starting.
+    while kills < 8:
         time.sleep(rng.uniform(1.0, 3.0))
         victim = rng.choice(cluster.workers)
         victim.kill9()
@@ -39,9 +38,8 @@ def test_kill9_workers_mid_stream_registers_each_event_once(shared_redis_url, ma
     thread.join(timeout=300)
     assert not thread.is_alive(), "announcer stuck"
     assert len(sent) == n
-    cluster.wait_settled(sent, timeout=150)
+    cluster.wait_settled(sent, timeout=240)
     report = record(cluster.check("kill -9 celery workers", sent, started))
-    assert kills >= 4
     # Some kills landed on work in flight, which the broker handed out again.
     assert cluster.redelivered_tasks() >= 1, cluster.logs_tail()
     assert report.lost == [], report.summary() + cluster.logs_tail()
