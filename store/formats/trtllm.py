@@ -199,6 +199,12 @@ def _weights_matrix(
                 "shape_mismatch",
                 f"{path.name}: {arr.size} raw bytes do not hold {n_rows} rows of {row_len} values",
             )
+    elif not np.issubdtype(arr.dtype, np.floating):
+        # A .npy says its dtype: integer or boolean weights are refused, never cast.
+        raise AdapterInvalid(
+            "unsupported_dtype",
+            f"{path.name}: weights have dtype {arr.dtype}; LoRA weights must be floating point",
+        )
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2 or arr.shape[0] != n_rows or not np.issubdtype(arr.dtype, np.floating):

@@ -29,9 +29,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-from support.factories import random_adapter, write_hf_peft
+from support.factories import random_adapter, write_hf_peft, write_trtllm
 from support.live_api import directory_files, fresh_database, serve_registry, upload
-from support.tiny import tiny_hf_config
+from support.tiny import tiny_hf_config, tiny_spec
 
 from store.api.uploads import StagedUpload, place_files
 from store.errors import AdapterInvalid, BadRequest
@@ -263,3 +263,18 @@ def test_weights_that_are_not_floating_point_are_refused_not_cast(
     with pytest.raises(AdapterInvalid) as exc:
         load_adapter(d)
     assert exc.value.code == "unsupported_dtype", exc.value
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint8", "bool"])
+def test_trtllm_weights_that_are_not_floating_point_are_refused_not_cast(
+    tmp_path: Path, dtype: str
+) -> None:
+    """A TensorRT-LLM ``.npy`` carries its dtype: integer/boolean weights are refused (they
+    were ``shape_mismatch``, a misleading code), never cast; raw ``.bin`` weights have no
+    dtype and are read as fp16/fp32 by size."""
+    d = write_trtllm(random_adapter(rank=2, modules=("q_proj",)), tmp_path / "t", dtype=dtype)
+    with pytest.raises(AdapterInvalid) as exc:
+        load_adapter(d, tiny_spec())
+    assert exc.value.code == "unsupported_dtype", exc.value
+    floats = write_trtllm(random_adapter(rank=2, modules=("q_proj",)), tmp_path / "f")
+    assert load_adapter(floats, tiny_spec()).rank == 2
