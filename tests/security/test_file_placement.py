@@ -29,7 +29,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-from support.factories import random_adapter, write_hf_peft, write_trtllm
+from support.factories import random_adapter, write_hf_peft, write_nemo, write_trtllm
 from support.live_api import directory_files, fresh_database, serve_registry, upload
 from support.tiny import tiny_hf_config, tiny_spec
 
@@ -262,6 +262,36 @@ def test_weights_that_are_not_floating_point_are_refused_not_cast(
         torch.save(state, d / "adapter_model.bin")
     with pytest.raises(AdapterInvalid) as exc:
         load_adapter(d)
+    assert exc.value.code == "unsupported_dtype", exc.value
+
+
+@pytest.mark.parametrize("dtype", [*INT_DTYPES, torch.float16], ids=str)
+def test_nemo_weights_that_are_not_floating_point_are_refused_not_cast(
+    tmp_path: Path, dtype: torch.dtype
+) -> None:
+    """The ``.nemo`` tar's ``model_weights.ckpt`` with its tensors stored as integers (and,
+    as the control, as float16: that one loads)."""
+    import io
+    import tarfile
+
+    d = write_nemo(random_adapter(rank=2, modules=("q_proj",)), tmp_path / "n")
+    (nemo,) = d.glob("*.nemo")
+    with tarfile.open(nemo) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    state = torch.load(io.BytesIO(members["./model_weights.ckpt"]), weights_only=True)
+    buf = io.BytesIO()
+    torch.save({k: v.to(dtype) for k, v in state.items()}, buf)
+    members["./model_weights.ckpt"] = buf.getvalue()
+    with tarfile.open(nemo, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    if dtype.is_floating_point:  # the control: the rewritten archive itself is sound
+        assert load_adapter(d, tiny_spec()).rank == 2
+        return
+    with pytest.raises(AdapterInvalid) as exc:
+        load_adapter(d, tiny_spec())
     assert exc.value.code == "unsupported_dtype", exc.value
 
 
