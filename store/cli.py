@@ -1,10 +1,11 @@
 """The registry's commands: ``lorafleet db``, ``api``, ``namespaces``, ``base-models``,
-``tokens``, ``adapters`` and ``pull``, and ``events_status`` (mounted by ``lorafleet.cli`` as
-``lorafleet events status``, since ``events`` imports nothing of ours). Everything except
-``db`` and ``api`` talks to a running API through ``RegistryClient``
+``tokens``, ``adapters``, ``aliases`` and ``pull``, and ``events_status`` (mounted by
+``lorafleet.cli`` as ``lorafleet events status``, since ``events`` imports nothing of ours).
+Everything except ``db`` and ``api`` talks to a running API through ``RegistryClient``
 (``--url``/``LORAFLEET_API_URL``, ``--token``/``LORAFLEET_TOKEN``).
-The ``adapters`` group lives in ``store.cli_adapters``; the shared options and client
-plumbing in ``store.cli_api``.
+The ``adapters`` group lives in ``store.cli_adapters``, ``aliases`` (and ``adapters
+pin|unpin``) in ``store.cli_aliases``; the shared options and client plumbing in
+``store.cli_api``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from store.cli_adapters import adapters_app, fleet_pull
+from store.cli_aliases import adapters_pin, adapters_unpin, aliases_app
 from store.cli_api import AsJson, Token, Url, api_client, err, out, print_json
 from store.cli_fleet import fleet_app
 from store.cli_governance import adapters_history, adapters_restore, audit
@@ -39,6 +41,9 @@ app.add_typer(adapters_app, name="adapters")
 app.command("pull")(fleet_pull)
 adapters_app.command("history")(adapters_history)
 adapters_app.command("restore")(adapters_restore)
+adapters_app.command("pin")(adapters_pin)
+adapters_app.command("unpin")(adapters_unpin)
+app.add_typer(aliases_app, name="aliases")
 app.command("audit")(audit)
 app.command("usage")(usage)
 app.add_typer(fleet_app, name="fleet")

@@ -177,10 +177,12 @@ def adapters_show(ref: Ref, url: Url = None, token: Token = None) -> None:
 
 
 def _set_status(
-    ref: str, status: str, reason: str | None, url: str | None, token: str | None
+    ref: str, status: str, reason: str | None, url: str | None, token: str | None, drop=False
 ) -> None:
     with api_client(url, token) as client:
-        entity = client.set_status(client.resolve(ref)["id"], status, reason)
+        entity = client.set_status(
+            client.resolve(ref)["id"], status, reason, drop_from_aliases=drop
+        )
     out.print(f"{entity['coordinates']} -> [bold]{entity['status']}[/bold]")
 
 
@@ -210,11 +212,16 @@ def adapters_reject(
 def adapters_archive(
     ref: Ref,
     reason: Annotated[str | None, typer.Option(help="Why.")] = None,
+    drop_from_aliases: Annotated[
+        bool,
+        typer.Option(help="Remove it from the aliases routing to it (else refused, 409)."),
+    ] = False,
     url: Url = None,
     token: Token = None,
 ) -> None:
-    """Archive a ready version: engines evict it."""
-    _set_status(ref, "archived", reason, url, token)
+    """Archive a ready version: engines evict it. One an alias routes to is refused
+    (alias_target) unless --drop-from-aliases."""
+    _set_status(ref, "archived", reason, url, token, drop_from_aliases)
 
 
 @adapters_app.command("pull")

@@ -242,20 +242,82 @@ class RegistryClient:
             return self.get_version(namespace, name, version)
         return self.get_adapter(ref)
 
-    def set_status(self, adapter_id: str, status: str, reason: str | None = None) -> dict:
-        """Approve (``ready``), reject or archive an adapter version."""
+    def set_status(
+        self,
+        adapter_id: str,
+        status: str,
+        reason: str | None = None,
+        *,
+        drop_from_aliases: bool = False,
+    ) -> dict:
+        """Approve (``ready``), reject or archive an adapter version; a version an alias
+        routes to is ``ApiError(409, "alias_target")`` unless ``drop_from_aliases``."""
         body: dict[str, Any] = {"status": status}
         if reason is not None:
             body["reason"] = reason
+        if drop_from_aliases:
+            body["drop_from_aliases"] = True
         return self.request("PATCH", f"/v1/adapters/{quote(adapter_id)}", json=body)
+
+    def set_pinned(self, adapter_id: str, pinned: bool) -> dict:
+        """Pin (engines keep it resident) or unpin an adapter version."""
+        return self.request("PATCH", f"/v1/adapters/{quote(adapter_id)}", json={"pinned": pinned})
+
+    # --- aliases (``namespace/name@alias``) -------------------------------------------------
+
+    @staticmethod
+    def _aliases(namespace: str, name: str, alias: str | None = None) -> str:
+        path = f"/v1/adapters/{quote(namespace)}/{quote(name)}/aliases"
+        return path if alias is None else f"{path}/{quote(alias)}"
+
+    def set_alias(
+        self,
+        namespace: str,
+        name: str,
+        alias: str,
+        targets: Sequence[tuple[str, int]],
+        *,
+        pinned: bool = False,
+        reason: str | None = None,
+    ) -> dict:
+        """Point ``namespace/name@alias`` at ``targets`` ((version, weight) pairs, weights
+        summing to 100); returns the alias."""
+        body: dict[str, Any] = {
+            "targets": [{"version": v, "weight": w} for v, w in targets],
+            "pinned": pinned,
+        }
+        if reason is not None:
+            body["reason"] = reason
+        return self.request("PUT", self._aliases(namespace, name, alias), json=body)
+
+    def get_alias(self, namespace: str, name: str, alias: str) -> dict:
+        """One alias (``latest``: the implicit highest ready version)."""
+        return self.request("GET", self._aliases(namespace, name, alias))
+
+    def list_aliases(self, namespace: str, name: str) -> dict:
+        """Every alias of ``namespace/name``, then the implicit ``latest``."""
+        return self.request("GET", self._aliases(namespace, name))
+
+    def alias_history(self, namespace: str, name: str, alias: str) -> dict:
+        """Every revision of an alias, oldest first."""
+        return self.request("GET", self._aliases(namespace, name, alias) + "/history")
+
+    def delete_alias(self, namespace: str, name: str, alias: str) -> dict:
+        """Delete an alias (its history stays)."""
+        return self.request("DELETE", self._aliases(namespace, name, alias))
 
     def update_adapter(self, adapter_id: str, **changes: Any) -> dict:
         """Edit metadata (description, custom_fields)."""
         return self.request("PATCH", f"/v1/adapters/{quote(adapter_id)}", json=changes)
 
-    def delete_adapter(self, adapter_id: str, *, purge: bool = False) -> dict | None:
-        """Archive an adapter, or with ``purge`` (admin) remove it."""
-        params = {"purge": "true"} if purge else None
+    def delete_adapter(
+        self, adapter_id: str, *, purge: bool = False, drop_from_aliases: bool = False
+    ) -> dict | None:
+        """Archive an adapter, or with ``purge`` (admin) remove it; ``drop_from_aliases``
+        as for ``set_status``."""
+        params = {"purge": "true"} if purge else {}
+        if drop_from_aliases:
+            params["drop_from_aliases"] = "true"
         return self.request("DELETE", f"/v1/adapters/{quote(adapter_id)}", params=params)
 
     def check_upload(self, *, namespace: str, name: str, version: str, base_model: str) -> dict:
@@ -268,7 +330,8 @@ class RegistryClient:
         )
 
     def fleet(self, base_model: str) -> dict:
-        """``{"generation": N, "adapters": [...]}``: the ready set engines reconcile with."""
+        """``{"generation": N, "adapters": [...], "aliases": [...]}``: the ready set and its
+        aliases engines reconcile with."""
         return self.request("GET", "/v1/fleet", params={"base_model": base_model})
 
     def upload_adapter(
