@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.checkpoint import convert_hf_state_dict  # noqa: E402
 from engine.lora import LoraBatch, LoraWeights  # noqa: E402
 from engine.model import ModelArgs, Transformer, rope_inv_freq  # noqa: E402
+from engine.settings import check_device  # noqa: E402
 from engine.tiny import tiny_config  # noqa: E402
 from store.formats import (  # noqa: E402
     SUPPORTED_MODULES,
@@ -181,6 +182,10 @@ def main() -> None:
         if opts.dtype
         else (torch.bfloat16 if opts.device.startswith("cuda") else torch.float32)
     )
+    try:
+        check_device(opts.device)
+    except ValueError as exc:
+        p.error(str(exc))
     dev, B, r = opts.device, opts.batch, opts.rank
     cfg = tiny_config(**SHAPES[shape])
     torch.set_grad_enabled(False)

@@ -32,6 +32,10 @@ def serve(
     if not (Path(settings.model_dir) / "config.json").is_file():
         raise typer.BadParameter(f"{settings.model_dir} has no config.json (a HF model directory)")
     try:
+        settings.resolved_device()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
         runtime = build_runtime(settings, verify_source=True)  # a wrong served name fails fast
     except UnknownBaseModel as exc:
         typer.echo(f"error: {exc.message}", err=True)

@@ -200,9 +200,10 @@ class EngineSettings(BaseSettings):
         return ValidationLimits(max_rank=self.max_lora_rank, rank_setting="NIM_MAX_LORA_RANK")
 
     def resolved_device(self) -> str:
-        """The torch device to run on: ``auto`` becomes ``cuda`` when one is visible."""
+        """The torch device to run on: ``auto`` becomes ``cuda`` when one is visible. A
+        device this machine does not have is a ``ValueError`` saying so (``check_device``)."""
         if self.device != "auto":
-            return self.device
+            return check_device(self.device, "LORAFLEET_ENGINE_DEVICE")
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -214,3 +215,30 @@ class EngineSettings(BaseSettings):
         if self.model_dir is not None:
             return Path(self.model_dir).name
         return "base"
+
+
+def check_device(device: str, setting: str = "--device") -> str:
+    """``device`` if torch can run on it here, else a ``ValueError`` naming ``setting``, the
+    device and why (not a torch device string; CUDA asked for where torch has none, or an
+    index past the visible GPUs), instead of an error deep inside the first allocation."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{setting}={device!r} is not a torch device ({exc})") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(
+                f"{setting}={device!r}: no CUDA device is available here (torch "
+                f"{torch.__version__}, {build}); use cpu, or a machine with a GPU and a CUDA "
+                "build of torch"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{setting}={device!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif parsed.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"{setting}={device!r}: unsupported device type {parsed.type!r}")
+    return device
