@@ -335,9 +335,12 @@ def change_status(
     adapter_id: str,
     to: FormText = None,
     reason: FormText = None,
+    drop_from_aliases: FormText = None,
     csrf: FormText = None,
 ) -> Response:
-    """Approve, reject or archive, as ``PATCH /v1/adapters/{id}`` does (writer)."""
+    """Approve, reject or archive, as ``PATCH /v1/adapters/{id}`` does (writer); archiving
+    a version an alias routes to is refused (409 ``alias_target``) unless the form's
+    ``drop_from_aliases`` box is ticked."""
 
     def act(me: SignedIn) -> Response:
         if to not in _VERBS:
@@ -351,7 +354,12 @@ def change_status(
                     version.namespace, "writer", f"adapter {adapter_id} not found"
                 )
                 version = registry.transition(
-                    session, adapter_id, to, actor=me.principal.actor, reason=reason or None
+                    session,
+                    adapter_id,
+                    to,
+                    actor=me.principal.actor,
+                    reason=reason or None,
+                    drop_from_aliases=drop_from_aliases == "true",
                 )
                 flash = _outcome(version, _VERBS[to])
         return _back(request, f"/ui/adapters/{adapter_id}", flash)

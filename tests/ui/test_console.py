@@ -3,14 +3,18 @@ against a live registry: sign in, filter, review a pending version (metrics char
 comparison with the ready version), approve it and see the fleet generation; a reader gets
 no approve button and a forged POST is refused; another tenant's version is the missing
 one's 404 page; a cross-site POST and a POST without the CSRF token are refused. Every
-request the pages make stays on the registry (no external asset)."""
+request the pages make stays on the registry (no external asset). Archiving a version an
+alias routes to is refused naming the alias unless the form's drop box is ticked (plain
+HTTP through the console's forms)."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from support.browser import chromium, only_from
 from support.factories import random_adapter, write_hf_peft
@@ -228,3 +232,37 @@ def test_cross_site_and_tokenless_posts_are_refused(
     assert "sign in first" in evil.inner_text("main")
     assert registry.admin.get_adapter(target)["status"] == "pending"
     context.close()
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html)[1]
+
+
+def test_archiving_an_alias_target_is_refused_naming_the_alias_unless_dropped(
+    registry: LiveRegistry, fleet: dict
+) -> None:
+    # The console's own forms over plain HTTP (no browser): sign in, post the archive form.
+    old = fleet["old"]
+    registry.admin.set_alias("bank", "support-bot", "stable", [("1.0.0", 100)])
+    with httpx.Client(base_url=registry.base_url, timeout=30.0) as ui:
+        login = ui.get("/ui/login")
+        signed_in = ui.post("/ui/login", data={"token": fleet["writer"], "csrf": _csrf(login.text)})
+        assert signed_in.status_code == 303, signed_in.text
+        page = ui.get(f"/ui/adapters/{old['id']}")
+        assert 'name="drop_from_aliases"' in page.text
+        form = {"to": "archived", "reason": "retired", "csrf": _csrf(page.text)}
+        refused = ui.post(f"/ui/adapters/{old['id']}/status", data=form)
+        assert refused.status_code == 409
+        assert "alias_target" in refused.text and "bank/support-bot@stable" in refused.text
+        assert registry.admin.get_adapter(old["id"])["status"] == "ready"
+
+        done = ui.post(
+            f"/ui/adapters/{old['id']}/status", data={**form, "drop_from_aliases": "true"}
+        )
+        assert done.status_code == 303, done.text
+    assert registry.admin.get_adapter(old["id"])["status"] == "archived"
+    # Its only target left: the alias is gone, its history says why.
+    assert registry.admin.list_aliases("bank", "support-bot")["data"] == []
+    history = registry.admin.alias_history("bank", "support-bot", "stable")["data"]
+    assert history[-1]["action"] == "delete"
+    assert history[-1]["reason"] == "bank/support-bot@1.0.0 left ready"
