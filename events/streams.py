@@ -38,6 +38,9 @@ INGEST_QUEUE = "ingest"
 FLEET_QUEUE = "fleet"
 MAINTENANCE_QUEUE = "maintenance"
 QUEUES = (INGEST_QUEUE, FLEET_QUEUE, MAINTENANCE_QUEUE)  # what a worker consumes by default
+# The evaluation gate (issue 17): consumed only by workers that hold base models
+# (``lorafleet worker -Q evaluate`` with LORAFLEET_EVAL_MODELS), never by default.
+EVAL_QUEUE = "evaluate"
 
 # Held by whoever is publishing outbox rows, so concurrent relays do not double-publish.
 RELAY_LOCK_KEY = f"{PREFIX}:outbox:relay-lock"

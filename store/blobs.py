@@ -25,7 +25,7 @@ import sqlalchemy as sa
 import structlog
 
 from store.errors import BadRequest, LorafleetError, NotFound, TransientError
-from store.models import AdapterFile
+from store.models import AdapterFile, EvalSet
 from store.settings import StoreSettings
 
 if TYPE_CHECKING:
@@ -302,8 +302,9 @@ def collect_garbage(
 
 
 def referenced_blob_keys(session: Session) -> set[str]:
-    """Every blob key some file row points at."""
-    return set(session.execute(sa.select(AdapterFile.blob_key).distinct()).scalars())
+    """Every blob key some file row or evaluation set points at."""
+    keys = set(session.execute(sa.select(AdapterFile.blob_key).distinct()).scalars())
+    return keys | set(session.execute(sa.select(EvalSet.blob_key).distinct()).scalars())
 
 
 def run_blob_gc(

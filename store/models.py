@@ -435,3 +435,69 @@ class UsageFlushRecord(SQLModel, table=True):
     engine_id: str = Field(primary_key=True, max_length=128)
     flush_id: str = Field(primary_key=True, max_length=80)
     folded_at: datetime = _ts()
+
+
+class EvalSet(SQLModel, table=True):
+    """A namespace's evaluation set (``store.evaluation``): JSONL rows of prompt/completion or
+    chat messages, stored once as a content-addressed blob (``blob_key`` = ``sha256/<hex>``
+    of the normalised JSONL)."""
+
+    __tablename__ = "eval_sets"
+    __table_args__ = (sa.UniqueConstraint("namespace", "name", name="uq_eval_set_name"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    namespace: str = Field(foreign_key="namespaces.name", max_length=63, index=True)
+    name: str = Field(max_length=128)
+    description: str | None = None
+    kind: str = Field(max_length=16)  # completion | chat
+    rows: int
+    size: int = Field(sa_type=sa.BigInteger)
+    sha256: str = Field(max_length=64)
+    blob_key: str = Field(max_length=80, index=True)
+    created_at: datetime = _ts()
+    created_by: str = Field(max_length=256)
+
+
+class EvalPolicy(SQLModel, table=True):
+    """A namespace's evaluation gate (``store.evaluation``): which eval set, which metrics,
+    and the rules a new version must pass (``gate``)."""
+
+    __tablename__ = "eval_policies"
+
+    namespace: str = Field(primary_key=True, foreign_key="namespaces.name", max_length=63)
+    eval_set: str = Field(max_length=128)
+    metrics: list[str] = _json(nullable=False)
+    gate: dict[str, Any] = _json(nullable=False)
+    updated_at: datetime = _ts()
+    updated_by: str = Field(max_length=256)
+
+
+class Evaluation(SQLModel, table=True):
+    """The scores a version got from the ``evaluate`` step: at most one per version, written
+    in the transaction that registers it. ``scores`` holds ``candidate``, ``base`` and
+    (when there was one) ``comparison``, each ``{loss, perplexity, exact_match, ...}``."""
+
+    __tablename__ = "evaluations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    adapter_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(40),
+            sa.ForeignKey("adapter_versions.id", ondelete="CASCADE"),
+            nullable=False,
+            unique=True,
+        )
+    )
+    namespace: str = Field(max_length=63, index=True)
+    eval_set_id: str = Field(max_length=40)
+    eval_set_name: str = Field(max_length=128)
+    eval_set_sha256: str = Field(max_length=64)
+    comparison_adapter_id: str | None = Field(default=None, max_length=40)
+    comparison: str | None = Field(default=None, max_length=256)  # coordinates
+    passed: bool
+    checks: list[dict[str, Any]] = _json(nullable=False)  # one per gate rule
+    scores: dict[str, Any] = _json(nullable=False)
+    policy: dict[str, Any] = _json(nullable=False)
+    engine_build: str = Field(max_length=256)
+    seconds: float
+    created_at: datetime = _ts()

@@ -29,6 +29,7 @@ from sqlmodel import Session
 
 from events.models import parse_coordinates
 from store import aliases, catalog, governance, packaging, quotas
+from store import evaluation as evaluation_gate
 from store.approval import (
     Status,
     apply_transition,
@@ -150,6 +151,7 @@ def commit_version(
     provenance: Provenance,
     actor: str,
     description: str | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> tuple[AdapterVersion, bool]:
     """Record ``package`` as ``namespace/name@version``; returns (version, created).
 
@@ -157,7 +159,9 @@ def commit_version(
     ``VersionConflict``. A ``failed`` version at the coordinates is replaced. Checks the
     namespace quota (``QuotaExceeded``) and that the base model is registered. The new row
     ends ``pending`` (manual namespace) or ``ready`` (auto, with its ``FleetRefresh`` outbox
-    row written in the same transaction).
+    row written in the same transaction). A namespace with an evaluation policy gates that on
+    ``evaluation`` (the ``evaluate`` step's result, stored with the new version):
+    ``store.evaluation.statuses_after_evaluation``.
     """
     _check_coordinates(namespace, name, version)
     for attempt in range(2):
@@ -213,9 +217,19 @@ def commit_version(
             )
             for f in package.files
         )
-        for status in statuses_after_validation(ns.approval_policy):
+        if evaluation is not None:
+            evaluation_gate.record_evaluation(session, row, evaluation)
+        has_policy = evaluation_gate.get_policy(session, namespace) is not None
+        path, code, gate_reason = evaluation_gate.statuses_after_evaluation(
+            ns.approval_policy, has_policy, evaluation
+        )
+        for status in path:
             reason = "auto-approved" if status == Status.READY else "validated"
-            apply_transition(session, row, status, actor=actor, reason=reason)
+            last = status == path[-1]
+            reason = (gate_reason or reason) if last else reason
+            apply_transition(
+                session, row, status, actor=actor, reason=reason, code=code if last else None
+            )
         log.info(
             "adapter.registered",
             adapter_id=row.id,

@@ -18,6 +18,7 @@ from workers import liveness
 from workers.settings import WorkerSettings, get_worker_settings
 
 TASK_MODULE = "workers.tasks"
+EVAL_MODULE = "workers.evaluate"  # the evaluate step (imports torch lazily)
 
 
 def create_app(settings: WorkerSettings | None = None, *, redis_url: str | None = None) -> Celery:
@@ -25,7 +26,9 @@ def create_app(settings: WorkerSettings | None = None, *, redis_url: str | None 
     broker and result backend on ``redis_url`` (default ``LORAFLEET_REDIS_URL``)."""
     settings = settings or get_worker_settings()
     redis_url = redis_url or settings.resolved_redis_url()
-    app = Celery("lorafleet", broker=redis_url, backend=redis_url, include=[TASK_MODULE])
+    app = Celery(
+        "lorafleet", broker=redis_url, backend=redis_url, include=[TASK_MODULE, EVAL_MODULE]
+    )
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -61,12 +64,14 @@ def create_app(settings: WorkerSettings | None = None, *, redis_url: str | None 
             Queue(streams.INGEST_QUEUE),
             Queue(streams.FLEET_QUEUE),
             Queue(streams.MAINTENANCE_QUEUE),
+            Queue(streams.EVAL_QUEUE),
         ),
         task_default_queue=streams.INGEST_QUEUE,
         task_routes={
             f"{TASK_MODULE}.ingest": {"queue": streams.INGEST_QUEUE, "priority": 6},
             f"{TASK_MODULE}.package": {"queue": streams.INGEST_QUEUE, "priority": 6},
             f"{TASK_MODULE}.validate": {"queue": streams.INGEST_QUEUE, "priority": 3},
+            f"{EVAL_MODULE}.evaluate": {"queue": streams.EVAL_QUEUE, "priority": 3},
             f"{TASK_MODULE}.register": {"queue": streams.INGEST_QUEUE, "priority": 2},
             f"{TASK_MODULE}.broadcast": {"queue": streams.FLEET_QUEUE, "priority": 1},
             f"{TASK_MODULE}.relay": {"queue": streams.FLEET_QUEUE},

@@ -228,6 +228,13 @@ def _require_namespace(session: Any, name: str) -> None:
         raise NotFound(exc.message, code="namespace_not_found") from None
 
 
+def route_to_evaluation(task: Task, ctx: dict[str, Any]) -> dict[str, Any]:
+    """``workers.evaluate.route_to_evaluation`` (imported late: that module imports this one)."""
+    from workers.evaluate import route_to_evaluation as route
+
+    return route(task, ctx)
+
+
 def _trace(event: JobCompleted) -> stages.StageTrace:
     return stages.StageTrace(event.event_id, enabled=_settings.stage_trace)
 
@@ -246,6 +253,7 @@ def ingest_event(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     ctx = run_package(ctx, trace)
     ctx = run_validate(ctx, trace)
     # Hook: after validate, before register / approval (an evaluation step goes here).
+    ctx = route_to_evaluation(self, ctx)  # the eval queue, when the namespace has a policy
     result = run_register(ctx, trace)
     with trace.stage("relay"):
         _relay_now()
@@ -292,7 +300,7 @@ def validate(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     and that every blob the package names is still stored (GC could have collected one).
     Whether the adapter fits (rank, modules, shapes) was decided by packaging, through
     ``store.formats.validate_adapter``, the one adapter-fit rule."""
-    return run_validate(ctx, _NO_TRACE)
+    return route_to_evaluation(self, run_validate(ctx, _NO_TRACE))
 
 
 def run_validate(ctx: dict[str, Any], trace: stages.StageTrace) -> dict[str, Any]:
@@ -337,6 +345,7 @@ def run_register(ctx: dict[str, Any], trace: stages.StageTrace) -> dict[str, Any
             provenance=_provenance(event),
             actor=_uploader(event),
             description=event.description,
+            evaluation=ctx.get("evaluation"),
         )
         ingest.set_status(session, event.event_id, ingest.State.DONE, adapter_id=row.id)
         status = row.status

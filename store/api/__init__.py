@@ -22,6 +22,7 @@ from store.api import (
     routes_adapters,
     routes_aliases,
     routes_catalog,
+    routes_evaluation,
     routes_fleet_engines,
     routes_governance,
     routes_hf,
@@ -98,6 +99,7 @@ def create_app(
     app.include_router(routes_transfer.router)  # before ``/{adapter_id}`` takes its paths
     app.include_router(routes_aliases.router)  # ``/{ns}/{name}/aliases`` before ``/{version}``
     app.include_router(routes_governance.router)  # ``/{id}/history`` before ``/{ns}/{name}``
+    app.include_router(routes_evaluation.router)  # eval sets, policy, ``/{id}/evaluation``
     app.include_router(routes_adapters.router)
     app.include_router(routes_ingest.router)
     app.include_router(routes_webhooks.router)
