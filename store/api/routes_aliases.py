@@ -25,6 +25,7 @@ from store.api.schemas.aliases import (
 )
 from store.auth import Principal
 from store.db import session_scope
+from store.errors import NotFound
 
 router = APIRouter(prefix="/v1/adapters", responses=error_responses(401))
 Caller = Annotated[Principal, Depends(get_principal)]
@@ -126,3 +127,17 @@ def delete_alias(
         with session_scope(state.engine) as session:
             aliases.delete_alias(session, namespace, name, alias, actor=caller.actor, reason=None)
             return {"object": "alias", "coordinates": coordinates, "deleted": True}
+
+
+def aliases_of_files(namespace: str, path: str, caller: Principal, state: AppState) -> Any:
+    """The GET answers for an adapter *named* ``files``, whose alias paths
+    (``/{namespace}/files/aliases[/...]``) ``routes_transfer``'s download route matches
+    first and hands here."""
+    parts = path.split("/")
+    if len(parts) == 1:
+        return list_aliases(namespace, "files", caller, state)
+    if len(parts) == 2:
+        return get_alias(namespace, "files", parts[1], caller, state)
+    if len(parts) == 3 and parts[2] == "history":
+        return get_alias_history(namespace, "files", parts[1], caller, state)
+    raise NotFound(_missing(namespace, "files", parts[1]))

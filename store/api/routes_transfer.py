@@ -30,6 +30,7 @@ from store import catalog, registry
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
 from store.api.routes_adapters import VERSION_SCHEMA, adapter_entity, get_version, visible_adapter
+from store.api.routes_aliases import aliases_of_files
 from store.api.schemas.adapters import AdapterOut, UploadCheckOut
 from store.api.schemas.text import check_form_fields, check_provenance_text
 from store.api.uploads import StagedUpload, place_files, receive_upload
@@ -228,7 +229,10 @@ def download_file(
     ``role`` picks, canonical by default; 404 when the version has no file of that role there.
 
     ``/v1/adapters/{namespace}/files/{version}`` (an adapter *named* ``files``) also lands
-    here; anything that is not an adapter id is answered as those coordinates."""
+    here; anything that is not an adapter id is answered as those coordinates, and
+    ``.../files/aliases[/...]`` as that adapter's aliases (``routes_aliases``)."""
+    if not adapter_id.startswith("ad_") and path.split("/", 1)[0] == "aliases":
+        return aliases_of_files(adapter_id, path, caller, state)
     if not adapter_id.startswith("ad_") and "/" not in path:
         return get_version(adapter_id, "files", path, caller, state)  # type: ignore[return-value]
     if canonical is not None:

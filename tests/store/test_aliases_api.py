@@ -243,3 +243,26 @@ def test_patch_pinned_and_the_fleet_view(live_registry, world, admin):
             sa.select(AccessLog.action).where(AccessLog.action.like("adapter.%pin"))
         ).scalars()
         assert list(actions) == ["adapter.pin", "adapter.unpin"]
+
+
+def test_aliases_of_an_adapter_named_files(live_registry, world, admin, make_package):
+    # ``/{ns}/files/aliases...`` is also the download route's path for adapter id ``acme``.
+    with Session(live_registry.engine, expire_on_commit=False) as session:
+        row, _ = registry.commit_version(
+            session,
+            make_package(7),
+            namespace="acme",
+            name="files",
+            version="1.0.0",
+            base_model=BASE,
+            provenance=Provenance(),
+            actor="trainer",
+        )
+        session.commit()
+    base = "/v1/adapters/acme/files/aliases"
+    assert admin.put(f"{base}/stable", json=split(("1.0.0", 100))).status_code == 200
+    assert [a["alias"] for a in admin.get(base).json()["data"]] == ["stable", "latest"]
+    assert admin.get(f"{base}/stable").json()["targets"][0]["adapter_id"] == row.id
+    assert admin.get(f"{base}/stable/history").json()["data"][0]["action"] == "set"
+    _error(admin.get(f"{base}/stable/nothing"), 404, "not_found")
+    assert admin.get("/v1/adapters/acme/files/1.0.0").json()["id"] == row.id
