@@ -16,16 +16,18 @@ without shortening the timeout:
 * a heartbeat thread refreshes ``lorafleet:worker:<id>:alive`` every
   ``LORAFLEET_WORKER_HEARTBEAT_S`` (5 s) with a TTL of ``LORAFLEET_WORKER_DEAD_AFTER_S``
   (15 s), and drops tags kombu no longer holds (acknowledged);
-* the dead-worker check (every heartbeat of every live node, and the periodic reclaim
-  sweep) finds registered nodes whose ``alive`` key expired and puts their messages that are
+* the dead-worker check (at every heartbeat of every live node) finds registered nodes whose ``alive`` key expired and puts their messages that are
   still unacknowledged back on their queues, as kombu's ``restore_by_tag`` does, in one
   WATCH/MULTI transaction (a message is restored once however many nodes race), then forgets
   the node. A restored message keeps its delivery tag, so a tag counts as the dead node's
   only while kombu's delivery time for it (``unacked_index``) is not later than when the
   node received it: a message since delivered to another node is never taken from it.
 
-So a killed node's work is queued again at most ``dead after + heartbeat`` (20 s) after
-the kill. The restored message is the very message the node held (same task id, same step
+A node judges others only once it has beaten for a full dead-after itself (after its start,
+or after Redis came back): every other node has had the time to beat again, so an outage
+of Redis does not make every node take every other for dead. So a killed node's work is
+queued again at most ``dead after + heartbeat`` (20 s) after the kill when another node is
+up, and at most that after its replacement started when it ran alone. The restored message is the very message the node held (same task id, same step
 of the chain, ``redelivered`` set); every step is idempotent, so even a node wrongly taken
 for dead (its heartbeat stalled past the TTL) costs repeated work, never a second version.
 A node that finds itself forgotten re-registers and logs ``worker_taken_for_dead``.
@@ -168,8 +170,8 @@ def recover_dead(client: redis.Redis, qos: Any, *, me: str | None = None) -> dic
 
 
 def recover_with(celery_app: Any) -> dict[str, int]:
-    """``recover_dead`` over a broker connection of ``celery_app`` (its transport options:
-    queue priorities and key names); the periodic sweep's dead-worker check."""
+    """One ``recover_dead`` over a broker connection of ``celery_app`` (its transport
+    options: queue priorities and key names), from any process."""
     client = redis.Redis.from_url(
         celery_app.conf.broker_url, socket_timeout=5, socket_connect_timeout=2
     )
@@ -192,6 +194,7 @@ class Heartbeat:
             celery_app.conf.broker_url, socket_timeout=5, socket_connect_timeout=2
         )
         self._stop = threading.Event()
+        self._healthy_since: float | None = None  # monotonic time of the first good beat
 
     def start(self) -> None:
         register(self.client, self.worker_id, self.dead_after_s)
@@ -221,14 +224,22 @@ class Heartbeat:
             try:
                 self.tick()
             except Exception as exc:  # noqa: BLE001 - Redis down: try again next beat
+                self._healthy_since = None
                 log.warning("worker_heartbeat_failed", worker=self.worker_id, error=str(exc))
 
     def tick(self) -> dict[str, int]:
         if not beat(self.client, self.worker_id, self.dead_after_s):
             log.warning("worker_taken_for_dead", worker=self.worker_id)
+        now = time.monotonic()
+        if self._healthy_since is None:
+            self._healthy_since = now
         with self.app.connection_for_write() as conn:
             qos = conn.default_channel.qos
             prune(self.client, self.worker_id, qos.unacked_index_key)
+            if now - self._healthy_since < self.dead_after_s:
+                # Just started, or Redis just came back: the other nodes may not have beaten
+                # since; judge them only once each has had a full dead-after to do so.
+                return {"dead": 0, "restored": 0}
             return recover_dead(self.client, qos, me=self.worker_id)
 
 

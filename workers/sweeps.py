@@ -14,7 +14,7 @@ from store import registry
 from store.approval import Status
 from store.errors import IllegalTransition, LorafleetError
 from store.models import AdapterVersion
-from workers import ingest, liveness
+from workers import ingest
 from workers.celery_app import ingest_chain
 from workers.runtime import Runtime
 
@@ -30,9 +30,6 @@ def reclaim_stuck(rt: Runtime, celery_app: Celery) -> dict[str, int]:
     harmless when it races a slow task (every step is idempotent)."""
     counts = {"requeued": 0, "failed": 0, "versions_failed": 0}
     s = rt.settings
-    # Messages held by a dead worker node go back to their queues (every live node's
-    # heartbeat does this too; this covers a fleet whose every node restarted).
-    counts["workers_dead"] = liveness.recover_with(celery_app)["dead"]
     with rt.session() as session:
         records = ingest.stuck_records(
             session,

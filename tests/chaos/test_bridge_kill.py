@@ -16,7 +16,7 @@ from cluster import Cluster, event_count
 
 from events import streams
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(720)]
 
 
 def pending_entries(cluster: Cluster) -> int:
@@ -44,7 +44,7 @@ def test_kill9_bridge_mid_stream_loses_and_duplicates_nothing(shared_redis_url, 
     thread.join(timeout=300)
     assert not thread.is_alive(), "announcer stuck"
     assert len(sent) == n
-    cluster.wait_settled(sent, timeout=150)
+    cluster.wait_settled(sent, timeout=300)
     report = record(cluster.check("kill -9 ingest bridge", sent, started))
     assert report.lost == [], report.summary() + cluster.logs_tail()
     assert report.duplicated == [], report.summary()

@@ -14,7 +14,7 @@ from checker import record
 from cluster import event_count
 from faults import RedisServer
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(720)]
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_redis_kill9_and_restart_loses_no_acknowledged_event(own_redis, make_clu
     thread.join(timeout=300)
     assert not thread.is_alive(), "announcer stuck"
     assert len(sent) == n  # every announcement was acknowledged (after retries)
-    cluster.wait_settled(sent, timeout=150)
+    cluster.wait_settled(sent, timeout=300)
     report = record(cluster.check("kill -9 redis (AOF restart)", sent, started))
     assert report.lost == [], report.summary() + cluster.logs_tail()
     assert report.duplicated == [], report.summary()

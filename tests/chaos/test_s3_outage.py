@@ -16,7 +16,7 @@ from cluster import event_count
 from faults import S3Server
 from support.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(720)]
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_s3_down_during_uploads_retries_then_registers_whole_versions(
         s3_server.start()
     thread.join(timeout=300)
     assert not thread.is_alive(), "announcer stuck"
-    cluster.wait_settled(sent, timeout=150)
+    cluster.wait_settled(sent, timeout=300)
     report = record(cluster.check("s3 endpoint down", sent, started))
     assert report.lost == [], report.summary() + cluster.logs_tail()
     assert report.duplicated == [], report.summary()
