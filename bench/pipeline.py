@@ -311,7 +311,7 @@ def _class_wall(events: dict, arrivals: dict, cls: str) -> float | None:
     return len(keys) / (max(arrivals[k] for k in keys) - first)
 
 
-def _cpu_seconds(worker_pid: int) -> dict[str, float]:
+def _cpu_seconds(worker_pid: int) -> dict:
     """CPU seconds (user + system) used so far by the Celery worker (its pool included), by
     this process (the bridge and the reader threads) and by PostgreSQL's server processes
     (all of them: other databases' work on a shared machine counts too)."""
@@ -325,11 +325,13 @@ def _cpu_seconds(worker_pid: int) -> dict[str, float]:
             return 0.0
 
     worker = psutil.Process(worker_pid)
-    postgres = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+    postgres = {
+        p.pid: used(p) for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"
+    }
     return {
         "worker": used(worker) + sum(used(c) for c in worker.children(recursive=True)),
         "bench_process": used(psutil.Process()),
-        "postgres_all": sum(used(p) for p in postgres),
+        "postgres": postgres,
     }
 
 
@@ -406,14 +408,17 @@ def _serve(
 
 
 def _engine_answers(base_url: str, token: str, adapter: str, timeout: float = 60.0) -> float | None:
-    """Poll the engine with a 1-token completion on ``adapter`` until it answers 200; the
-    time it did (None: it never did within ``timeout``)."""
+    """The time the engine answered a 1-token completion on ``adapter`` (None: not within
+    ``timeout``). Polls ``GET /v1/models/{adapter}`` (cheap) every 5 ms until the engine
+    lists it, then asks for the completion, again until it answers 200."""
     import httpx
 
     deadline = time.monotonic() + timeout
     with httpx.Client(
         base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     ) as http:
+        while time.monotonic() < deadline and http.get(f"/v1/models/{adapter}").status_code != 200:
+            time.sleep(0.005)
         while time.monotonic() < deadline:
             body = {"model": adapter, "prompt": "hi", "max_tokens": 1}
             if http.post("/v1/completions", json=body).status_code == 200:
@@ -582,7 +587,11 @@ def run(args: argparse.Namespace) -> dict:
         while engine_url and len(answered) < len(arrivals) and time.monotonic() < deadline:
             time.sleep(0.1)
         cpu1 = _cpu_seconds(worker.pid)
-        cpu = {k: (cpu1[k] - cpu0[k]) / max(len(arrivals), 1) for k in cpu0}
+        n = max(len(arrivals), 1)
+        cpu = {k: (cpu1[k] - cpu0[k]) / n for k in ("worker", "bench_process")}
+        # PostgreSQL server processes alive at both ends (backends of other databases too).
+        common = cpu0["postgres"].keys() & cpu1["postgres"].keys()
+        cpu["postgres_all"] = sum(cpu1["postgres"][p] - cpu0["postgres"][p] for p in common) / n
         latencies = {cls: [arrivals[k] - e.occurred_at.timestamp() for k, (c, e) in events.items() if c == cls and k in arrivals] for cls in ("small", "large")}  # fmt: skip
         with Session(engine) as s:
             statuses = dict(
