@@ -1,5 +1,6 @@
 """The registry's commands: ``lorafleet db``, ``api``, ``namespaces``, ``base-models``,
-``tokens``, ``adapters``, ``aliases`` and ``pull``, and ``events_status`` (mounted by
+``tokens``, ``adapters``, ``aliases``, ``eval-sets``, ``eval-policy`` and ``pull``, and
+``events_status`` (mounted by
 ``lorafleet.cli`` as ``lorafleet events status``, since ``events`` imports nothing of ours).
 Everything except ``db`` and ``api`` talks to a running API through ``RegistryClient``
 (``--url``/``LORAFLEET_API_URL``, ``--token``/``LORAFLEET_TOKEN``).
@@ -22,6 +23,7 @@ from rich.table import Table
 from store.cli_adapters import adapters_app, fleet_pull
 from store.cli_aliases import adapters_pin, adapters_unpin, aliases_app
 from store.cli_api import AsJson, Token, Url, api_client, err, out, print_json
+from store.cli_evaluation import eval_policy_app, eval_sets_app
 from store.cli_fleet import fleet_app
 from store.cli_governance import adapters_history, adapters_restore, audit
 from store.cli_usage import usage
@@ -48,6 +50,8 @@ app.command("audit")(audit)
 app.command("usage")(usage)
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(eval_sets_app, name="eval-sets")
+app.add_typer(eval_policy_app, name="eval-policy")
 
 
 # --- db and api --------------------------------------------------------------------------

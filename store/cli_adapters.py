@@ -171,9 +171,13 @@ def adapters_list(
 
 @adapters_app.command("show")
 def adapters_show(ref: Ref, url: Url = None, token: Token = None) -> None:
-    """Show one adapter version (JSON) with its files and provenance."""
+    """Show one adapter version (JSON) with its files, provenance and, when the namespace
+    has an evaluation gate, its evaluation (scores, comparison, checks)."""
+    from store.cli_evaluation import evaluation_of
+
     with api_client(url, token) as client:
-        print_json(client.resolve(ref))
+        entity = client.resolve(ref)
+        print_json({**entity, "evaluation": evaluation_of(client, entity["id"])})
 
 
 def _set_status(

@@ -187,3 +187,39 @@ def test_a_version_registered_outside_the_pipeline_is_held_not_silently_ready(
     assert theirs.json()["error"]["message"] == nobody.json()["error"]["message"].replace(
         "ad_00000000000000000000000000000000", held[0]
     )
+
+
+def test_cli_eval_sets_add_list_policy_and_adapters_show(
+    world: LiveRegistry, make_package, tmp_path
+) -> None:
+    from typer.testing import CliRunner
+
+    from store.cli import app
+
+    def cli(*args: str) -> str:
+        env = {"LORAFLEET_API_URL": world.base_url, "LORAFLEET_TOKEN": world.admin_token}
+        result = CliRunner().invoke(app, list(args), env={**env, "COLUMNS": "200"})
+        assert result.exit_code == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+    rows = tmp_path / "math.jsonl"
+    rows.write_text(_jsonl(ROWS))
+    assert "added eval set acme/math: 2 completion rows" in cli(
+        "eval-sets", "add", "acme", "math", str(rows)
+    )
+    assert "math" in cli("eval-sets", "list", "acme") and "completion" in cli(
+        "eval-sets", "list", "acme"
+    )
+    policy = cli(
+        "eval-policy", "set", "acme", "--eval-set", "math", "--metric", "exact_match",
+        "--min-exact-match", "0.5",
+    )  # fmt: skip
+    assert json.loads(policy)["gate"]["min_exact_match"] == 0.5
+    with Session(world.engine) as session:
+        registry.commit_version(
+            session, make_package(1), namespace="acme", name="bot", version="1.0.0",
+            base_model="tiny-llama", provenance=Provenance(), actor="trainer",
+        )  # fmt: skip
+        session.commit()
+    shown = json.loads(cli("adapters", "show", "acme/bot@1.0.0"))
+    assert (shown["status_code"], shown["evaluation"]) == ("evaluation_missing", None)
