@@ -14,9 +14,13 @@ Measured:
   the same for ready versions only.
 * the total-queue checker's lost / duplicated / unexpected counts over the burst.
 
+* with ``--reads-per-s R``: the registry API's read latency (``GET /v1/adapters`` filtered
+  and ``GET /v1/fleet``, open-loop at R requests a second, ``bench/api_load.read_load``) from
+  the start of the burst until it has drained.
+
 Prints a table and writes ``bench/results/load.json``.
 
-    .venv/bin/python bench/load.py [--events 1000] [--uploads 50]
+    .venv/bin/python bench/load.py [--events 1000] [--uploads 50] [--reads-per-s 200]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -114,11 +119,13 @@ def event_latencies(cluster: Cluster, announced: list[Any]) -> tuple[list[float]
     return outcome, ready
 
 
-def run(events: int = 1000, uploads: int = 50, workdir: Path | None = None) -> dict[str, Any]:
+def run(
+    events: int = 1000, uploads: int = 50, workdir: Path | None = None, reads_per_s: float = 0
+) -> dict[str, Any]:
     """Run the load once and return the results (see the module docstring)."""
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="lorafleet-load-") as tmp:
-            return run(events, uploads, Path(tmp))
+            return run(events, uploads, Path(tmp), reads_per_s)
     root = Path(workdir)
     redis_server = RedisServer(root / "redis")
     redis_server.start()
@@ -134,14 +141,14 @@ def run(events: int = 1000, uploads: int = 50, workdir: Path | None = None) -> d
                 extra_env={"LORAFLEET_ADMIN_TOKEN": ADMIN_TOKEN},
             )
             try:
-                return _measure(cluster, events, uploads)
+                return _measure(cluster, events, uploads, reads_per_s)
             finally:
                 cluster.stop()
     finally:
         redis_server.stop()
 
 
-def _measure(cluster: Cluster, events: int, uploads: int) -> dict[str, Any]:
+def _measure(cluster: Cluster, events: int, uploads: int, reads_per_s: float) -> dict[str, Any]:
     """Start the pipeline and the API, run both loads at once, check and measure."""
     cluster.start(workers=1, bridges=1)
     port = free_port()
@@ -153,13 +160,35 @@ def _measure(cluster: Cluster, events: int, uploads: int) -> dict[str, Any]:
         60,
         "registry API ready",
     )
+    reads: dict[str, Any] = {}
+    stop_reads = threading.Event()
+    reader = None
+    if reads_per_s:
+        from api_load import read_load
+
+        mix = [
+            ("list ns+status", "/v1/adapters", {"namespace": "acme", "status": "ready"}),
+            ("list search", "/v1/adapters", {"search": "ld", "sort": "name"}),
+            ("fleet", "/v1/fleet", {"base_model": "tiny-llama"}),
+        ]
+
+        def read_until_drained() -> None:
+            reads.update(
+                read_load(api_url, ADMIN_TOKEN, reads_per_s, stop=stop_reads, mix=mix).summary()
+            )
+
+        reader = threading.Thread(target=read_until_drained, daemon=True)
+        reader.start()
     started = time.monotonic()
     thread, sent = cluster.announce_in_background(cluster.plan(events, "ld"), per_second=None)
-    upload_results = upload_all(api_url, cluster.artifacts, uploads)
+    upload_results = upload_all(api_url, cluster.artifacts, uploads) if uploads else []
     thread.join(timeout=600)
     burst_s = time.monotonic() - started
     cluster.wait_settled(sent, timeout=900)
     drained_s = time.monotonic() - started
+    stop_reads.set()
+    if reader is not None:
+        reader.join(timeout=60)
     uploaded = {f"acme/upload-{i}@1.0.0" for i in range(uploads)}
     report = cluster.check(f"load: {events}-event burst", sent, started, others=uploaded)
     outcome, ready = event_latencies(cluster, sent)
@@ -177,6 +206,8 @@ def _measure(cluster: Cluster, events: int, uploads: int) -> dict[str, Any]:
         "drained_s": round(drained_s, 1),
         "events_per_s": round(len(sent) / drained_s, 1) if drained_s else 0.0,
         "checker": report.counts(),
+        "reads_per_s": reads_per_s,
+        "reads_during_burst": reads,
     }
 
 
@@ -201,14 +232,24 @@ def print_table(result: dict[str, Any]) -> None:
         f"drained in {result['drained_s']} s ({result['events_per_s']}/s); "
         f"lost {c['lost']} duplicated {c['duplicated']} unexpected {c['unexpected']}"
     )
+    if result.get("reads_during_burst"):
+        from api_load import print_reads
+
+        print_reads(
+            f"API reads at {result['reads_per_s']:g}/s while the burst drained",
+            result["reads_during_burst"],
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--uploads", type=int, default=50)
+    parser.add_argument(
+        "--reads-per-s", type=float, default=0, help="API reads a second during the burst"
+    )
     args = parser.parse_args()
-    result = run(args.events, args.uploads)
+    result = run(args.events, args.uploads, reads_per_s=args.reads_per_s)
     print_table(result)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -52,7 +52,8 @@ def _fresh_postgres() -> tuple[str, Any]:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
 
 
-def _seed(engine: sa.Engine, n_versions: int, n_namespaces: int) -> None:
+def _seed(engine: sa.Engine, n_versions: int, n_namespaces: int, fleet_every: int = 3) -> None:
+    """``n_versions`` rows; every ``fleet_every``-th on base model ``llama-3-70b``."""
     rng = random.Random(7)
     start = datetime(2024, 1, 1, tzinfo=UTC)
     with Session(engine) as s:
@@ -69,7 +70,7 @@ def _seed(engine: sa.Engine, n_versions: int, n_namespaces: int) -> None:
                     # (name suffix, version) determine i, so coordinates are unique.
                     name=f"{WORDS[(i // n_namespaces) % len(WORDS)]}-{i // 160}",
                     version=f"1.{i % 160}.0",
-                    base_model="llama-3-8b" if i % 3 else "llama-3-70b",
+                    base_model="llama-3-8b" if i % fleet_every else "llama-3-70b",
                     format="hf_peft",
                     rank=16,
                     alpha=32.0,

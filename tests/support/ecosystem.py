@@ -43,6 +43,8 @@ def start_vllm(
     log_dir: Path,
     env: dict[str, str] | None = None,
     max_lora_rank: int = 8,
+    max_loras: int = 2,
+    extra_args: list[str] | None = None,
 ) -> Proc:
     """Start vLLM serving ``model`` (its ``--model``, relative to ``cwd``) with LoRA on."""
     argv = [
@@ -59,12 +61,13 @@ def start_vllm(
         "--max-lora-rank",
         str(max_lora_rank),
         "--max-loras",
-        "2",
+        str(max_loras),
         "--max-model-len",
         "256",
         "--dtype",
         "float32",
         "--enforce-eager",
+        *(extra_args or []),
     ]
     variables = {
         **os.environ,
