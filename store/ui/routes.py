@@ -23,6 +23,7 @@ from store.approval import Status, parse_status
 from store.auth import Principal, authenticate
 from store.db import session_scope
 from store.errors import BadRequest, Forbidden, LorafleetError, Unauthorized
+from store.evaluation import get_evaluation
 from store.outbox import current_generation
 from store.ui import views
 from store.ui.session import (
@@ -266,6 +267,7 @@ def version_page(request: Request, adapter_id: str) -> Response:
                 chart={"w": views.CHART_W, "h": views.CHART_H},
                 ready=ready,
                 compare=views.comparison(version, ready) if ready else [],
+                evaluation=get_evaluation(session, version.id),
                 fleet_generation=current_generation(session),
                 may_write=me.may(version.namespace, "writer"),
                 may_admin=me.may(version.namespace, "admin"),
