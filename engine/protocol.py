@@ -43,7 +43,8 @@ def error_response(
 
 
 # Fields the engine does not read, whatever their value: they change nothing about the
-# output (an end-user id, tags, storage and tier hints meant for OpenAI's platform).
+# output (an end-user id, tags, storage and tier hints meant for OpenAI's platform). The
+# end-user id (``user``) is only the sticky key of an alias's pick (``routes_completions``).
 HARMLESS_FIELDS = frozenset(
     {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
 )
