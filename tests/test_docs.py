@@ -7,6 +7,7 @@ from pathlib import Path
 from engine.settings import EngineSettings
 from events.s3 import S3Settings
 from store.settings import StoreSettings
+from workers.evaluate import EvalSettings
 from workers.settings import WorkerSettings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -27,7 +28,7 @@ def _env_names(cls: type) -> set[str]:
 
 def test_every_environment_variable_is_in_the_readme_configuration_table() -> None:
     documented = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    classes = (StoreSettings, S3Settings, WorkerSettings, EngineSettings)
+    classes = (StoreSettings, S3Settings, WorkerSettings, EngineSettings, EvalSettings)
     names = set().union(*(_env_names(c) for c in classes))
     missing = sorted(n for n in names if f"`{n}`" not in documented and n not in documented)
     assert not missing, f"README's configuration table lacks {missing}"

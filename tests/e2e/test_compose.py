@@ -20,6 +20,7 @@ import yaml
 from engine.settings import EngineSettings
 from events.s3 import S3Settings
 from store.settings import StoreSettings
+from workers.evaluate import EvalSettings
 from workers.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,6 +175,7 @@ def _settings_env_names() -> set[str]:
     names = {f"LORAFLEET_{f.upper()}" for f in StoreSettings.model_fields}
     names |= {f"LORAFLEET_{f.upper()}" for f in WorkerSettings.model_fields}
     names |= {f"LORAFLEET_S3_{f.upper()}" for f in S3Settings.model_fields}
+    names |= {f"LORAFLEET_EVAL_{f.upper()}" for f in EvalSettings.model_fields}
     for field in EngineSettings.model_fields.values():
         alias = field.validation_alias
         names |= {c for c in getattr(alias, "choices", []) if isinstance(c, str) and c.isupper()}
