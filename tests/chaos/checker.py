@@ -51,6 +51,7 @@ class Report:
     refresh_redelivered: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     crashes: dict[str, list[str]] = field(default_factory=dict)  # processes that died alone
+    measured: dict[str, object] = field(default_factory=dict)  # a test's own figures
     seconds: float = 0.0
 
     @property
@@ -78,6 +79,7 @@ class Report:
             "crashes": {name: len(why) for name, why in self.crashes.items()},
             "outcomes": dict(self.outcomes),
             "seconds": round(self.seconds, 1),
+            **({"measured": self.measured} if self.measured else {}),
         }
 
     def summary(self) -> str:
