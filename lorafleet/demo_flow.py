@@ -9,7 +9,9 @@
    the auto one is served and the manual one waits in ``pending``;
 5. approve the manual one through the API, as a reviewer would, and watch it reach the engine;
 6. ask the engine one prompt through the base model and each adapter, side by side;
-7. archive one adapter and watch the engine evict it; stop everything.
+7. roll a canary (``lorafleet.demo_canary``): ``acme/math-tutor@stable`` at 100% on 1.0.0,
+   then 50/50 with a freshly trained 1.1.0, sticky users staying on their arm;
+8. archive one adapter and watch the engine evict it; stop everything.
 
 ``run_demo`` returns a ``DemoReport`` so tests can check the story, not just the exit code.
 """
@@ -30,6 +32,7 @@ from rich.table import Table
 
 from engine.settings import DEFAULT_ENGINE_PORT
 from events.publisher import announce_job_completed
+from lorafleet.demo_canary import CanaryReport, roll_canary
 from lorafleet.pipeline_follower import PipelineFollower, engine_models
 from lorafleet.stack import Stack, StackConfig, lorafleet_command, remove_home
 from lorafleet.supervisor import prefixed_echo
@@ -110,6 +113,7 @@ class DemoReport:
     archived: str | None = None
     models_after_archive: list[str] = field(default_factory=list)
     fleet: list[dict] = field(default_factory=list)  # GET /v1/fleet/engines, adapters loaded
+    canary: CanaryReport | None = None  # the alias rollout (lorafleet.demo_canary)
     train_loss: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -200,6 +204,7 @@ def run_demo(
             report.statuses = dict(follower.status)
             _compare_answers(narrator, stack, report)
             _fleet_status(narrator, client, report)
+            report.canary = roll_canary(narrator, client, stack, options, PROMPT)
             _archive_one(narrator, client, stack, options, report)
         narrator.step("Stopping everything")
     report.seconds = time.monotonic() - started
@@ -356,7 +361,7 @@ def _archive_one(
     report: DemoReport,
 ) -> None:
     victim = ADAPTERS[1]
-    narrator.step(f"6. Archiving {victim.coordinates}")
+    narrator.step(f"8. Archiving {victim.coordinates}")
     entity = client.get_version(victim.namespace, victim.name, victim.version)
     client.set_status(entity["id"], Status.ARCHIVED, reason="retired in the demo")
     started = time.monotonic()

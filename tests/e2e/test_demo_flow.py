@@ -71,6 +71,21 @@ def test_demo_trains_serves_side_by_side_archives_and_stops_everything(
     # The fleet status once the adapters are loaded: the engine holds both.
     assert len(report.fleet) == 1 and report.fleet[0]["lag"] == 0
     assert {math, pirate} <= set(report.fleet[0]["cpu"])
+    # The canary: acme/math-tutor@stable at 100% on 1.0.0, then 50/50 with 1.1.0; each user
+    # keeps its arm (and, greedy, its answer) on every request; both arms are used.
+    canary = report.canary
+    assert canary is not None
+    assert canary.generations["50/50"] > canary.generations["100/0"]
+    for seen in canary.served["100/0"].values():
+        assert {v for v, _ in seen} == {math}
+    arms = {}
+    for user, seen in canary.served["50/50"].items():
+        assert [v for v, _ in seen] == [seen[0][0]] * 3, (user, seen)  # same version
+        assert [ascii(t) for _, t in seen] == [ascii(seen[0][1])] * 3  # and the same answer
+        arms[user] = seen[0][0]
+    assert set(arms.values()) == {math, "acme/math-tutor@1.1.0"}
+    assert canary.answers["acme/math-tutor@1.1.0"] != canary.answers[math]
+    assert "== 7. A canary: acme/math-tutor@1.1.0 behind acme/math-tutor@stable" in narration
     assert report.archived == pirate
     assert pirate not in report.models_after_archive
     assert {BASE_MODEL, math} <= set(report.models_after_archive)
