@@ -9,7 +9,9 @@ relayed by a real Celery beat + worker to ``lorafleet:fleet:refresh``):
 * an alias change reaches both engines at the same generation (health and heartbeat);
 * while aliases switch under load no request gets a 404 and no request loads an adapter;
 * pinned adapters are preloaded by a new engine and survive an LRU storm;
-* another tenant's alias is the 404 of a missing one; ``/v1/models`` lists aliases.
+* another tenant's alias is the 404 of a missing one; ``/v1/models`` lists aliases;
+* archiving a version an alias routes to is a 409 ``alias_target``; with the drop flag the
+  aliases move without a single failed request.
 
 The tests run in order on one fleet (module fixture ``canary``).
 """
@@ -264,3 +266,51 @@ def test_another_tenants_alias_is_a_missing_one(canary: AliasFleet) -> None:
         ) as stream:
             assert stream.headers[SERVED_MODEL_HEADER] == NEWEST
             assert any(line.startswith("data: [DONE]") for line in stream.iter_lines())
+
+
+def test_archiving_a_target_is_refused_unless_dropped_and_the_drop_never_404s(
+    canary: AliasFleet,
+) -> None:
+    old_id = canary.registry.admin.get_version("acme", "bot", "1.0.0")["id"]
+    with canary.registry.http(canary.writer) as http:
+        refused = http.patch(f"/v1/adapters/{old_id}", json={"status": "archived"})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "alias_target"
+    assert f"{BOT}@pinned" in refused.json()["error"]["message"]
+    token = canary.readers["acme"]
+    stop = threading.Event()
+    outcomes: Counter[str] = Counter()
+
+    def hammer(engine_url: str) -> None:  # @pinned routes 50/50 to 1.0.0 until the drop
+        with httpx.Client(base_url=engine_url, timeout=30) as http:
+            while not stop.is_set():
+                response = http.post(
+                    "/v1/completions",
+                    headers={"Authorization": f"Bearer {token}"},
+                    json={"model": f"{BOT}@pinned", "prompt": "Hi", "max_tokens": 1},
+                )
+                outcomes[str(response.status_code)] += 1
+
+    threads = [threading.Thread(target=hammer, args=(e.url,)) for e in canary.engines]
+    for thread in threads:
+        thread.start()
+    try:
+        with canary.registry.http(canary.writer) as http:
+            dropped = http.patch(
+                f"/v1/adapters/{old_id}", json={"status": "archived", "drop_from_aliases": True}
+            )
+        assert dropped.status_code == 200, dropped.text
+        canary.synced()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert set(outcomes) == {"200"} and outcomes["200"] >= 10, outcomes
+    for engine in canary.engines:
+        aliases = engine.runtime.catalog.aliases()
+        assert [(t.name, t.weight) for t in aliases[f"{BOT}@pinned"].targets] == [(NEW, 100)]
+        assert f"{BOT}@stable" not in aliases  # its only target left: deleted
+        with engine.client(token) as client:
+            assert served(client, f"{BOT}@pinned") == NEW
+            with pytest.raises(openai.NotFoundError):
+                served(client, OLD)
