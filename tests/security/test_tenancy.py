@@ -11,6 +11,7 @@ all, and the global (bootstrap) admin. "Own" targets live in ``acme``, "other" t
 * routes only a global admin may use (new namespaces, base models, global tokens) are 403
   for every scoped token;
 * listings (adapters, namespaces, fleet) answer 200 but never contain another tenant's rows.
+* an alias (list, ``latest``, history, PUT, DELETE) is scoped like the adapter it names.
 
 Mutating cells get a fresh target adapter each, and a refused mutation must leave it as it was.
 """
@@ -218,7 +219,28 @@ ROUTES = [
     Route("purge",
           lambda c, t, x: c.delete(f"/v1/adapters/{t.adapter_id}", params={"purge": "true"}),
           "admin", fresh="pending"),
+    Route("list_aliases", lambda c, t, x: c.get(_aliases(t)), "reader"),
+    Route("get_alias_latest", lambda c, t, x: c.get(f"{_aliases(t)}/latest"), "reader"),
+    Route("alias_history", lambda c, t, x: c.get(f"{_aliases(t, _alias(x, t))}/history"),
+          "reader"),
+    Route("put_alias",
+          lambda c, t, x: c.put(_aliases(t, "canary"), json={"targets": [{"version": t.version}]}),
+          "writer"),
+    Route("delete_alias", lambda c, t, x: c.delete(_aliases(t, _alias(x, t))), "writer"),
 ]  # fmt: skip
+
+
+def _aliases(t: Target, alias: str | None = None) -> str:
+    path = f"/v1/adapters/{t.namespace}/{t.name}/aliases"
+    return path if alias is None else f"{path}/{alias}"
+
+
+def _alias(x: Tenancy, t: Target) -> str:
+    """Alias ``stable`` of ``t`` (on its version, set by the global admin) when ``t``
+    exists; the same name for the missing target, so the two 404s compare."""
+    if t is not MISSING:
+        x.stack.admin.set_alias(t.namespace, t.name, "stable", [(t.version, 100)])
+    return "stable"
 
 
 def expected_status(route: Route, role: str, own: bool) -> int:
