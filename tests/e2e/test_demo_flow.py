@@ -66,6 +66,16 @@ def test_demo_trains_serves_side_by_side_archives_and_stops_everything(
     # The closing hints name the lorafleet the user's shell can run (lorafleet_command).
     hint = lorafleet_command()
     assert f"{hint} up --home {options.home}" in narration
+    # The evaluation gate: the math adapter passes with its exact-match score and is served;
+    # the one trained on shuffled labels is held back in pending with its scores.
+    gate = report.gate
+    assert gate is not None
+    passed, broken = "initech/math-tutor@1.0.0", "initech/math-shuffled@1.0.0"
+    assert gate.statuses == {passed: ("ready", None), broken: ("pending", "evaluation_failed")}
+    good, bad = gate.evaluations[passed], gate.evaluations[broken]
+    assert good["passed"] and good["scores"]["candidate"]["exact_match"] == 1.0
+    assert not bad["passed"] and bad["scores"]["candidate"]["exact_match"] == 0.0
+    assert f"{broken} held back: exact match 0.000 >= 0.5" in narration
 
     # Archiving evicted exactly that adapter from the engine.
     # The fleet status once the adapters are loaded: the engine holds both.
