@@ -301,8 +301,11 @@ def start_ours(root: Path, model_dir: Path, adapters: Path, opts: argparse.Names
 
 
 def start_theirs(root: Path, adapters: Path, opts: argparse.Namespace) -> Any:
+    import support.ecosystem
     from support.ecosystem import start_vllm
     from support.services import free_port
+
+    support.ecosystem.VLLM_START_TIMEOUT_S = opts.vllm_start_timeout
 
     python = Path(os.environ.get("LORAFLEET_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
     if not python.exists():
@@ -379,6 +382,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--skip-vllm", action="store_true", help="measure lorafleet only")
+    parser.add_argument(
+        "--vllm-start-timeout", type=float, default=600, help="seconds (35 s on an idle machine)"
+    )
     parser.add_argument("--out", default=str(RESULTS))
     opts = parser.parse_args()
     try:
@@ -399,9 +405,16 @@ def main() -> None:
         starters = [("ours", lambda: start_ours(root, model_dir, adapters, opts))]
         if not opts.skip_vllm:
             starters.append(("vllm", lambda: start_theirs(root, adapters, opts)))
+        failures: dict[str, str] = {}
         for name, start in starters:
             t0 = time.perf_counter()
-            proc, url = start()
+            try:
+                proc, url = start()
+            except (AssertionError, RuntimeError, OSError) as exc:
+                # Keep what was measured: a server that does not come up is reported as such.
+                failures[name] = f"did not start: {str(exc).splitlines()[-1][:300]}"
+                print(f"{name} {failures[name]}", flush=True)
+                continue
             print(f"{name} ready in {time.perf_counter() - t0:.0f} s", flush=True)
             try:
                 servers[name] = measure_server(name, url, proc.popen.pid, MODEL, opts)
@@ -409,8 +422,8 @@ def main() -> None:
                 proc.stop()
     ratios: dict[str, float] = {}
     for c in opts.concurrency:
-        ours = servers["ours"]
-        if "vllm" in servers:
+        ours = servers.get("ours")
+        if ours is not None and "vllm" in servers:
             for traffic in ("lora", "base"):
                 ratios[f"ours/vLLM {traffic} C={c}"] = (
                     ours[f"{c}/{traffic}"]["tok_s"] / servers["vllm"][f"{c}/{traffic}"]["tok_s"]
@@ -434,11 +447,14 @@ def main() -> None:
         "floor_tok_s": floor,
         "servers": servers,
         "ratios": ratios,
+        "failures": failures,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "load_average": os.getloadavg(),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     print_table(result, opts)
+    for name, why in failures.items():
+        print(f"{name}: {why}")
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {opts.out}")
