@@ -100,20 +100,23 @@ def touch(session: Session, event_id: str) -> None:
 
 
 def stuck_records(
-    session: Session, *, received_before: datetime, enqueued_before: datetime, limit: int = 100
+    session: Session,
+    *,
+    received_before: datetime,
+    enqueued_before: datetime | None,
+    limit: int = 100,
 ) -> list[IngestRecord]:
     """Records that stopped progressing: ``received`` (bridge died before enqueueing) or
-    ``enqueued`` (task message lost) for longer than the given cut-offs."""
+    ``enqueued`` (task message lost) for longer than the given cut-offs; no ``enqueued`` ones
+    when ``enqueued_before`` is None."""
     last = sa.func.coalesce(IngestRecord.updated_at, IngestRecord.received_at)
+    stuck = [sa.and_(IngestRecord.status == State.RECEIVED, last < received_before)]
+    if enqueued_before is not None:
+        stuck.append(sa.and_(IngestRecord.status == State.ENQUEUED, last < enqueued_before))
     return list(
         session.execute(
             sa.select(IngestRecord)
-            .where(
-                sa.or_(
-                    sa.and_(IngestRecord.status == State.RECEIVED, last < received_before),
-                    sa.and_(IngestRecord.status == State.ENQUEUED, last < enqueued_before),
-                )
-            )
+            .where(sa.or_(*stuck))
             .order_by(IngestRecord.received_at)
             .limit(limit)
             .with_for_update(skip_locked=True)

@@ -2,6 +2,12 @@
 
 Every re-drive is bounded: an ingest record re-enqueued ``MAX_RECLAIMS`` times is marked
 ``failed`` (``retries_exhausted``) instead of going round forever.
+
+An ``enqueued`` record is stuck only when its task message is gone. While the ingest queue
+still holds messages, its message may be one of them, merely waiting behind the backlog, so
+the sweep leaves ``enqueued`` records alone until the queue has drained: re-enqueueing
+waiting work only lengthens the queue it waits in (each copy is another message), and
+giving up on it marked records ``failed`` whose work was still queued and then registered.
 """
 
 from __future__ import annotations
@@ -9,7 +15,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 import structlog
 from celery import Celery
+from kombu.exceptions import ChannelError
 
+from events import streams
 from store import registry
 from store.approval import Status
 from store.errors import IllegalTransition, LorafleetError
@@ -30,11 +38,13 @@ def reclaim_stuck(rt: Runtime, celery_app: Celery) -> dict[str, int]:
     harmless when it races a slow task (every step is idempotent)."""
     counts = {"requeued": 0, "failed": 0, "versions_failed": 0}
     s = rt.settings
+    backlog = ingest_backlog(celery_app)
     with rt.session() as session:
         records = ingest.stuck_records(
             session,
             received_before=ingest.cutoff(s.stuck_received_s),
-            enqueued_before=ingest.cutoff(s.stuck_enqueued_s),
+            # A queued message is late, not lost: judge enqueued records once none waits.
+            enqueued_before=None if backlog else ingest.cutoff(s.stuck_enqueued_s),
         )
         for record in records:
             if ingest.reclaims_of(record) >= MAX_RECLAIMS:
@@ -77,5 +87,16 @@ def reclaim_stuck(rt: Runtime, celery_app: Celery) -> dict[str, int]:
         except (IllegalTransition, LorafleetError) as exc:  # moved on meanwhile: fine
             log.info("stuck_version_moved", adapter_id=adapter_id, reason=str(exc))
     if any(counts.values()):
-        log.info("reclaim_sweep", **counts)
+        log.info("reclaim_sweep", backlog=backlog, **counts)
     return counts
+
+
+def ingest_backlog(celery_app: Celery) -> int:
+    """How many messages wait in the ingest queue (every priority), not yet taken by a
+    worker."""
+    with celery_app.connection_for_read() as conn:
+        try:
+            declared = conn.default_channel.queue_declare(streams.INGEST_QUEUE, passive=True)
+        except ChannelError:  # no such queue: nothing ever waited in it, or it drained
+            return 0
+        return int(declared.message_count)

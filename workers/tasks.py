@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import kombu.exceptions
 import redis
+import sqlalchemy as sa
 import sqlalchemy.exc
 import structlog
 from celery import Task, signals
@@ -43,7 +44,7 @@ from store.errors import (
     TransientError,
     VersionConflict,
 )
-from store.models import Package, PackageFile, Provenance
+from store.models import AdapterVersion, IngestRecord, Package, PackageFile, Provenance
 from workers import ingest, stages, sweeps
 from workers.celery_app import TASK_MODULE, app
 from workers.fetch import fetch_artifact
@@ -248,6 +249,10 @@ def ingest_event(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     ``register`` returns. Its ``fleet.refresh`` is relayed before it returns (or, when
     another relay holds the lock, by that relay before it lets go)."""
     event = JobCompleted.model_validate(ctx["event"])
+    earlier = _earlier_result(ctx, event)
+    if earlier is not None:  # a redelivered or re-driven copy of finished work
+        log.info("ingest_already_done", adapter_id=earlier["adapter_id"])
+        return earlier
     trace = _trace(event)
     started = time.time()
     ctx = run_package(ctx, trace)
@@ -260,6 +265,28 @@ def ingest_event(self: Task, ctx: dict[str, Any]) -> dict[str, Any]:
     trace.mark("task", started)
     trace.flush(get_runtime().redis)
     return result
+
+
+def _earlier_result(ctx: dict[str, Any], event: JobCompleted) -> dict[str, Any] | None:
+    """What ``register`` returned for ``event`` when its ingest record is already ``done``,
+    else None. A copy of the message (redelivered, or re-driven by the reclaim sweep while
+    the first was still queued) then costs one read instead of fetching, parsing and storing
+    the adapter again: under a backlog those copies are most of the queue."""
+    with get_runtime().session() as session:
+        row = session.execute(
+            sa.select(IngestRecord.adapter_id, AdapterVersion.status)
+            .outerjoin(AdapterVersion, AdapterVersion.id == IngestRecord.adapter_id)
+            .where(IngestRecord.event_id == event.event_id)
+            .where(IngestRecord.status == ingest.State.DONE)
+        ).first()
+    if row is None or row.adapter_id is None:
+        return None
+    return {
+        "event": ctx["event"],
+        "adapter_id": row.adapter_id,
+        "status": row.status,
+        "created": False,
+    }
 
 
 def _relay_now() -> None:

@@ -188,7 +188,12 @@ def test_a_failing_rerun_never_undoes_a_done_record(pipeline: Pipeline, api: Api
     assert record.status == "done"
     # The sweep re-drove it while it was slow; meanwhile the trainer cleaned up its output.
     shutil.rmtree(directory)
-    result = ingest_chain(pipeline.celery, event).apply_async()
+    # The ingest task of a finished event returns what was registered, without the files.
+    copy = ingest_chain(pipeline.celery, event).apply_async().get(timeout=60)
+    assert (copy["adapter_id"], copy["created"]) == (record.adapter_id, False)
+    # A step of an older release's chain, still queued, needs them and fails.
+    ctx = {"event": event.model_dump(mode="json")}
+    result = pipeline.celery.signature("workers.tasks.package", args=(ctx,)).apply_async()
     result.get(timeout=60, propagate=False)
     assert result.failed()
     # Its failure handler has run (and said so) once this line is logged.

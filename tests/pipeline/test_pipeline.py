@@ -384,3 +384,28 @@ def test_reclaim_sweep_redrives_a_record_the_bridge_never_enqueued(pipeline: Pip
     record = pipeline.wait_ingest(event.event_id)
     assert record.status == "done"
     assert _version(pipeline, record.adapter_id).status == "ready"
+
+
+def test_a_copy_of_finished_ingest_work_is_not_packaged_again(pipeline: Pipeline) -> None:
+    # A second message for an event already done: the reclaim sweep re-drove it while the
+    # first still waited in a backlog, or the broker redelivered it. Under a backlog such
+    # copies are most of the queue; each one fetching, parsing and storing the adapter again
+    # slowed the Redis-restart and S3-outage chaos runs until records were given up.
+    from workers.celery_app import ingest_chain
+
+    event = _announce(pipeline, "acme/copied@1.0.0", _adapter_dir(pipeline, seed=21))
+    record = pipeline.wait_ingest(event.event_id)
+    assert record.status == "done", record.error_message
+
+    result = ingest_chain(pipeline.celery, event).apply_async().get(timeout=60)
+
+    assert (result["adapter_id"], result["status"], result["created"]) == (
+        record.adapter_id,
+        "ready",
+        False,
+    )
+    lines = pipeline.worker_log.read_text().splitlines()
+    mine = [line for line in lines if event.event_id in line]
+    assert sum("adapter_packaged" in line for line in mine) == 1
+    assert sum("ingest_already_done" in line for line in mine) == 1
+    assert len(pipeline.refresh_entries(record.adapter_id)) == 1
