@@ -86,13 +86,13 @@ def test_demo_trains_serves_side_by_side_archives_and_stops_everything(
     canary = report.canary
     assert canary is not None
     assert canary.generations["50/50"] > canary.generations["100/0"]
-    for seen in canary.served["100/0"].values():
-        assert {v for v, _ in seen} == {math}
+    for served in canary.served["100/0"].values():
+        assert {v for v, _ in served} == {math}
     arms = {}
-    for user, seen in canary.served["50/50"].items():
-        assert [v for v, _ in seen] == [seen[0][0]] * 3, (user, seen)  # same version
-        assert [ascii(t) for _, t in seen] == [ascii(seen[0][1])] * 3  # and the same answer
-        arms[user] = seen[0][0]
+    for user, served in canary.served["50/50"].items():
+        assert [v for v, _ in served] == [served[0][0]] * 3, (user, served)  # same version
+        assert [ascii(t) for _, t in served] == [ascii(served[0][1])] * 3  # and the same answer
+        arms[user] = served[0][0]
     assert set(arms.values()) == {math, "acme/math-tutor@1.1.0"}
     assert canary.answers["acme/math-tutor@1.1.0"] != canary.answers[math]
     assert "== 7. A canary: acme/math-tutor@1.1.0 behind acme/math-tutor@stable" in narration
