@@ -40,6 +40,7 @@ RESULTS = REPO / "bench" / "results" / "api_load.json"
 sys.path[:0] = [str(REPO / "tests"), str(REPO), str(REPO / "bench")]
 
 import httpx  # noqa: E402
+from percentiles import summarize  # noqa: E402
 
 ADMIN_TOKEN = "lft_api_load_admin_token_0123456789"
 READ_MIX: list[tuple[str, str, dict[str, Any]]] = [
@@ -49,26 +50,6 @@ READ_MIX: list[tuple[str, str, dict[str, Any]]] = [
     ("list deep page", "/v1/adapters", {"namespace": "team-07", "page": 3}),
     ("fleet", "/v1/fleet", {"base_model": "llama-3-70b"}),
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (nearest rank) of ``values``; 0.0 when empty."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    """n, p50, p99 and max in milliseconds of latencies given in seconds."""
-    ms = [v * 1000 for v in values]
-    return {
-        "n": len(ms),
-        "p50_ms": round(percentile(ms, 50), 1),
-        "p99_ms": round(percentile(ms, 99), 1),
-        "max_ms": round(max(ms), 1) if ms else 0.0,
-    }
 
 
 @dataclass

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import threading
@@ -41,37 +40,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "load.json"
 # The load run reuses the chaos suite's harness (processes, checker, artifacts).
-sys.path[:0] = [str(REPO / "tests" / "chaos"), str(REPO / "tests"), str(REPO)]
+sys.path[:0] = [str(REPO / "tests" / "chaos"), str(REPO / "tests"), str(REPO), str(REPO / "bench")]
 
 import httpx  # noqa: E402
 from cluster import Cluster  # noqa: E402
 from faults import RedisServer  # noqa: E402
 from harness import fresh_database, write_artifacts  # noqa: E402
+from percentiles import summarize  # noqa: E402
 from support.processes import lorafleet_argv, wait_for  # noqa: E402
 from support.services import free_port  # noqa: E402
 
 ADMIN_TOKEN = "lft_load_admin_token_0123456789"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (nearest rank) of ``values``; 0.0 when empty."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    """Count, p50, p99, max and mean, in milliseconds for latencies given in seconds."""
-    ms = [v * 1000 for v in values]
-    return {
-        "n": len(ms),
-        "p50_ms": round(percentile(ms, 50), 1),
-        "p99_ms": round(percentile(ms, 99), 1),
-        "max_ms": round(max(ms), 1) if ms else 0.0,
-        "mean_ms": round(statistics.fmean(ms), 1) if ms else 0.0,
-    }
 
 
 def upload_all(api_url: str, artifacts: dict[str, Path], uploads: int) -> list[dict[str, Any]]:

@@ -51,19 +51,12 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO), str(REPO / "bench")]
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
+from percentiles import percentile  # noqa: E402
 
 from engine.settings import check_device  # noqa: E402
 
 MODEL = "bench-llama"
 SHAPE = dict(hidden_size=512, layers=8, heads=8, intermediate_size=1536, vocab_size=32000)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
 
 
 def measure_bandwidth(device: str, mib: int = 512, reps: int = 5) -> float:
