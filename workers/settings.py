@@ -74,8 +74,8 @@ class WorkerSettings(BaseSettings):
     reclaim_interval_s: float = 60.0
     # Ingest records not progressing for this long are re-enqueued (tasks touch them).
     stuck_received_s: int = 120
-    # Re-driving a chain that is merely slow is harmless (every step is idempotent); this
-    # bounds how long a task message lost with a crashed Redis delays its adapter.
+    # Judged only while no message waits in the ingest queue (one waiting there is late, not
+    # lost); this bounds how long a task message lost with a crashed Redis delays its adapter.
     stuck_enqueued_s: int = 900
     # Versions left in uploading/validating this long are failed (``stuck``).
     stuck_version_s: int = 3600
