@@ -15,7 +15,13 @@ from store import catalog, eval_sets, evaluation
 from store.api.deps import AppState, audited, get_principal, get_state
 from store.api.errors import error_responses
 from store.api.routes_adapters import visible_adapter
-from store.api.schemas.common import EXAMPLE_TIME, StrictBody, entity_config, page_of
+from store.api.schemas.common import (
+    EXAMPLE_TIME,
+    StrictBody,
+    entity_config,
+    list_example,
+    page_of,
+)
 from store.auth import Principal
 from store.db import session_scope
 from store.errors import NotFound
@@ -39,6 +45,23 @@ EVAL_SET_EXAMPLE: dict[str, Any] = {
     "created_at": EXAMPLE_TIME,
     "created_by": "token:ci@acme",
     "preview": None,
+}
+EVALUATION_EXAMPLE: dict[str, Any] = {
+    "object": "evaluation",
+    "adapter_id": "ad_7c9e6679f4a84b0c9a1d2e3f4a5b6c7d",
+    "namespace": "acme",
+    "eval_set": {"name": "math", "sha256": "9f" * 32},
+    "comparison": {"adapter": "acme/math-bot@1.2.0", "chosen_by": "latest"},
+    "passed": True,
+    "checks": [{"rule": "min_exact_match", "limit": 0.5, "value": 1.0, "passed": True}],
+    "scores": {
+        "candidate": {"loss": 0.41, "perplexity": 1.51, "exact_match": 1.0},
+        "base": {"loss": 2.93, "perplexity": 18.7, "exact_match": 0.0},
+    },
+    "policy": {"eval_set": "math", "metrics": ["loss", "exact_match"]},
+    "engine_build": "lorafleet-engine 0.1.0 torch 2.13.0+cpu",
+    "seconds": 1.8,
+    "created_at": EXAMPLE_TIME,
 }
 POLICY_EXAMPLE: dict[str, Any] = {
     "object": "eval_policy",
@@ -86,12 +109,16 @@ class EvalSetOut(Body):
 
 
 class EvalSetList(Body):
+    model_config = entity_config(list_example(EVAL_SET_EXAMPLE))
+
     object: Literal["list"] = "list"
     data: list[EvalSetOut]
     pagination: dict[str, Any]
 
 
 class Deleted(Body):
+    model_config = entity_config({"object": "eval_set", "id": "acme/math-v1", "deleted": True})
+
     object: str
     id: str
     deleted: bool
@@ -118,6 +145,8 @@ class PolicyOut(Body):
 
 
 class EvaluationOut(Body):
+    model_config = entity_config(EVALUATION_EXAMPLE)
+
     object: Literal["evaluation"] = "evaluation"
     adapter_id: str
     namespace: str
