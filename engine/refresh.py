@@ -170,18 +170,28 @@ class Reconciler:
 
     def apply_event(self, event: FleetRefresh) -> None:
         """Act on a refresh hint, then reconcile. ``evict`` stops serving at once (before the
-        source is asked); ``load`` prefetches the adapter into the CPU cache."""
+        source is asked); ``load`` prefetches the adapter into the CPU cache.
+
+        An event at or below the generation the catalog already holds is stale: the listing
+        that moved the catalog there included its change (and anything later, such as the
+        same adapter served again), so it is neither re-applied nor re-listed. A burst of
+        N events therefore costs about one listing, not N, and a backlog of old events never
+        evicts what a newer listing serves."""
+        current = self.catalog.generation
+        stale = current is not None and event.generation <= current
         log.info(
             "refresh_event",
             action=event.action,
             adapter=event.adapter,
             generation=event.generation,
             event_id=event.event_id,
+            stale=stale,
         )
-        if event.action == "evict":
-            self.catalog.remove(event.adapter)
-            self._evict(event.adapter)
-        self.reconcile()
+        if not stale:
+            if event.action == "evict":
+                self.catalog.remove(event.adapter)
+                self._evict(event.adapter)
+            self.reconcile()
         if event.action == "load" and self.cache is not None and event.adapter in self.catalog:
             try:
                 self.cache.cpu.prefetch(event.adapter)

@@ -132,3 +132,16 @@ def test_registry_source_converges_at_start_and_follows_events(
         publish(redis_url, "evict", "acme/late@1.0.0", generation=3)
         assert wait_until(lambda: completes(url, "acme/late@1.0.0") == 404, timeout=10)
         assert runtime.catalog.generation is not None and runtime.catalog.generation >= 2
+
+        # Stale events (at or below the catalog's generation) re-list nothing and undo
+        # nothing: a backlog of old hints costs no listing and never revives an archived
+        # version; the first newer event costs exactly one.
+        before = runtime.reconciler.reconciliations
+        for _ in range(5):
+            publish(redis_url, "load", "acme/late@1.0.0", generation=1)
+            publish(redis_url, "evict", "acme/early@1.0.0", generation=1)
+        publish(redis_url, "load", "acme/early@1.0.0", generation=10_000)
+        assert wait_until(lambda: runtime.reconciler.reconciliations > before, timeout=10)
+        assert runtime.reconciler.reconciliations == before + 1
+        assert completes(url, "acme/late@1.0.0") == 404
+        assert completes(url, "acme/early@1.0.0") == 200
