@@ -185,6 +185,14 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_no)
+    # billiard's "multiprocessing" logger (a Celery worker's pool supervisor: "Process
+    # 'ForkPoolWorker-1' ... exited with ...") does not propagate, and Celery gives it a
+    # plain-text handler unless it has one: give it ours first.
+    pool = logging.getLogger("multiprocessing")
+    for old in [h for h in pool.handlers if isinstance(h, _StderrHandler)]:
+        pool.removeHandler(old)
+    pool.addHandler(handler)
+    pool.propagate = False
     # uvicorn's own logging set-up (run by any server started with its default log_config or
     # a log_level) gives its loggers plain-text handlers, levels of their own and no
     # propagation: take them back to ours.

@@ -255,3 +255,31 @@ def test_a_server_started_with_uvicorns_own_log_config_still_logs_json() -> None
     configure_logging("INFO", json=True)
     lines = _capture(lambda: _access("/v1/adapters", 200))
     assert [(line["logger"], line["level"]) for line in lines] == [("uvicorn.access", "info")]
+
+
+def test_the_worker_pool_supervisors_lines_are_json_too(tmp_path: Path) -> None:
+    """billiard's "multiprocessing" logger (a prefork child killed: "Process
+    'ForkPoolWorker-1' pid:... exited with 'signal 15 (SIGTERM)'") does not propagate, and
+    Celery's logging set-up gives it a text handler of its own unless it has one."""
+    script = (
+        "from lorafleet.logging import configure_logging\n"
+        "configure_logging('INFO', json=True)\n"
+        "from billiard import util\n"
+        "from workers.celery_app import app\n"
+        "app.log.setup_logging_subsystem(loglevel='INFO')\n"
+        "util.error('Process %r pid:%r exited with %r', 'ForkPoolWorker-1', 1, 'SIGTERM')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=process_env({"LORAFLEET_HOME": str(tmp_path / "home")}),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # each one JSON
+    pool = [line for line in lines if line.get("logger") == "multiprocessing"]
+    assert [(line["level"], line["event"]) for line in pool] == [
+        ("error", "Process 'ForkPoolWorker-1' pid:1 exited with 'SIGTERM'")
+    ], result.stderr
