@@ -169,27 +169,46 @@ def list_adapters(
     return list(rows), int(total)
 
 
+FLEET_COLUMNS = (
+    AdapterVersion.id,
+    AdapterVersion.name,
+    AdapterVersion.namespace,
+    AdapterVersion.version,
+    AdapterVersion.base_model,
+    AdapterVersion.rank,
+    AdapterVersion.alpha,
+    AdapterVersion.manifest_sha256,
+    AdapterVersion.generation,
+    AdapterVersion.status,
+)
+
+
 def fleet_state(session: Session, base_model: str) -> dict[str, Any]:
     """What engines of ``base_model`` should serve: the generation, every ready adapter
     with its canonical files and whether it is pinned, and the aliases routing to them
     (``store.fleet_routing.fleet_aliases``, with each adapter's implicit ``latest``). The
-    generation is read first, so it never runs ahead of the lists it is returned with."""
+    generation is read first, so it never runs ahead of the lists it is returned with.
+
+    Column reads, not ORM entities: a base model with thousands of ready versions is one
+    engine's whole poll, and building an entity per row was most of its cost."""
     generation = current_generation(session)
     versions = list(
         session.execute(
-            sa.select(AdapterVersion)
+            sa.select(*FLEET_COLUMNS)
             .where(AdapterVersion.base_model == base_model, AdapterVersion.status == Status.READY)
             .order_by(AdapterVersion.namespace, AdapterVersion.name, AdapterVersion.version)
-        ).scalars()
+        )
     )
     files: dict[str, list[dict[str, Any]]] = {v.id: [] for v in versions}
     if versions:
-        for f in session.execute(
-            sa.select(AdapterFile)
+        for adapter_id, path, sha256, size in session.execute(
+            sa.select(
+                AdapterFile.adapter_id, AdapterFile.path, AdapterFile.sha256, AdapterFile.size
+            )
             .where(AdapterFile.adapter_id.in_(list(files)), AdapterFile.role == "canonical")
             .order_by(AdapterFile.path)
-        ).scalars():
-            files[f.adapter_id].append({"path": f.path, "sha256": f.sha256, "size": f.size})
+        ):
+            files[adapter_id].append({"path": path, "sha256": sha256, "size": size})
     pinned = pinned_ids(session, base_model)
     return {
         "generation": generation,

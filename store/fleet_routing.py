@@ -15,6 +15,7 @@ Nothing here commits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,11 +52,16 @@ def set_pinned(session: Session, adapter_id: str, pinned: bool, *, actor: str) -
     return version
 
 
-def implicit_latest(versions: list[AdapterVersion]) -> Alias | None:
+def _highest_ready(versions: Sequence[Any]) -> Any | None:
+    """The ready one with the highest SemVer of ``versions`` (entities or column rows)."""
     ready = [v for v in versions if v.status == READY]
-    if not ready:
+    return max(ready, key=lambda v: version_key(v.version)) if ready else None
+
+
+def implicit_latest(versions: Sequence[AdapterVersion]) -> Alias | None:
+    top = _highest_ready(versions)
+    if top is None:
         return None
-    top = max(ready, key=lambda v: version_key(v.version))
     return Alias(
         id=f"latest:{top.namespace}/{top.name}",
         namespace=top.namespace,
@@ -75,29 +81,70 @@ def implicit_latest(versions: list[AdapterVersion]) -> Alias | None:
 
 def alias_out(row: Alias) -> dict[str, Any]:
     """An alias as the fleet view and the API show it; ``implicit`` for ``latest``."""
+    return _alias_entry(
+        row.namespace,
+        row.name,
+        row.alias,
+        row.base_model,
+        revision=row.revision,
+        generation=row.generation,
+        pinned=row.pinned,
+        targets=row.targets,
+    )
+
+
+def _alias_entry(
+    namespace: str,
+    name: str,
+    alias: str,
+    base_model: str,
+    *,
+    revision: int,
+    generation: int,
+    pinned: bool,
+    targets: list[dict[str, Any]],
+) -> dict[str, Any]:
     return {
-        "namespace": row.namespace,
-        "name": row.name,
-        "alias": row.alias,
-        "coordinates": f"{row.namespace}/{row.name}@{row.alias}",
-        "base_model": row.base_model,
-        "revision": row.revision,
-        "generation": row.generation,
-        "implicit": row.revision == 0,
-        "pinned": row.pinned,
+        "namespace": namespace,
+        "name": name,
+        "alias": alias,
+        "coordinates": f"{namespace}/{name}@{alias}",
+        "base_model": base_model,
+        "revision": revision,
+        "generation": generation,
+        "implicit": revision == 0,
+        "pinned": pinned,
         "targets": [
             {"version": t["version"], "adapter_id": t["adapter_id"], "weight": t["weight"]}
-            for t in row.targets
+            for t in targets
         ],
     }
 
 
-def fleet_aliases(
-    session: Session, base_model: str, ready: list[AdapterVersion]
-) -> list[dict[str, Any]]:
+def _latest_entry(versions: Sequence[Any]) -> dict[str, Any] | None:
+    """``alias_out(implicit_latest(versions))`` without building an entity (the fleet
+    view makes one per adapter)."""
+    top = _highest_ready(versions)
+    if top is None:
+        return None
+    target = {"version": top.version, "adapter_id": top.id, "weight": TOTAL_WEIGHT}
+    return _alias_entry(
+        top.namespace,
+        top.name,
+        LATEST_ALIAS,
+        top.base_model,
+        revision=0,
+        generation=top.generation,
+        pinned=False,
+        targets=[target],
+    )
+
+
+def fleet_aliases(session: Session, base_model: str, ready: Sequence[Any]) -> list[dict[str, Any]]:
     """The aliases engines of ``base_model`` route: the stored ones (only targets among
-    ``ready``, the ready versions of that base model) and the implicit ``latest`` of every
-    adapter with a ready version of it, sorted by coordinates."""
+    ``ready``, the ready versions of that base model: entities or rows of their columns)
+    and the implicit ``latest`` of every adapter with a ready version of it, sorted by
+    coordinates."""
     ready_ids = {v.id for v in ready}
     out: list[dict[str, Any]] = []
     for row in session.execute(sa.select(Alias).where(Alias.base_model == base_model)).scalars():
@@ -105,13 +152,13 @@ def fleet_aliases(
         entry["targets"] = [t for t in entry["targets"] if t["adapter_id"] in ready_ids]
         if entry["targets"]:
             out.append(entry)
-    by_adapter: dict[tuple[str, str], list[AdapterVersion]] = {}
+    by_adapter: dict[tuple[str, str], list[Any]] = {}
     for v in ready:
         by_adapter.setdefault((v.namespace, v.name), []).append(v)
     for versions in by_adapter.values():
-        latest = implicit_latest(versions)
+        latest = _latest_entry(versions)
         if latest is not None:
-            out.append(alias_out(latest))
+            out.append(latest)
     return sorted(out, key=lambda a: (a["namespace"], a["name"], a["alias"]))
 
 

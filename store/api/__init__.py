@@ -39,6 +39,7 @@ from store.api.body_limits import BoundedJsonBodies
 from store.api.deps import AppState
 from store.api.docs import install_docs
 from store.api.errors import document_errors, install_error_handlers
+from store.api.fleet_views import FleetViews
 from store.blobs import BlobStore, open_blob_store
 from store.db import ensure_migrated, make_engine
 from store.metrics import ApiMetrics
@@ -84,6 +85,7 @@ def create_app(
         blobs=blobs,
         admin_token=settings.admin_token,
         metrics=metrics,
+        fleet_views=FleetViews(),
     )
     install_error_handlers(app)
     document_errors(app)

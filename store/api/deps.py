@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import structlog
 from fastapi import Depends, Request
@@ -22,6 +22,9 @@ from store.errors import LorafleetError
 from store.metrics import ApiMetrics
 from store.settings import StoreSettings
 
+if TYPE_CHECKING:
+    from store.api.fleet_views import FleetViews
+
 log = structlog.get_logger(__name__)
 
 
@@ -34,6 +37,7 @@ class AppState:
     blobs: BlobStore
     admin_token: str | None
     metrics: ApiMetrics
+    fleet_views: FleetViews  # the rendered GET /v1/fleet answers, per generation
 
 
 def get_state(request: Request) -> AppState:

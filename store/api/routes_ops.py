@@ -84,10 +84,12 @@ def fleet(
     base_model: Annotated[str, Query(min_length=1)],
     caller: Annotated[Principal, Depends(get_principal)],
     state: State,
-) -> dict[str, Any]:
-    """``{"generation": N, "adapters": [...]}``: the ready versions of ``base_model`` with
-    their canonical file digests. Engines use a global reader token and see every tenant;
-    a namespace token sees only its own namespace's adapters.
+) -> Response:
+    """``{"generation": N, "adapters": [...], "aliases": [...]}``: the ready versions of
+    ``base_model`` with their canonical file digests, and the aliases routing to them.
+    Engines use a global reader token and see every tenant; a namespace token sees only
+    its own namespace's adapters and aliases. Rendered once per generation
+    (``store.api.fleet_views``).
 
     An unregistered ``base_model`` is 404 ``unknown_base_model``, never an empty list: a typo
     in an engine's or ``lorafleet pull``'s configuration must fail, not serve (or delete)
@@ -111,9 +113,5 @@ def fleet(
             raise NotFound(
                 f"base model {base_model!r} is not registered{hint}", code="unknown_base_model"
             )
-        view = catalog.fleet_state(session, base_model)
-    visible = caller.visible_namespaces()
-    if visible is not None:
-        view["adapters"] = [a for a in view["adapters"] if a["namespace"] in visible]
-    view["base_model"] = base_model
-    return view
+        body = state.fleet_views.render(session, base_model, caller.visible_namespaces())
+    return Response(body, media_type="application/json")

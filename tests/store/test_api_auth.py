@@ -99,17 +99,42 @@ def test_namespace_admin_mints_only_its_own_tokens(
     assert _error(live_registry.admin.create_token, "reader", "nowhere", "x")[0] == 404
 
 
+def _coordinates(alias: dict) -> str:
+    return f"{alias['namespace']}/{alias['name']}@{alias['alias']}"
+
+
 def test_global_reader_sees_every_tenant_in_the_fleet(
     live_registry: LiveRegistry, two_tenants: dict[str, str]
 ) -> None:
     admin = live_registry.admin
     for adapter_id in two_tenants.values():
         admin.set_status(adapter_id, "ready")
+    admin.set_alias("b", "bot", "stable", [("1.0.0", 100)])
     engine = live_registry.client(admin.create_token("reader", None, "engine-1"))
-    assert {a["namespace"] for a in engine.fleet(BASE)["adapters"]} == {"a", "b"}
+    everything = engine.fleet(BASE)  # rendered and kept for this generation first
+    assert {a["namespace"] for a in everything["adapters"]} == {"a", "b"}
+    assert {_coordinates(a) for a in everything["aliases"]} == {
+        "a/bot@latest",
+        "b/bot@latest",
+        "b/bot@stable",
+    }
     tenant = live_registry.client(admin.create_token("reader", "a", "dash"))
-    assert {a["namespace"] for a in tenant.fleet(BASE)["adapters"]} == {"a"}
+    mine = tenant.fleet(BASE)  # same generation, another caller: never the kept answer
+    assert {a["namespace"] for a in mine["adapters"]} == {"a"}
+    assert {_coordinates(a) for a in mine["aliases"]} == {"a/bot@latest"}  # b's names hidden
+    assert mine["generation"] == everything["generation"]
+    assert engine.fleet(BASE) == everything  # unchanged generation: the same answer
     assert _error(engine.set_status, two_tenants["a"], "archived")[0] == 403
+
+    # Every change of serving state moves the generation, and with it the answer.
+    admin.set_pinned(two_tenants["b"], True)
+    pinned = engine.fleet(BASE)
+    assert pinned["generation"] > everything["generation"]
+    assert [a["pinned"] for a in pinned["adapters"] if a["namespace"] == "b"] == [True]
+    admin.set_status(two_tenants["a"], "archived")
+    archived = engine.fleet(BASE)
+    assert {a["namespace"] for a in archived["adapters"]} == {"b"}
+    assert tenant.fleet(BASE)["adapters"] == [] and tenant.fleet(BASE)["aliases"] == []
 
 
 def test_downloads_and_mutations_are_in_the_access_log(
