@@ -10,7 +10,10 @@ topology built on it); test harnesses use it for worker, bridge and beat process
     supervisor.stop()  # highest tier first, each tier in parallel: SIGTERM, then SIGKILL
 
 Every component runs in its own process group (its children are stopped with it) with
-``PR_SET_PDEATHSIG``, so a supervisor killed with SIGKILL leaves no orphans behind. Each
+``PR_SET_PDEATHSIG``, so a supervisor killed with SIGKILL leaves no orphans behind: each
+component gets SIGTERM at once, and a reaper process (``_REAPER``, told of every group)
+SIGKILLs the groups still alive ``reap_grace`` seconds later (a Celery worker killed while
+it starts can wait on its broker far longer than that). Each
 line a component prints goes to ``<logs_dir>/<name>.log`` and, when given, to an ``echo``
 sink (``prefixed_echo`` prints ``name | line`` as ``docker compose up`` does).
 """
@@ -42,6 +45,31 @@ Probe = Callable[[], bool]
 """A health check: True when the component serves."""
 
 _PR_SET_PDEATHSIG = 1
+
+# The reaper: reads "+PGID" / "-PGID" lines from the supervisor; at EOF (the supervisor has
+# gone, however it went) it waits up to GRACE seconds for the groups still listed to exit
+# on their own (they got SIGTERM from PR_SET_PDEATHSIG), then SIGKILLs what is left.
+_REAPER = """
+import os, signal, sys, time
+grace = float(sys.argv[1])
+groups = set()
+for line in sys.stdin:
+    sign, pgid = line[0], int(line[1:])
+    (groups.add if sign == "+" else groups.discard)(pgid)
+deadline = time.monotonic() + grace
+while groups and time.monotonic() < deadline:
+    for pgid in list(groups):
+        try:
+            os.killpg(pgid, 0)
+        except OSError:
+            groups.discard(pgid)
+    time.sleep(0.2)
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
 
 
 class SupervisorError(RuntimeError):
@@ -123,15 +151,37 @@ class Supervisor:
         echo: LineSink | None = None,
         health_timeout: float = 120.0,
         stop_timeout: float = 10.0,
+        reap_grace: float = 10.0,
         cwd: Path | None = None,
     ) -> None:
         self.logs_dir = logs_dir
         self.echo = echo
         self.health_timeout = health_timeout
         self.stop_timeout = stop_timeout
+        self.reap_grace = reap_grace
         self.cwd = cwd
         self.components: list[Component] = []
         self._echo_lock = threading.Lock()
+        self._reaper: subprocess.Popen[bytes] | None = None
+
+    def _tell_reaper(self, sign: str, pgid: int) -> None:
+        """Tell the reaper (started with the first component) of a group to watch (+) or
+        one that is gone (-)."""
+        if self._reaper is None:
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-c", _REAPER, str(self.reap_grace)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={"PATH": os.environ.get("PATH", "")},  # none of a stack's variables
+                start_new_session=True,  # a terminal's Ctrl-C is not for it
+            )
+        try:
+            assert self._reaper.stdin is not None
+            self._reaper.stdin.write(f"{sign}{pgid}\n".encode())
+            self._reaper.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            log.warning("reaper_gone", pgid=pgid)
 
     def launch(self, component: Component, *, wait: bool = True) -> Component:
         """Start ``component`` (output pumped to its log file and the echo sink); with
@@ -149,6 +199,7 @@ class Supervisor:
             start_new_session=True,  # own process group: a terminal's Ctrl-C reaches us only
             preexec_fn=_die_with_parent,
         )
+        self._tell_reaper("+", component.process.pid)
         self.components.append(component)
         component._reader = threading.Thread(
             target=self._pump, args=(component,), name=f"log-{component.name}", daemon=True
@@ -167,6 +218,7 @@ class Supervisor:
         while time.monotonic() < deadline:
             code = proc.poll()
             if component.oneshot and code == 0:
+                self._tell_reaper("-", proc.pid)
                 return
             if code is not None:
                 raise SupervisorError(self._failure(component, f"exited with status {code}"))
@@ -198,6 +250,11 @@ class Supervisor:
         for tier in sorted({c.tier for c in self.components}, reverse=True):
             self._stop_tier([c for c in reversed(self.components) if c.tier == tier])
         self.components.clear()
+        if self._reaper is not None:  # nothing left to watch: its EOF ends it at once
+            if self._reaper.stdin is not None:
+                self._reaper.stdin.close()
+            self._reaper.wait(timeout=5)
+            self._reaper = None
 
     def _stop_tier(self, components: list[Component]) -> None:
         for component in components:
@@ -219,6 +276,7 @@ class Supervisor:
                 proc.wait(timeout=5)
             # Grandchildren (e.g. Celery pool processes) share the group; sweep them too.
             _signal_group(proc, signal.SIGKILL)
+            self._tell_reaper("-", proc.pid)
             if component._reader is not None:
                 component._reader.join(timeout=2)
 

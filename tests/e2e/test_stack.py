@@ -416,3 +416,47 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+# A supervisor with one component that ignores SIGTERM (as a Celery worker still starting,
+# waiting on a broker that died with the stack, does in effect); it prints the pid.
+_STUBBORN_STACK = """
+import signal, sys, time
+from pathlib import Path
+from lorafleet.supervisor import Component, Supervisor
+stubborn = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready.', flush=True); time.sleep(600)"
+)
+supervisor = Supervisor(Path(sys.argv[1]), reap_grace=2.0)
+component = supervisor.launch(Component("stubborn", [sys.executable, "-c", stubborn], ready_line=r"ready\\."))
+print("pid", component.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_component_that_ignores_sigterm_is_killed_after_the_supervisor_dies(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STUBBORN_STACK, str(tmp_path / "logs")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        pid = next(int(line.split()[1]) for line in proc.stdout if line.startswith("pid "))
+        assert Path(f"/proc/{pid}").exists() and not _zombie(pid)
+        proc.kill()  # SIGKILL: PR_SET_PDEATHSIG's SIGTERM is ignored; the reaper must act
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while not _zombie(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = not _zombie(pid)
+        if alive:
+            os.kill(pid, signal.SIGKILL)
+        assert not alive, "the component outlived its supervisor by 20 s (reap_grace 2 s)"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
