@@ -181,17 +181,15 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
         )
     )
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level_no)
     # billiard's "multiprocessing" logger (a Celery worker's pool supervisor: "Process
     # 'ForkPoolWorker-1' ... exited with ...") does not propagate, and Celery gives it a
-    # plain-text handler unless it has one: give it ours first.
+    # plain-text handler unless it has one: it gets ours too.
     pool = logging.getLogger("multiprocessing")
-    for old in [h for h in pool.handlers if isinstance(h, _StderrHandler)]:
-        pool.removeHandler(old)
-    pool.addHandler(handler)
+    for logger in (root, pool):
+        for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+    root.setLevel(level_no)
     pool.propagate = False
     # uvicorn's own logging set-up (run by any server started with its default log_config or
     # a log_level) gives its loggers plain-text handlers, levels of their own and no

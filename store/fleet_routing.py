@@ -16,6 +16,7 @@ Nothing here commits.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -79,64 +80,43 @@ def implicit_latest(versions: Sequence[AdapterVersion]) -> Alias | None:
     )
 
 
-def alias_out(row: Alias) -> dict[str, Any]:
+def alias_out(row: Alias | SimpleNamespace) -> dict[str, Any]:
     """An alias as the fleet view and the API show it; ``implicit`` for ``latest``."""
-    return _alias_entry(
-        row.namespace,
-        row.name,
-        row.alias,
-        row.base_model,
-        revision=row.revision,
-        generation=row.generation,
-        pinned=row.pinned,
-        targets=row.targets,
-    )
-
-
-def _alias_entry(
-    namespace: str,
-    name: str,
-    alias: str,
-    base_model: str,
-    *,
-    revision: int,
-    generation: int,
-    pinned: bool,
-    targets: list[dict[str, Any]],
-) -> dict[str, Any]:
     return {
-        "namespace": namespace,
-        "name": name,
-        "alias": alias,
-        "coordinates": f"{namespace}/{name}@{alias}",
-        "base_model": base_model,
-        "revision": revision,
-        "generation": generation,
-        "implicit": revision == 0,
-        "pinned": pinned,
+        "namespace": row.namespace,
+        "name": row.name,
+        "alias": row.alias,
+        "coordinates": f"{row.namespace}/{row.name}@{row.alias}",
+        "base_model": row.base_model,
+        "revision": row.revision,
+        "generation": row.generation,
+        "implicit": row.revision == 0,
+        "pinned": row.pinned,
         "targets": [
             {"version": t["version"], "adapter_id": t["adapter_id"], "weight": t["weight"]}
-            for t in targets
+            for t in row.targets
         ],
     }
 
 
 def _latest_entry(versions: Sequence[Any]) -> dict[str, Any] | None:
-    """``alias_out(implicit_latest(versions))`` without building an entity (the fleet
-    view makes one per adapter)."""
+    """``alias_out(implicit_latest(versions))`` from a plain record, not an entity (the
+    fleet view makes one per adapter, and building entities was most of its cost)."""
     top = _highest_ready(versions)
     if top is None:
         return None
     target = {"version": top.version, "adapter_id": top.id, "weight": TOTAL_WEIGHT}
-    return _alias_entry(
-        top.namespace,
-        top.name,
-        LATEST_ALIAS,
-        top.base_model,
-        revision=0,
-        generation=top.generation,
-        pinned=False,
-        targets=[target],
+    return alias_out(
+        SimpleNamespace(
+            namespace=top.namespace,
+            name=top.name,
+            alias=LATEST_ALIAS,
+            base_model=top.base_model,
+            revision=0,
+            generation=top.generation,
+            pinned=False,
+            targets=[target],
+        )
     )
 
 

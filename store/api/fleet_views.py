@@ -29,8 +29,6 @@ class FleetViews:
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
-        self.hits = 0
-        self.misses = 0
         self._lock = threading.Lock()
         self._entries: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()
 
@@ -43,9 +41,7 @@ class FleetViews:
             entry = self._entries.get(key)
             if entry is not None and entry[0] == generation:
                 self._entries.move_to_end(key)
-                self.hits += 1
                 return entry[1]
-            self.misses += 1
         view = catalog.fleet_state(session, base_model)
         body = _render(view, base_model, visible)
         if view["generation"] == generation == current_generation(session):
