@@ -5,7 +5,7 @@ Setup, real processes: a fresh PostgreSQL database seeded like ``bench/store_lis
 (10,000 versions over 20 namespaces, two canonical files each; base model ``llama-3-70b``
 holds every ``--fleet-every``-th version, so its fleet view is an engine's worth of ready
 adapters, ``llama-3-8b`` holds the rest), a global reader token (what engines use), and the
-registry API (``lorafleet api``, one uvicorn process) as a child process.
+registry API (``lorafleet api``, ``--api-workers`` uvicorn processes) as a child process.
 
 The load is open-loop (``read_load``): request ``i`` is sent at ``t0 + i / rate`` whatever
 the earlier ones are doing, and its latency counts from that scheduled instant, so a server
@@ -40,6 +40,7 @@ RESULTS = REPO / "bench" / "results" / "api_load.json"
 sys.path[:0] = [str(REPO / "tests"), str(REPO), str(REPO / "bench")]
 
 import httpx  # noqa: E402
+from cpu import tree_cpu_seconds  # noqa: E402
 from percentiles import summarize  # noqa: E402
 
 ADMIN_TOKEN = "lft_api_load_admin_token_0123456789"
@@ -244,8 +245,11 @@ def _seed(url: str, versions: int, namespaces: int, fleet_every: int) -> str:
     return token
 
 
-def start_api(root: Path, db_url: str, extra_env: dict[str, str] | None = None) -> tuple[Any, str]:
-    """``lorafleet api`` on a free port against ``db_url``; (Proc, base URL) once ready."""
+def start_api(
+    root: Path, db_url: str, extra_env: dict[str, str] | None = None, workers: int = 1
+) -> tuple[Any, str]:
+    """``lorafleet api --workers N`` on a free port against ``db_url``; (Proc, base URL)
+    once ready."""
     from support.processes import Proc, lorafleet_argv, wait_for
     from support.services import free_port
 
@@ -261,7 +265,9 @@ def start_api(root: Path, db_url: str, extra_env: dict[str, str] | None = None) 
         **(extra_env or {}),
     }
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    argv = lorafleet_argv("api", "--host", "127.0.0.1", "--port", str(port))
+    argv = lorafleet_argv(
+        "api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)
+    )
     proc = Proc("api", argv, env, root / "logs")
     proc.start()
     url = f"http://127.0.0.1:{port}"
@@ -271,12 +277,6 @@ def start_api(root: Path, db_url: str, extra_env: dict[str, str] | None = None) 
         "registry API ready",
     )
     return proc, url
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_cpu_seconds() -> float:
@@ -293,7 +293,9 @@ def postgres_cpu_seconds() -> float:
     return total
 
 
-def run(rate: float, seconds: float, versions: int, namespaces: int, fleet_every: int) -> dict:
+def run(
+    rate: float, seconds: float, versions: int, namespaces: int, fleet_every: int, workers: int
+) -> dict:
     from store_list import _fresh_postgres
 
     from store.db import upgrade
@@ -305,7 +307,7 @@ def run(rate: float, seconds: float, versions: int, namespaces: int, fleet_every
         token = _seed(url, versions, namespaces, fleet_every)
         seed_s = time.perf_counter() - t0
         with tempfile.TemporaryDirectory(prefix="lorafleet-api-load-") as tmp:
-            proc, api_url = start_api(Path(tmp), url)
+            proc, api_url = start_api(Path(tmp), url, workers=workers)
             try:
                 fleet = httpx.get(
                     f"{api_url}/v1/fleet",
@@ -315,9 +317,9 @@ def run(rate: float, seconds: float, versions: int, namespaces: int, fleet_every
                 if "adapters" not in fleet:
                     raise SystemExit(f"GET /v1/fleet failed: {fleet}")
                 read_load(api_url, token, 20, seconds=2)  # warm-up: pools, caches
-                cpu0, pg0 = cpu_seconds(proc.popen.pid), postgres_cpu_seconds()
+                cpu0, pg0 = tree_cpu_seconds(proc.popen.pid), postgres_cpu_seconds()
                 loaded = read_load(api_url, token, rate, seconds=seconds)
-                cpu1, pg1 = cpu_seconds(proc.popen.pid), postgres_cpu_seconds()
+                cpu1, pg1 = tree_cpu_seconds(proc.popen.pid), postgres_cpu_seconds()
             finally:
                 proc.stop()
     finally:
@@ -326,6 +328,7 @@ def run(rate: float, seconds: float, versions: int, namespaces: int, fleet_every
         "benchmark": "api_load",
         "backend": "postgresql",
         "versions": versions,
+        "api_workers": workers,
         "fleet_adapters": len(fleet["adapters"]),
         "rate_per_s": rate,
         "seconds": seconds,
@@ -366,11 +369,16 @@ def main() -> None:
         default=50,
         help="every N-th version is on llama-3-70b (the fleet view asked for)",
     )
+    parser.add_argument(
+        "--api-workers", type=int, default=1, help="lorafleet api --workers (processes)"
+    )
     args = parser.parse_args()
-    result = run(args.rate, args.seconds, args.versions, args.namespaces, args.fleet_every)
+    result = run(
+        args.rate, args.seconds, args.versions, args.namespaces, args.fleet_every, args.api_workers
+    )
     print_reads(
-        f"\nregistry API reads at {args.rate:g}/s for {args.seconds:g} s, {args.versions} "
-        f"versions, fleet of {result['fleet_adapters']} adapters (PostgreSQL, "
+        f"\nregistry API ({args.api_workers} worker processes) reads at {args.rate:g}/s for "
+        f"{args.seconds:g} s, {args.versions} versions, fleet of {result['fleet_adapters']} adapters (PostgreSQL, "
         f"{os.cpu_count()} cores)",
         result["reads"],
     )

@@ -49,8 +49,8 @@ RESULTS = REPO / "bench" / "results" / "serving.json"
 sys.path[:0] = [str(REPO / "tests"), str(REPO), str(REPO / "bench")]
 
 import httpx  # noqa: E402
-import psutil  # noqa: E402
 import torch  # noqa: E402
+from cpu import tree_cpu_seconds  # noqa: E402
 from percentiles import percentile  # noqa: E402
 
 from engine.settings import check_device  # noqa: E402
@@ -117,23 +117,6 @@ def prepare(root: Path, n_adapters: int, rank: int) -> tuple[Path, Path, int]:
 
 def adapter_name(i: int) -> str:
     return f"bench-lora-{i:02d}"
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and all its descendants (alive now)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 async def one_stream(

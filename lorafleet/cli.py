@@ -123,7 +123,15 @@ def _main(
     except LoggingConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    _reach_running_stack()
+    from pydantic import ValidationError
+
+    from store.settings import settings_error
+
+    try:
+        _reach_running_stack()
+    except ValidationError as exc:  # a LORAFLEET_* value of the wrong type or out of range
+        typer.echo(f"error: invalid setting: {settings_error(exc)}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _reach_running_stack() -> None:

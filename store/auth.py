@@ -145,7 +145,16 @@ def authenticate(session: Session, authorization: str | None, admin_token: str |
         raise Unauthorized("Authorization header must be 'Bearer <token>'")
     if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
         return Principal(actor="admin", role="admin", namespace=None)
-    row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    row = session.execute(
+        select(
+            ApiToken.id,
+            ApiToken.name,
+            ApiToken.namespace,
+            ApiToken.role,
+            ApiToken.revoked_at,
+            ApiToken.expires_at,
+        ).where(ApiToken.token_hash == hash_token(token))
+    ).first()  # columns, not the entity: every request pays for this lookup
     if row is None or row.revoked_at is not None:
         raise Unauthorized("unknown or revoked token")
     if row.expires_at is not None and row.expires_at <= utcnow():

@@ -77,6 +77,15 @@ def db_upgrade(
 def api(
     host: Annotated[str | None, typer.Option(help="Bind address (LORAFLEET_API_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (LORAFLEET_API_PORT).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes (LORAFLEET_API_WORKERS, default 1): one process uses one "
+            "core; each holds its own database pool.",
+        ),
+    ] = None,
     upgrade_db: Annotated[
         bool, typer.Option("--upgrade-db", help="Migrate the database first.")
     ] = False,
@@ -86,15 +95,23 @@ def api(
     Without LORAFLEET_ADMIN_TOKEN an admin token is generated, saved to <home>/admin-token
     (mode 0600) and printed here.
     """
+    import logging
+    import os
+
     import uvicorn
+    from pydantic import ValidationError
 
     from store.api import create_app
     from store.auth import ADMIN_TOKEN_FILE, ensure_admin_token
     from store.db import upgrade
     from store.errors import LorafleetError
-    from store.settings import StoreSettings
+    from store.settings import StoreSettings, settings_error
 
-    settings = StoreSettings()
+    try:
+        settings = StoreSettings()
+    except ValidationError as exc:  # e.g. LORAFLEET_API_WORKERS=0
+        err.print(f"error: invalid setting: {settings_error(exc)}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
     if upgrade_db:
         upgrade(settings.resolved_database_url())
     token, generated = ensure_admin_token(settings)
@@ -106,14 +123,28 @@ def api(
         # LORAFLEET_LOG_FORMAT=json), and a secret does not belong in shipped logs.
         out.print(f"admin token ({state} {where}): {token}", soft_wrap=True, highlight=False)
     try:
+        # Built here even with workers: a database that is not migrated (or not reachable)
+        # exits 2 now, not once per worker process in a restart loop.
         application = create_app(settings)
     except LorafleetError as exc:
         err.print(f"[red]error[/red] {exc.code}: {escape(exc.message)}", highlight=False)
         raise typer.Exit(2) from None
+    workers = workers or settings.api_workers
+    host, port = host or settings.api_host, port or settings.api_port
+    if workers == 1:
+        uvicorn.run(application, host=host, port=port, log_config=None)
+        return
+    application.state.lorafleet.engine.dispose()
+    # The worker processes build their own app from the environment (store.api.server):
+    # they get the token and the log level this process resolved.
+    os.environ["LORAFLEET_ADMIN_TOKEN"] = token
+    os.environ["LORAFLEET_LOG_LEVEL"] = logging.getLevelName(logging.getLogger().level)
     uvicorn.run(
-        application,
-        host=host or settings.api_host,
-        port=port or settings.api_port,
+        "store.api.server:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
         log_config=None,
     )
 

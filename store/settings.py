@@ -63,6 +63,13 @@ class StoreSettings(BaseSettings):
     )
     api_host: str = Field(default=DEFAULT_API_HOST, description="Address the API binds.")
     api_port: int = Field(default=DEFAULT_API_PORT, description="Port the API binds.")
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="uvicorn worker processes of `lorafleet api`, each with its own "
+        "database pool; one process uses one core (the GIL).",
+    )
     api_url: str | None = Field(
         default=None,
         description="The API clients talk to; default a running `lorafleet up`'s, "
@@ -146,6 +153,16 @@ class RunningStack(BaseModel):
             return self.token_file.read_text().strip() or None
         except OSError:
             return None
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A refused ``LORAFLEET_*`` value as one line per variable: its name, the value and
+    why, e.g. ``LORAFLEET_API_WORKERS='0': Input should be greater than or equal to 1``."""
+    lines = []
+    for error in exc.errors():
+        name = "LORAFLEET_" + "_".join(str(part) for part in error["loc"]).upper()
+        lines.append(f"{name}={error.get('input')!r}: {error['msg']}")
+    return "; ".join(lines)
 
 
 @lru_cache(maxsize=1)

@@ -91,7 +91,7 @@ def create_app(
     document_errors(app)
     install_docs(app)
     install_console(app)  # /ui: the review console
-    app.middleware("http")(metrics.middleware)
+    app.add_middleware(metrics.middleware)
     app.add_middleware(BoundedJsonBodies, raw_body_prefixes=(routes_hf_lfs.RAW_BODY_PREFIX,))
     app.include_router(routes_ops.router)
     app.include_router(routes_catalog.router)

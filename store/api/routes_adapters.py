@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from sqlmodel import Session
 
@@ -20,7 +20,7 @@ from store.api.schemas.adapters import (
     AdapterPatch,
     adapter_out,
 )
-from store.api.schemas.common import page_of
+from store.api.schemas.common import json_answer, page_of
 from store.approval import Status
 from store.auth import Principal
 from store.db import session_scope
@@ -64,7 +64,7 @@ def list_adapters(
     sort: Sort = "-created_at",
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=catalog.MAX_PAGE_SIZE)] = 50,
-) -> dict[str, Any]:
+) -> Response:
     """One page of the adapter versions the caller can see, filtered and sorted."""
     with session_scope(state.engine) as session:
         rows, total = catalog.list_adapters(
@@ -77,9 +77,10 @@ def list_adapters(
             sort=sort,
             page=page,
             page_size=page_size,
+            columns=catalog.LIST_COLUMNS,
         )
-        data = [adapter_out(v) for v in rows]
-    return page_of(data, page=page, page_size=page_size, total=total)
+    data = [adapter_out(v) for v in rows]
+    return json_answer(page_of(data, page=page, page_size=page_size, total=total))
 
 
 @router.get("/{adapter_id}", response_model=AdapterOut, responses=error_responses(404))

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field
 from pydantic import BaseModel as Body
+from pydantic_core import to_jsonable_python
+from sqlalchemy import Row
 
 from store.api.schemas.common import (
     EXAMPLE_TIME,
@@ -54,22 +56,38 @@ def file_out(f: AdapterFile) -> dict[str, Any]:
     return {"path": f.path, "role": f.role, "sha256": f.sha256, "size": f.size}
 
 
-def adapter_out(v: AdapterVersion, files: list[AdapterFile] | None = None) -> dict[str, Any]:
-    """An adapter version; ``files`` lists both roles (``original`` as uploaded and
-    ``canonical`` HF PEFT) so clients pick the package they load. Without ``files`` (list
-    pages) the manifest is left out too."""
-    body = v.model_dump(mode="json")
-    body["object"] = "adapter"
-    body["coordinates"] = v.coordinates
+_VERSION_FIELDS = tuple(AdapterVersion.model_fields)
+_TIME_FIELDS = ("created_at", "updated_at")
+
+
+def adapter_out(v: Any, files: list[AdapterFile] | None = None) -> dict[str, Any]:
+    """An adapter version (an ``AdapterVersion`` or a row of ``catalog.LIST_COLUMNS``) in
+    the exact shape of ``AdapterOut``, JSON-ready: every field, so a list page can be sent
+    without validating it again (``schemas.common.json_answer``). ``files`` lists both
+    roles (``original`` as uploaded and ``canonical`` HF PEFT) so clients pick the package
+    they load. Without ``files`` (list pages) the manifest is left out too (null)."""
+    body: dict[str, Any] = {
+        "object": "adapter",
+        "coordinates": f"{v.namespace}/{v.name}@{v.version}",
+    }
+    if isinstance(v, Row):
+        body.update(v._asdict())  # one C-level copy; a getattr per column cost more
+    else:
+        body.update((field, getattr(v, field)) for field in _VERSION_FIELDS)
+    body.pop("manifest", None)
+    for field in _TIME_FIELDS:
+        body[field] = to_jsonable_python(body[field])
     body["provenance"] = {
-        "job_id": v.job_id,
-        "dataset": v.dataset,
-        "hyperparameters": v.hyperparameters or {},
-        "metrics": v.metrics or {},
+        "job_id": body["job_id"],
+        "dataset": body["dataset"],
+        "hyperparameters": body["hyperparameters"] or {},
+        "metrics": body["metrics"] or {},
     }
     if files is None:
-        body.pop("manifest", None)  # lists stay light; the entity has it
+        body["manifest"] = None  # lists stay light; the entity has it
+        body["files"] = None
     else:
+        body["manifest"] = v.manifest
         body["files"] = [file_out(f) for f in files]
     return body
 
