@@ -101,10 +101,7 @@ def api(
     import uvicorn
     from pydantic import ValidationError
 
-    from store.api import create_app
-    from store.auth import ADMIN_TOKEN_FILE, ensure_admin_token
-    from store.db import upgrade
-    from store.errors import LorafleetError
+    from store.multiprocess_metrics import MULTIPROC_ENV, enable_multiprocess
     from store.settings import StoreSettings, settings_error
 
     try:
@@ -112,6 +109,17 @@ def api(
     except ValidationError as exc:  # e.g. LORAFLEET_API_WORKERS=0
         err.print(f"error: invalid setting: {settings_error(exc)}", markup=False, highlight=False)
         raise typer.Exit(2) from None
+    workers = workers or settings.api_workers
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Before prometheus_client is imported (by store.api): the workers count into one
+        # directory that /metrics sums (store.metrics); removed when this process exits.
+        enable_multiprocess()
+
+    from store.api import create_app
+    from store.auth import ADMIN_TOKEN_FILE, ensure_admin_token
+    from store.db import upgrade
+    from store.errors import LorafleetError
+
     if upgrade_db:
         upgrade(settings.resolved_database_url())
     token, generated = ensure_admin_token(settings)
@@ -129,18 +137,17 @@ def api(
     except LorafleetError as exc:
         err.print(f"[red]error[/red] {exc.code}: {escape(exc.message)}", highlight=False)
         raise typer.Exit(2) from None
-    workers = workers or settings.api_workers
     host, port = host or settings.api_host, port or settings.api_port
     if workers == 1:
         uvicorn.run(application, host=host, port=port, log_config=None)
         return
     application.state.lorafleet.engine.dispose()
-    # The worker processes build their own app from the environment (store.api.server):
-    # they get the token and the log level this process resolved.
+    # Each worker process builds its own app from the environment, with the token and the
+    # log level this process resolved.
     os.environ["LORAFLEET_ADMIN_TOKEN"] = token
     os.environ["LORAFLEET_LOG_LEVEL"] = logging.getLevelName(logging.getLogger().level)
     uvicorn.run(
-        "store.api.server:app_from_environment",
+        "lorafleet.api_workers:app_from_environment",
         factory=True,
         workers=workers,
         host=host,

@@ -4,10 +4,16 @@ Each app gets its own ``CollectorRegistry`` (several apps can live in one test p
 Request counters and the latency histogram are updated by a middleware; adapters by status
 and bytes stored are read from the database at scrape time, so they are right even when
 Celery workers, not this process, registered the adapters.
+
+Under ``lorafleet api --workers N`` each worker process counts into prometheus_client's
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the parent before the workers
+start), and whichever worker answers ``/metrics`` sums every worker's, the ones that have
+exited included: a scrape sees the whole API, not the one process it happened to reach.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import prometheus_client
@@ -15,11 +21,13 @@ import sqlalchemy as sa
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from store.models import AdapterFile, AdapterVersion
+from store.multiprocess_metrics import MULTIPROC_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +95,19 @@ class ApiMetrics:
         self.download_bytes = Counter(
             "lorafleet_download_bytes", "Bytes of adapter files served.", registry=self.registry
         )
-        self.registry.register(_CatalogCollector(engine))
+        self.catalog = _CatalogCollector(engine)
+        self.registry.register(self.catalog)
+
+    def exposition(self) -> bytes:
+        """What ``GET /metrics`` answers: this app's registry, or with
+        ``PROMETHEUS_MULTIPROC_DIR`` set (API worker processes) every worker's counts summed,
+        plus the catalog gauges."""
+        if not os.environ.get(MULTIPROC_ENV):
+            return prometheus_client.generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(self.catalog)
+        return prometheus_client.generate_latest(registry)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """A plain ASGI middleware (not Starlette's ``BaseHTTPMiddleware``, whose task and

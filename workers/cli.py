@@ -31,10 +31,12 @@ def worker(
 ) -> None:
     """Run a Celery worker for the ingest chain, broadcasts and sweeps."""
     if metrics_port is not None:
+        from store.multiprocess_metrics import enable_multiprocess
+
+        enable_multiprocess()  # before the pool forks, before prometheus_client loads
         from workers import metrics
         from workers.runtime import get_runtime
 
-        metrics.enable_multiprocess()  # before the pool forks, before prometheus_client loads
         metrics.install_ingest_hooks()
         metrics.serve_metrics(metrics_port, get_runtime(), multiprocess=True)
     from workers.celery_app import app as celery_app

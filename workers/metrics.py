@@ -18,10 +18,6 @@ Two kinds of numbers, two designs:
 
 from __future__ import annotations
 
-import atexit
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -36,26 +32,10 @@ from workers.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 INGEST_LATENCY = "lorafleet_ingest_latency_seconds"
 INGEST_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # The ingest task and the steps of the older chain (task name suffixes).
 INGEST_TASKS = ("ingest", "package", "validate", "register")
-
-
-def enable_multiprocess() -> str:
-    """Point prometheus_client at a fresh, empty samples directory (returns it). Must run
-    before prometheus_client is first imported in this process; raises ``RuntimeError``
-    when it was imported already (its values would stay per-process, silently)."""
-    import sys
-
-    if "prometheus_client" in sys.modules and not os.environ.get(MULTIPROC_ENV):
-        raise RuntimeError("prometheus_client was imported before multiprocess mode was set")
-    path = tempfile.mkdtemp(prefix="lorafleet-metrics-")
-    os.environ[MULTIPROC_ENV] = path
-    owner = os.getpid()  # forked pool processes must not remove it when they exit
-    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
-    return path
 
 
 class PipelineCollector:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from store import catalog
 from store.api.deps import AppState, get_principal, get_state
@@ -65,7 +65,7 @@ def ready(state: State) -> JSONResponse:
 @router.get("/metrics", include_in_schema=False)
 def metrics(state: State) -> Response:
     """Prometheus exposition. Open like the health checks: aggregate counts only, no names."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(

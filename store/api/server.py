@@ -9,9 +9,6 @@ real HTTP (pipeline, engine, end-to-end) use it::
 
 The database must already be migrated (``store.db.upgrade``). Without ``admin_token`` in the
 settings a random one is used and returned.
-
-``app_from_environment`` is the app factory of ``lorafleet api --workers N``: each uvicorn
-worker process builds its own app (pool, fleet-view cache) from the environment.
 """
 
 from __future__ import annotations
@@ -25,21 +22,11 @@ from contextlib import contextmanager
 
 import httpx
 import uvicorn
-from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from store.api import create_app
 from store.blobs import BlobStore
 from store.settings import StoreSettings
-
-
-def app_from_environment() -> FastAPI:
-    """The registry app of one ``lorafleet api --workers N`` worker process, configured as
-    the parent was: its log level and admin token come through the environment."""
-    from lorafleet.logging import configure_logging
-
-    configure_logging()
-    return create_app(StoreSettings())
 
 
 def _free_port() -> int:

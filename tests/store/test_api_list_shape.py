@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from support.factories import random_adapter, write_hf_peft
 from support.live_api import LiveRegistry
+from support.metrics_reference import requests_counted
 from support.tiny import tiny_hf_config
 
 from store.api.schemas.adapters import AdapterList, AdapterOut
@@ -88,16 +89,7 @@ def test_request_metrics_name_the_route_template_and_the_status(
     assert httpx.get(f"{base}/v1/adapters").status_code == 401
     assert httpx.get(f"{base}/no/such/path").status_code == 404
     text = httpx.get(f"{base}/metrics").text
-
-    def count(method: str, route: str, status: str) -> float:
-        pattern = (
-            rf'^lorafleet_api_request_seconds_count\{{method="{method}",'
-            rf'route="{re.escape(route)}",status="{status}"\}} (\S+)$'
-        )
-        found = re.search(pattern, text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
-
-    assert count("GET", "/v1/adapters", "200") >= 1
-    assert count("GET", "/v1/adapters/{adapter_id}", "404") >= 1
-    assert count("GET", "/v1/adapters", "401") >= 1
-    assert count("GET", "unmatched", "404") >= 1
+    assert requests_counted(text, "GET", "/v1/adapters", "200") >= 1
+    assert requests_counted(text, "GET", "/v1/adapters/{adapter_id}", "404") >= 1
+    assert requests_counted(text, "GET", "/v1/adapters", "401") >= 1
+    assert requests_counted(text, "GET", "unmatched", "404") >= 1

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from support.metrics_reference import requests_counted
 from support.processes import Proc, lorafleet_argv, wait_for
 from support.services import free_port, fresh_postgres_database
 
@@ -77,16 +78,25 @@ def _serve_with_two_workers(database_url: str, tmp_path: Path) -> None:
             == 401
         )
 
-        # A worker that dies is replaced; the port keeps answering meanwhile.
-        victim = _workers(pid)[0]
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)
-        wait_for(
-            lambda: len(_workers(pid)) == 2 and victim.pid not in {w.pid for w in _workers(pid)},
-            60,
-            "the killed worker replaced",
-        )
+        # A worker that dies is replaced, and what it counted stays in /metrics (summed
+        # over every worker's multiprocess files): kill both that answered the requests.
+        metrics_dir = Path(_workers(pid)[0].environ()["PROMETHEUS_MULTIPROC_DIR"])
+        assert metrics_dir.is_dir()
+        for victim in _workers(pid):
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+            wait_for(
+                lambda v=victim: (
+                    len(_workers(pid)) == 2 and v.pid not in {w.pid for w in _workers(pid)}
+                ),
+                60,
+                "the killed worker replaced",
+            )
         assert client.list_adapters()["pagination"]["total"] == 0
+        text = httpx.get(f"{url}/metrics").text
+        assert requests_counted(text, "GET", "/v1/namespaces", "200") >= 20
+        assert requests_counted(text, "GET", "/v1/namespaces", "401") >= 1
+        assert "lorafleet_adapters" in text  # the catalog gauges, read from the database
 
         # SIGTERM to the parent stops every worker.
         workers = _workers(pid)
@@ -94,6 +104,7 @@ def _serve_with_two_workers(database_url: str, tmp_path: Path) -> None:
         assert proc.popen.wait(30) == 0
         gone, alive = psutil.wait_procs(workers, timeout=15)
         assert not alive, f"workers outlived the API: {alive}"
+        assert not metrics_dir.exists()  # the parent's own directory, removed on exit
     finally:
         proc.stop()
 

@@ -70,3 +70,21 @@ def assert_matches_reference(text: str, process: str) -> None:
         assert kind == rows[name].type, f"{name}: exposed as {kind}, documented {rows[name].type}"
         assert labels <= rows[name].labels, f"{name}: labels {sorted(labels)} not documented"
     assert not re.search(r"^\w+_created[{ ]", text, re.M), "a _created sample is exposed"
+
+
+def sample_value(text: str, name: str, **labels: str) -> float:
+    """The value of the sample ``name`` with exactly ``labels`` in the scrape ``text``; 0
+    when it is not there (a counter nothing has counted yet)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def requests_counted(text: str, method: str, route: str, status: str) -> float:
+    """How many requests the registry scrape ``text`` counted for (method, route template,
+    status)."""
+    return sample_value(
+        text, "lorafleet_api_request_seconds_count", method=method, route=route, status=status
+    )
