@@ -77,9 +77,12 @@ def lora_delta(x: Tensor, A: Tensor, B: Tensor, scaling: Tensor, slot_ids: Tenso
     """Per-row LoRA term, BGMV style. ``x [Bt, S, in]``, ``A [n, r, in]``, ``B [n, out, r]``,
     ``scaling [n]``, ``slot_ids [Bt]`` -> ``[Bt, S, out]``; rows with slot ``-1`` are exactly 0."""
     idx = slot_ids.clamp(min=0)
-    a = A[idx]  # [Bt, r, in]
-    b = B[idx]  # [Bt, out, r]
-    s = torch.where(slot_ids >= 0, scaling[idx], torch.zeros_like(scaling[idx])).to(x.dtype)
+    # index_select, not A[idx]: the same gathered copy, ~5x faster on the CPU (advanced
+    # indexing's generic kernel; 32 rank-16 slots of width 768: 400 -> 73 us).
+    a = A.index_select(0, idx)  # [Bt, r, in]
+    b = B.index_select(0, idx)  # [Bt, out, r]
+    picked = scaling.index_select(0, idx)
+    s = torch.where(slot_ids >= 0, picked, torch.zeros_like(picked)).to(x.dtype)
     h = torch.bmm(x, a.transpose(1, 2)) * s[:, None, None]  # [Bt, S, r]
     return torch.bmm(h, b.transpose(1, 2))  # [Bt, S, out]
 
