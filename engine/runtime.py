@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import structlog
 import torch
 
+from engine.allocator import keep_freed_blocks
 from engine.heartbeat import run_heartbeat
 from engine.lora_cache import AdapterCache, CpuCache, GpuSlots
 from engine.metering import AdapterMetrics, UsageMeter
@@ -253,6 +254,8 @@ def build_runtime(
     if verify_source:
         source.verify()
     device = settings.resolved_device()
+    if torch.device(device).type == "cpu":
+        log.info("engine_malloc", policy=keep_freed_blocks())
     model, weights = _load_model_with_slots(settings, model_dir, args, device)
     tokenizer = Tokenizer(model_dir)
     limits = settings.adapter_limits()
@@ -312,6 +315,18 @@ def _load_model_with_slots(
 
     dtype = _DTYPES[settings.dtype] if settings.dtype else None
     model, _ = load_model(model_dir, device, dtype, args=args)
+    if settings.prepack and torch.device(device).type == "cpu":
+        packed = model.prepack(release=True)
+        if packed:
+            log.info(
+                "engine_weights_packed", linear_layers=packed, dtype=str(model.output.weight.dtype)
+            )
+        else:
+            log.warning(
+                "engine_weights_not_packed",
+                dtype=str(model.output.weight.dtype),
+                reason="oneDNN cannot pack this dtype on this CPU; MKL's GEMM is used",
+            )
     model.setup_caches(settings.max_batch, settings.max_seq_len)
     weights = LoraWeights(
         args.module_shapes(),

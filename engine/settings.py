@@ -101,6 +101,13 @@ class EngineSettings(BaseSettings):
         validation_alias=_env("LORAFLEET_ENGINE_DTYPE", "dtype"),
         description="float32 | float16 | bfloat16; default bfloat16 on GPU, float32 on CPU.",
     )
+    prepack: bool = Field(
+        default=True,
+        validation_alias=_env("LORAFLEET_ENGINE_PREPACK", "prepack"),
+        description="On the CPU, repack the linear weights for oneDNN at start-up (faster "
+        "decode; the unpacked copy is released, so memory stays one copy). false: MKL's "
+        "GEMM on the weights as loaded.",
+    )
     host: str = Field(default="0.0.0.0", validation_alias=_env("LORAFLEET_ENGINE_HOST", "host"))
     port: int = Field(
         default=DEFAULT_ENGINE_PORT, validation_alias=_env("LORAFLEET_ENGINE_PORT", "port")
