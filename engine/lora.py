@@ -200,17 +200,23 @@ class LoraWeights(nn.Module):
         self._check_capacity(adapter)
         self.clear_slot(slot)
         r = adapter.rank
+        self.slot_rank[slot] = r  # before the copy: a clear_slot after a failed copy covers it
         for key, (a, b) in adapter.weights.items():
             self.A[key][slot, :r].copy_(a)
             self.B[key][slot, :, :r].copy_(b)
         self.scaling[slot] = float(adapter.scaling)
-        self.slot_rank[slot] = r
 
     @torch.no_grad()
     def clear_slot(self, slot: int) -> None:
-        """Zero ``slot``: a row naming it afterwards gets exactly the base model's output."""
-        for key in self.A:
-            self.A[key][slot].zero_()
-            self.B[key][slot].zero_()
+        """Zero ``slot``: a row naming it afterwards gets exactly the base model's output.
+
+        Only the first ``slot_rank[slot]`` ranks can be non-zero (``load_slot`` writes no
+        further), so only they are zeroed: loading a rank-2 adapter into an empty slot of
+        ``max_rank`` 128 no longer zeroes the other 126 ranks of every layer and module."""
+        used = self.slot_rank[slot]
+        if used:
+            for key in self.A:
+                self.A[key][slot, :used].zero_()
+                self.B[key][slot, :, :used].zero_()
         self.scaling[slot] = 0.0
         self.slot_rank[slot] = 0

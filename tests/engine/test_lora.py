@@ -171,6 +171,26 @@ def test_cleared_slot_gives_the_base_model(base: Transformer) -> None:
     base.attach_lora(None)
 
 
+def test_a_reused_slot_holds_only_its_new_adapter(base: Transformer) -> None:
+    """clear_slot zeroes only the ranks a slot used: after a rank-8 adapter on all modules,
+    a rank-2 adapter on two modules leaves every other rank and module exactly zero."""
+    weights = LoraWeights(base.args.module_shapes(), base.args.n_layers, n_slots=1, max_rank=8)
+    weights.load_slot(0, make_adapter(spec_of(base), rank=8, seed=11))
+    small = make_adapter(spec_of(base), rank=2, seed=12, modules=("k_proj", "up_proj"))
+    weights.load_slot(0, small)
+    assert weights.slot_rank[0] == 2
+    for key, a in weights.A.items():
+        b = weights.B[key]
+        if key in small.weights:
+            want_a, want_b = small.weights[key]
+            assert torch.equal(a[0, :2], want_a) and torch.equal(b[0, :, :2], want_b)
+            assert not a[0, 2:].any() and not b[0, :, 2:].any()
+        else:
+            assert not a[0].any() and not b[0].any(), key
+    weights.clear_slot(0)
+    assert not any(a[0].any() or weights.B[k][0].any() for k, a in weights.A.items())
+
+
 def test_rank_above_max_rank_is_refused_and_slot_kept(base: Transformer) -> None:
     weights = LoraWeights(base.args.module_shapes(), base.args.n_layers, n_slots=2, max_rank=4)
     good = make_adapter(spec_of(base), rank=4, seed=5)
