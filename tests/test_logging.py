@@ -240,6 +240,9 @@ def test_every_stderr_line_of_the_api_worker_and_beat_is_json(
     # in a line of Celery's stdout redirection.
     relayed = [e for e in logs["worker"] if e.get("event") == "outbox_relayed"]
     assert relayed and relayed[0]["level"] == "info"
+    # Each pool process runs torch on one thread (workers.tasks._connect).
+    ready = [e for e in logs["worker"] if e.get("event") == "worker_process_ready"]
+    assert ready and {e["torch_threads"] for e in ready} == {1}
     assert not events("worker", "celery.redirected")
 
 
