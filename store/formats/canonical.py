@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from store.formats.hf_peft import write_hf_peft
+from store.formats.hf_peft import hf_peft_bytes, write_hf_peft
 from store.formats.spec import BaseModelSpec, CanonicalAdapter
 
 MANIFEST_VERSION = 1
@@ -23,6 +23,15 @@ def write_canonical(
     blobs dedupe across re-registrations.
     """
     return write_hf_peft(adapter, out_dir, safetensors=True, base_model_name=base_model_name)
+
+
+def canonical_files(
+    adapter: CanonicalAdapter, *, base_model_name: str | None = None
+) -> dict[str, bytes]:
+    """``{file name: bytes}`` of the canonical package, byte-identical to what
+    ``write_canonical`` writes, without touching the disk (the blob store hashes and writes
+    them once)."""
+    return hf_peft_bytes(adapter, base_model_name=base_model_name)
 
 
 def build_manifest(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 from store.errors import AdapterInvalid
@@ -167,6 +167,18 @@ def peft_config_dict(adapter: CanonicalAdapter, base_model_name: str | None = No
     }
 
 
+def hf_peft_bytes(
+    adapter: CanonicalAdapter, *, base_model_name: str | None = None
+) -> dict[str, bytes]:
+    """``{file name: bytes}`` of ``adapter_config.json`` and ``adapter_model.safetensors``,
+    exactly what ``write_hf_peft(..., safetensors=True)`` writes, built in memory."""
+    config = json.dumps(peft_config_dict(adapter, base_model_name), indent=2, sort_keys=True)
+    return {
+        CONFIG_FILE: (config + "\n").encode(),
+        SAFETENSORS_FILE: save(adapter.state_dict(), metadata={"format": "pt"}),
+    }
+
+
 def write_hf_peft(
     adapter: CanonicalAdapter,
     directory: Path,
@@ -179,15 +191,16 @@ def write_hf_peft(
     Output is deterministic for equal adapters: sorted keys, no timestamps.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    if safetensors:
+        paths = []
+        for name, data in hf_peft_bytes(adapter, base_model_name=base_model_name).items():
+            (directory / name).write_bytes(data)
+            paths.append(directory / name)
+        return paths
     config_path = directory / CONFIG_FILE
     config_path.write_text(
         json.dumps(peft_config_dict(adapter, base_model_name), indent=2, sort_keys=True) + "\n"
     )
-    state = adapter.state_dict()
-    if safetensors:
-        weights_path = directory / SAFETENSORS_FILE
-        save_file(state, str(weights_path), metadata={"format": "pt"})
-    else:
-        weights_path = directory / BIN_FILE
-        torch.save(state, weights_path)
+    weights_path = directory / BIN_FILE
+    torch.save(adapter.state_dict(), weights_path)
     return [config_path, weights_path]

@@ -163,6 +163,22 @@ def test_canonical_output_is_deterministic(tmp_path: Path) -> None:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+def test_the_in_memory_canonical_package_is_the_written_one(tmp_path: Path) -> None:
+    """Registration stores ``canonical_files`` (no temporary copy); its bytes must be what
+    ``write_canonical`` writes (and what earlier registrations stored), or equal adapters
+    would stop sharing canonical blobs."""
+    from safetensors.torch import save_file
+
+    from store.formats.canonical import canonical_files
+
+    adapter = random_adapter(tiny_spec(), rank=4)
+    written = {p.name: p.read_bytes() for p in write_canonical(adapter, tmp_path / "w")}
+    assert canonical_files(adapter) == written
+    save_file(adapter.state_dict(), str(tmp_path / "old.safetensors"), metadata={"format": "pt"})
+    old = (tmp_path / "old.safetensors").read_bytes()  # how canonical weights were written
+    assert written["adapter_model.safetensors"] == old
+
+
 def test_manifest_records_what_was_validated() -> None:
     spec = tiny_spec()
     adapter = random_adapter(spec, rank=8, alpha=16.0, modules=("q_proj", "o_proj"))
