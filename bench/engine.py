@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.allocator import keep_freed_blocks  # noqa: E402
 from engine.checkpoint import convert_hf_state_dict  # noqa: E402
 from engine.lora import LoraBatch, LoraWeights  # noqa: E402
 from engine.model import ModelArgs, Transformer, rope_inv_freq  # noqa: E402
@@ -174,6 +175,13 @@ def main() -> None:
     p.add_argument("--decode-steps", type=int, default=4)
     p.add_argument("--prefill-len", type=int, default=16)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument(
+        "--untuned",
+        action="store_true",
+        help="run ours on the CPU as the engine did before 2026-12-03: linear weights as "
+        "loaded (MKL) and glibc's default malloc thresholds, instead of packing the weights "
+        "for oneDNN (LORAFLEET_ENGINE_PREPACK) and keeping freed blocks (engine.allocator)",
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "engine.json"))
     opts = p.parse_args()
     shape = "quick" if opts.quick else "llama3-8b" if opts.llama3_8b else "100m"
@@ -201,9 +209,16 @@ def main() -> None:
     ours.attach_lora(weights)
     peft_model = attach_peft(hf, adapters)
     n_params = sum(t.numel() for t in ours.state_dict().values())
+    # As the engine starts (engine/runtime.py); release=False: ours shares hf's tensors.
+    # The malloc thresholds are the process's, so peft runs with them too.
+    tuned = not opts.untuned and dev == "cpu"
+    malloc = keep_freed_blocks() if tuned else "default"
+    packed = ours.prepack(release=False) if tuned else 0
     print(
         f"# {shape}: {n_params / 1e6:.1f}M params, {dev} {dtype}, batch {B}, rank {r}, "
-        f"threads {torch.get_num_threads()}, setup {time.perf_counter() - t0:.1f}s",
+        f"threads {torch.get_num_threads()}, {packed} linear layers packed for oneDNN, "
+        f"malloc {malloc}, "
+        f"setup {time.perf_counter() - t0:.1f}s",
         flush=True,
     )
 
@@ -358,6 +373,8 @@ def main() -> None:
                 "prefill_len": plen,
                 "reps": opts.reps,
                 "threads": torch.get_num_threads(),
+                "prepacked_linear_layers": packed,
+                "malloc": malloc,
                 "results": results,
                 "ratios": ratios,
                 "ideal": ideal,
