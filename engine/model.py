@@ -155,7 +155,8 @@ def linear_packed(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
 
 
 class Linear(nn.Module):
-    """``y = x W^T (+ b)`` whose weight can be repacked for oneDNN's CPU GEMM (``pack``).
+    """``y = x W^T (+ b)`` whose weight can be packed for oneDNN's CPU GEMM
+    (``Transformer.prepack``).
 
     MKL's GEMM behind ``F.linear`` is slow at the few rows a decode step has: on the serving
     bench's model (2 cores, fp32) an 8-row decode step takes ~46 ms through it and ~25 ms
@@ -168,7 +169,7 @@ class Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.packed: Tensor | None = None  # oneDNN's copy of ``weight`` once ``pack``ed
+        self.packed: Tensor | None = None  # oneDNN's copy of ``weight`` once prepacked
 
     def base(self, x: Tensor) -> Tensor:
         if self.packed is not None:
