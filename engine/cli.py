@@ -20,13 +20,19 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible API for the base model and its adapters (NIM_* settings)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from engine.runtime import build_runtime
     from engine.server import create_app
     from engine.source import UnknownBaseModel
+    from store.settings import settings_error
 
     overrides = {k: v for k, v in {"model_dir": model_dir, "host": host, "port": port}.items() if v}
-    settings = EngineSettings(**overrides)
+    try:
+        settings = EngineSettings(**overrides)
+    except ValidationError as exc:  # e.g. LORAFLEET_ENGINE_PREPACK=maybe, NIM_MAX_GPU_LORAS=0
+        typer.echo(f"error: invalid setting: {settings_error(exc)}", err=True)
+        raise typer.Exit(2) from None
     if settings.model_dir is None:
         raise typer.BadParameter("LORAFLEET_ENGINE_MODEL_DIR is not set")
     if not (Path(settings.model_dir) / "config.json").is_file():

@@ -156,11 +156,15 @@ class RunningStack(BaseModel):
 
 
 def settings_error(exc: ValidationError) -> str:
-    """A refused ``LORAFLEET_*`` value as one line per variable: its name, the value and
-    why, e.g. ``LORAFLEET_API_WORKERS='0': Input should be greater than or equal to 1``."""
+    """A refused setting as one line per variable: its name, the value and why, e.g.
+    ``LORAFLEET_API_WORKERS='0': Input should be greater than or equal to 1``. A field read
+    under its own environment alias (the engine's ``NIM_*`` / ``LORAFLEET_ENGINE_*``) is
+    already named by that alias; a plain field name gets the ``LORAFLEET_`` prefix."""
     lines = []
     for error in exc.errors():
-        name = "LORAFLEET_" + "_".join(str(part) for part in error["loc"]).upper()
+        name = "_".join(str(part) for part in error["loc"])
+        if not name.isupper():
+            name = "LORAFLEET_" + name.upper()
         lines.append(f"{name}={error.get('input')!r}: {error['msg']}")
     return "; ".join(lines)
 

@@ -3,6 +3,7 @@ goal 6): the engine's setting, ``lorafleet engine serve`` and ``bench/engine.py`
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,26 @@ def test_bench_engine_refuses_a_missing_device_in_its_usage_line() -> None:
     assert proc.returncode == 2, proc.stderr
     assert "engine.py: error: --device=" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("LORAFLEET_ENGINE_PREPACK", "maybe"), ("NIM_MAX_GPU_LORAS", "0")],
+)
+def test_engine_serve_names_a_bad_setting_in_one_line(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    # It was a pydantic traceback with exit 1; now a usage error naming the variable, exit
+    # 2, before anything loads (the model directory need not exist).
+    from tests.support.processes import lorafleet_argv
+
+    proc = subprocess.run(
+        lorafleet_argv("engine", "serve", "--model-dir", str(tmp_path / "none")),
+        env={**os.environ, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: invalid setting: {variable}={value!r}: "), proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
