@@ -254,9 +254,12 @@ def build_runtime(
     if verify_source:
         source.verify()
     device = settings.resolved_device()
-    if torch.device(device).type == "cpu":
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu:
         log.info("engine_malloc", policy=keep_freed_blocks())
-    model, weights = _load_model_with_slots(settings, model_dir, args, device)
+    model, weights = _load_model_with_slots(
+        settings, model_dir, args, device, prepack=settings.prepack and on_cpu
+    )
     tokenizer = Tokenizer(model_dir)
     limits = settings.adapter_limits()
     catalog = Catalog()
@@ -306,16 +309,17 @@ def make_verifier(settings: EngineSettings) -> TokenVerifier:
 
 
 def _load_model_with_slots(
-    settings: EngineSettings, model_dir: Path, args: ModelArgs, device: str
+    settings: EngineSettings, model_dir: Path, args: ModelArgs, device: str, *, prepack: bool
 ) -> tuple[Transformer, LoraWeights]:
     """The model's weights on ``device`` with its KV cache and ``NIM_MAX_GPU_LORAS`` LoRA
-    slots of rank ``NIM_MAX_LORA_RANK`` attached."""
+    slots of rank ``NIM_MAX_LORA_RANK`` attached; ``prepack``: the linear weights packed
+    for oneDNN (CPU only)."""
     from engine.checkpoint import load_model
     from engine.lora import LoraWeights
 
     dtype = _DTYPES[settings.dtype] if settings.dtype else None
     model, _ = load_model(model_dir, device, dtype, args=args)
-    if settings.prepack and torch.device(device).type == "cpu":
+    if prepack:
         packed = model.prepack(release=True)
         if packed:
             log.info(

@@ -427,20 +427,23 @@ def _import_formats(**_: Any) -> None:
 
 
 @signals.worker_process_init.connect(weak=False)
-def _connect(**_: Any) -> None:
-    """Open this pool process's database and Redis connections before its first task. A
-    store that is down now is not fatal: the first task connects (and retries) itself.
-
-    Each pool process runs torch on one thread. An ingest's tensor work (the finite check,
-    the fp32 conversion) is small, and N pool processes each starting a pool of as many
-    OpenMP threads as there are cores oversubscribe the host: two forked processes parsing
-    an 81 MB adapter at once took 0.75 s each for their first parse with 2 threads each,
-    0.18 s with one (2 cores; later parses ~0.12 s either way). An evaluation task sets its
-    own count (``LORAFLEET_EVAL_THREADS``)."""
+def _one_torch_thread(**_: Any) -> None:
+    """Each pool process runs torch on one thread. An ingest's tensor work (the finite
+    check, the fp32 conversion) is small, and N pool processes each starting a pool of as
+    many OpenMP threads as there are cores oversubscribe the host: two forked processes
+    parsing an 81 MB adapter at once took 0.75 s each for their first parse with 2 threads
+    each, 0.18 s with one (2 cores; later parses ~0.12 s either way). An evaluation task
+    sets its own count (``LORAFLEET_EVAL_THREADS``)."""
     import torch
 
     torch.set_num_threads(1)
     log.info("worker_process_ready", torch_threads=torch.get_num_threads())
+
+
+@signals.worker_process_init.connect(weak=False)
+def _connect(**_: Any) -> None:
+    """Open this pool process's database and Redis connections before its first task. A
+    store that is down now is not fatal: the first task connects (and retries) itself."""
     rt = get_runtime()
     try:
         with rt.engine.connect():

@@ -167,14 +167,18 @@ def peft_config_dict(adapter: CanonicalAdapter, base_model_name: str | None = No
     }
 
 
+def _config_text(adapter: CanonicalAdapter, base_model_name: str | None) -> str:
+    """``adapter_config.json`` as written: sorted keys, two-space indent, a final newline."""
+    return json.dumps(peft_config_dict(adapter, base_model_name), indent=2, sort_keys=True) + "\n"
+
+
 def hf_peft_bytes(
     adapter: CanonicalAdapter, *, base_model_name: str | None = None
 ) -> dict[str, bytes]:
     """``{file name: bytes}`` of ``adapter_config.json`` and ``adapter_model.safetensors``,
     exactly what ``write_hf_peft(..., safetensors=True)`` writes, built in memory."""
-    config = json.dumps(peft_config_dict(adapter, base_model_name), indent=2, sort_keys=True)
     return {
-        CONFIG_FILE: (config + "\n").encode(),
+        CONFIG_FILE: _config_text(adapter, base_model_name).encode(),
         SAFETENSORS_FILE: save(adapter.state_dict(), metadata={"format": "pt"}),
     }
 
@@ -198,9 +202,7 @@ def write_hf_peft(
             paths.append(directory / name)
         return paths
     config_path = directory / CONFIG_FILE
-    config_path.write_text(
-        json.dumps(peft_config_dict(adapter, base_model_name), indent=2, sort_keys=True) + "\n"
-    )
+    config_path.write_text(_config_text(adapter, base_model_name))
     weights_path = directory / BIN_FILE
     torch.save(adapter.state_dict(), weights_path)
     return [config_path, weights_path]

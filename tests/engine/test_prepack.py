@@ -11,9 +11,9 @@ import torch
 from engine.checkpoint import load_model
 from engine.lora import LoraBatch, LoraWeights
 from engine.model import Linear, ModelArgs, Transformer, pack_linear_weight
-from engine.runtime import _load_model_with_slots
-from engine.settings import EngineSettings
+from engine.runtime import build_runtime
 from tests.engine.test_lora import make_adapter, spec_of
+from tests.support.tiny import engine_settings
 
 ONEDNN = pack_linear_weight(torch.zeros(4, 4)) is not None
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
@@ -96,10 +96,11 @@ def test_nothing_is_packed_where_onednn_cannot() -> None:
 @needs_onednn
 @pytest.mark.parametrize("prepack", [True, False])
 def test_the_engine_packs_at_start_up_unless_told_not_to(
-    prepack: bool, tiny_model_dir: Path
+    prepack: bool, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    settings = EngineSettings(model_dir=tiny_model_dir, prepack=prepack, max_batch=2)
-    args = load_model(tiny_model_dir)[1]
-    model, _ = _load_model_with_slots(settings, tiny_model_dir, args, "cpu")
+    source = tmp_path / "adapters"
+    source.mkdir()
+    settings = engine_settings(tiny_model_dir, prepack=prepack, peft_source=str(source))
+    model = build_runtime(settings).scheduler.model
     assert (model.output.packed is not None) == prepack
     assert (model.layers[0].feed_forward.down_proj.packed is not None) == prepack
