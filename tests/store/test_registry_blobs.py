@@ -13,7 +13,7 @@ from support.factories import random_adapter, write_hf_peft
 from support.tiny import tiny_spec
 
 from store import registry
-from store.blobs import referenced_blob_keys, run_blob_gc
+from store.blobs import FileBlobStore, referenced_blob_keys, run_blob_gc
 from store.catalog import list_files
 from store.errors import AdapterInvalid, VersionConflict
 from store.formats import ValidationLimits
@@ -68,6 +68,37 @@ def test_register_stores_originals_and_canonical(
     # Same bytes again: idempotent, nothing new stored.
     again, created_again = register(session, blob_store, source)
     assert not created_again and again.id == version.id
+
+
+class CountingFileStore(FileBlobStore):
+    """A real filesystem store that also counts the bytes each upload streamed."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.streamed: list[int] = []
+
+    def _put(self, fh):  # type: ignore[no-untyped-def]
+        ref = super()._put(fh)
+        self.streamed.append(ref.size)
+        return ref
+
+
+def test_a_canonical_file_equal_to_an_original_is_not_stored_twice(
+    session, auto_ns, base_model, tmp_path
+):
+    # An fp32 peft save_pretrained weights file is byte-identical to the canonical one; it
+    # was hashed, written and fsynced a second time only to be dropped as a duplicate.
+    blobs = CountingFileStore(tmp_path / "blobs")
+    source = write_hf_peft(random_adapter(tiny_spec(), rank=4, seed=5), tmp_path / "src")
+    version, _ = register(session, blobs, source)
+    files = {(f.role, f.path): f for f in list_files(session, version.id)}
+    weights = "adapter_model.safetensors"
+    assert files["canonical", weights].blob_key == files["original", weights].blob_key
+    assert files["canonical", weights].size == (source / weights).stat().st_size
+    # Each distinct blob streamed once (this writer's config is the canonical one, too).
+    distinct = {f.blob_key: f.size for f in files.values()}
+    assert sorted(blobs.streamed) == sorted(distinct.values())
+    assert stored_keys(blobs) == {f.blob_key for f in files.values()}
 
 
 def test_changed_bytes_conflict_and_gc_removes_only_old_orphans(
