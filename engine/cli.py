@@ -25,6 +25,7 @@ def serve(
     from engine.runtime import build_runtime
     from engine.server import create_app
     from engine.source import UnknownBaseModel
+    from engine.threads import in_passing_thread, serial_openmp
     from store.settings import settings_error
 
     overrides = {k: v for k, v in {"model_dir": model_dir, "host": host, "port": port}.items() if v}
@@ -42,7 +43,10 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:
-        runtime = build_runtime(settings, verify_source=True)  # a wrong served name fails fast
+        # Loaded in a passing thread and then torch on one thread here: the scheduler's
+        # OpenMP team is to be the process's only one (engine.threads).
+        runtime = in_passing_thread(build_runtime, settings, verify_source=True)
+        serial_openmp()
     except UnknownBaseModel as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ from engine.source import (
     check_entry,
 )
 from engine.tenancy import TokenVerifier
+from engine.threads import serial
 from events.heartbeat import EngineHeartbeat
 from events.refresh import RefreshFollower
 from events.revocations import RevocationFollower, TokenRevoked
@@ -212,8 +214,10 @@ class EngineRuntime:
             thread.join(timeout=10)
         self._threads.clear()
 
-    def _spawn(self, name: str, target: object) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, name: str, target: Callable[[], object]) -> None:
+        # Background loops run torch (if at all) on one thread: the scheduler's OpenMP
+        # team is to be the process's only one (engine.threads).
+        thread = threading.Thread(target=serial(target), name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 
