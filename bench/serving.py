@@ -248,7 +248,7 @@ def start_ours(root: Path, model_dir: Path, adapters: Path, opts: argparse.Names
         "NIM_PEFT_SOURCE": str(adapters),
         "NIM_MAX_GPU_LORAS": str(max(opts.concurrency)),
         "NIM_MAX_CPU_LORAS": str(opts.adapters + 4),
-        "NIM_MAX_LORA_RANK": str(opts.rank),
+        "NIM_MAX_LORA_RANK": str(opts.max_lora_rank or opts.rank),
         "LORAFLEET_ENGINE_MAX_BATCH": str(max(opts.concurrency)),
         "LORAFLEET_ENGINE_MAX_SEQ_LEN": "256",
         "LORAFLEET_ENGINE_DEVICE": opts.device,
@@ -295,7 +295,7 @@ def start_theirs(root: Path, adapters: Path, opts: argparse.Namespace) -> Any:
         port=port,
         log_dir=root,
         env={"VLLM_CPU_KVCACHE_SPACE": "2"},
-        max_lora_rank=opts.rank,
+        max_lora_rank=opts.max_lora_rank or opts.rank,
         max_loras=max(opts.concurrency),
         extra_args=[
             "--max-num-seqs",
@@ -313,7 +313,8 @@ def print_table(result: dict[str, Any], opts: argparse.Namespace) -> None:
     servers = result["servers"]
     print(
         f"\nserving: {result['model']['params'] / 1e6:.0f}M-param Llama fp32, {opts.adapters} "
-        f"rank-{opts.rank} adapters on 7 modules, {opts.prompt_tokens} tokens in, "
+        f"rank-{opts.rank} adapters on 7 modules (rank-{result['max_lora_rank']} slots), "
+        f"{opts.prompt_tokens} tokens in, "
         f"{opts.max_tokens} out, {opts.rounds} rounds, {os.cpu_count()} cores, {opts.device}"
     )
     print(
@@ -355,6 +356,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--adapters", type=int, default=32, help="at least max(C)")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--max-lora-rank",
+        type=int,
+        default=None,
+        help="both servers' slot rank (NIM_MAX_LORA_RANK, vLLM's --max-lora-rank); default "
+        "--rank. NIM's default is 64: rank-16 adapters then sit in 4x wider slots",
+    )
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--skip-vllm", action="store_true", help="measure lorafleet only")
@@ -414,6 +422,7 @@ def main() -> None:
         "model": {**SHAPE, "params": params, "dtype": "float32"},
         "adapters": opts.adapters,
         "rank": opts.rank,
+        "max_lora_rank": opts.max_lora_rank or opts.rank,
         "prompt_tokens": opts.prompt_tokens,
         "max_tokens": opts.max_tokens,
         "rounds": opts.rounds,

@@ -56,6 +56,25 @@ def test_fast_kernels_match_the_reference(mix: str, seq_len: int) -> None:
         assert (ref[row] == 0).all() == (s < 0)  # rows without an adapter get exactly zero
 
 
+@pytest.mark.parametrize("seq_len", [1, 7])
+def test_the_fast_kernels_use_only_the_ranks_the_batch_needs(seq_len: int) -> None:
+    # Slots of rank R holding adapters of rank <= 3 (ranks past that zero, as load_slot
+    # leaves them): the kernels cut to 3 ranks give the full reference's answer, and a cut
+    # below an adapter's rank changes it, so the cut really is applied.
+    A, B, scaling = stacked()
+    A[:, 3:], B[:, :, 3:] = 0, 0
+    slots = torch.tensor(SLOT_MIXES["duplicates"])
+    x = torch.randn(len(slots), seq_len, IN, generator=torch.Generator().manual_seed(2))
+    ref = lora_delta_reference(x, A, B, scaling, slots)
+    groups = LoraBatch(slots).groups
+    for rank, same in ((3, True), (R, True), (2, False)):
+        for got in (
+            lora_delta(x, A, B, scaling, slots, rank),
+            lora_delta_grouped(x, A, B, scaling, groups, rank),
+        ):
+            assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5) == same, rank
+
+
 def test_reference_is_the_textbook_formula() -> None:
     A, B, scaling = stacked()
     x = torch.randn(1, 3, IN)
@@ -143,19 +162,24 @@ def test_each_row_gets_its_own_adapter_in_one_batch(
         run(base, ids[2:], None)[0],
     ]
     for kernel in ("bgmv", "sgmv", "reference"):
-        got = run_kernel(base, ids, [2, 0, -1], kernel)
-        for row in range(3):
-            torch.testing.assert_close(got[row], want[row], atol=1e-4, rtol=1e-4)
+        for rank in (None, 8):  # the scheduler passes the batch's largest adapter rank
+            got = run_kernel(base, ids, [2, 0, -1], kernel, rank)
+            for row in range(3):
+                torch.testing.assert_close(got[row], want[row], atol=1e-4, rtol=1e-4)
+    # Only the rank-2 adapter in the batch: its slot cut to 2 ranks, the same answer.
+    got = run_kernel(base, ids[:1], [2], "bgmv", 2)
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
     assert not torch.allclose(want[0], want[2], atol=1e-3)  # the adapters really change logits
     base.attach_lora(None)
 
 
 def run_kernel(
-    model: Transformer, ids: torch.Tensor, slots: list[int], kernel: str
+    model: Transformer, ids: torch.Tensor, slots: list[int], kernel: str, rank: int | None = None
 ) -> torch.Tensor:
     pos = torch.arange(ids.shape[1]).expand_as(ids)
+    lora = LoraBatch(torch.tensor(slots), kernel, rank)
     with torch.inference_mode():
-        return model(ids, pos, torch.arange(ids.shape[0]), LoraBatch(torch.tensor(slots), kernel))
+        return model(ids, pos, torch.arange(ids.shape[0]), lora)
 
 
 def test_cleared_slot_gives_the_base_model(base: Transformer) -> None:
@@ -233,3 +257,54 @@ def test_slot_memory_is_rank_times_all_module_dims(base: Transformer) -> None:
     weights = LoraWeights(a.module_shapes(), a.n_layers, n_slots=2, max_rank=4)
     per_layer = sum(i + o for i, o in weights.shapes.values())
     assert weights.nbytes_per_slot() == a.n_layers * per_layer * 4 * 4  # rank 4, fp32
+
+
+def test_the_scheduler_cuts_to_the_batch_rank_and_keeps_each_adapters_output(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # A rank-2 and a rank-8 adapter in rank-16 slots, decoded in one batch: the scheduler
+    # passes rank 8 (the largest) to the kernels. Each row's chosen-token logprobs equal
+    # the merged-weights model's for the same tokens; a cut below 8 would change them.
+    import threading
+
+    from support.factories import write_hf_peft
+    from support.tiny import engine_settings
+
+    from engine.runtime import build_runtime
+    from engine.sampling import SamplingParams
+    from engine.scheduler import GenerationRequest, TokenDelta
+
+    model, _ = load_model(tiny_model_dir)
+    spec = spec_of(model)
+    adapters = {"small": make_adapter(spec, rank=2, seed=11), "big": make_adapter(spec, 8, 12)}
+    root = tmp_path / "adapters"
+    for name, adapter in adapters.items():
+        write_hf_peft(adapter, root / name)
+    runtime = build_runtime(engine_settings(tiny_model_dir, peft_source=str(root)))
+    runtime.start()
+    try:
+        prompt = [5, 17, 42, 7]
+        done = {name: threading.Event() for name in adapters}
+        tokens: dict[str, list] = {name: [] for name in adapters}
+
+        def sink(name: str):  # type: ignore[no-untyped-def]
+            def take(delta: TokenDelta) -> None:
+                tokens[name].extend(delta.tokens)
+                if delta.finish_reason:
+                    done[name].set()
+
+            return take
+
+        params = SamplingParams(max_tokens=6, temperature=0.0, logprobs=0, ignore_eos=True)
+        for name in adapters:
+            runtime.scheduler.submit(GenerationRequest(prompt, params, sink(name), name))
+        assert all(event.wait(60) for event in done.values())
+    finally:
+        runtime.stop()
+    for name, adapter in adapters.items():
+        got = tokens[name]
+        ids = torch.tensor([prompt + [t.token_id for t in got]])
+        logits = run(merged_model(tiny_model_dir, adapter), ids, None)[0]
+        want = torch.log_softmax(logits[len(prompt) - 1 : -1].float(), -1)
+        for step, token in enumerate(got):
+            assert token.logprob == pytest.approx(float(want[step, token.token_id]), abs=1e-3)
