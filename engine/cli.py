@@ -46,10 +46,10 @@ def serve(
         # Loaded in a passing thread and then torch on one thread here: the scheduler's
         # OpenMP team is to be the process's only one (engine.threads).
         runtime = in_passing_thread(build_runtime, settings, verify_source=True)
-        serial_openmp()
     except UnknownBaseModel as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
+    serial_openmp()
     # log_config=None: uvicorn's records go through lorafleet.logging (JSON under json format).
     uvicorn.run(
         create_app(runtime),

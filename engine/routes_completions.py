@@ -40,12 +40,11 @@ from engine.scheduler import (
     InvalidPrompt,
     Overloaded,
     RequestTooLarge,
-    Scheduler,
     TokenDelta,
     check_token_ids,
 )
 from engine.tenancy import Caller
-from engine.threads import serial_openmp
+from engine.threads import serial
 
 log = structlog.get_logger(__name__)
 
@@ -98,13 +97,6 @@ async def chat_completions(
     stream = generate(request, runtime, adapter, [ids], params, body.n)
     metered_stream = _metered(runtime, caller, target, stream, reply)
     return served_as(runtime, target, await respond(runtime, reply, metered_stream))
-
-
-def _submit(scheduler: Scheduler, req: GenerationRequest) -> None:
-    """``scheduler.submit`` in an executor thread, which runs torch on one thread: loading
-    an adapter there must not start a second OpenMP team (``engine.threads``)."""
-    serial_openmp()
-    scheduler.submit(req)
 
 
 def _metered(
@@ -250,7 +242,9 @@ async def generate(
             for j in range(n):
                 p = params if params.seed is None else replace(params, seed=params.seed + j)
                 req = GenerationRequest(ids, p, sink_for(i * n + j), adapter=adapter, group=group)
-                await loop.run_in_executor(None, _submit, runtime.scheduler, req)
+                # The executor thread runs torch on one thread: loading an adapter there
+                # must not start a second OpenMP team (engine.threads).
+                await loop.run_in_executor(None, serial(runtime.scheduler.submit), req)
                 reqs.append(req)
         remaining = len(reqs)
         next_poll = loop.time() + DISCONNECT_POLL_SECONDS

@@ -333,10 +333,8 @@ class Scheduler:
         and the sampled next tokens; raises whatever the model raises."""
         slots = torch.tensor([r._slot for r in batch], dtype=torch.long, device=self.device)
         # The largest rank of the adapters in the slots (None when one does not say).
-        ranks = [getattr(r._lora, "rank", None) for r in batch if r._slot >= 0]
-        known = [k for k in ranks if isinstance(k, int)]
-        rank = max(known) if known and len(known) == len(ranks) else None
-        lora = LoraBatch(slots, rank=rank) if ranks else None
+        ranks = {getattr(r._lora, "rank", None) for r in batch if r._slot >= 0}
+        lora = LoraBatch(slots, rank=None if None in ranks else max(ranks)) if ranks else None
         rows = torch.tensor([r._row for r in batch], dtype=torch.long, device=self.device)
         if prefill:
             width = max(len(r.prompt_ids) for r in batch)

@@ -102,7 +102,6 @@ def _store_files(
     for rel, path in originals:
         ref = blobs.put_file(path)
         files.append(PackageFile(rel, "original", ref.sha256, ref.size, ref.key))
-    sizes = {f.size for f in files}
     stored = {(f.sha256, f.size): f for f in files}
     # Serialized in memory and stored once: no temporary copy written and read back (81 MB
     # adapters: one write + one read of their size less per registration). A canonical file
@@ -110,7 +109,7 @@ def _store_files(
     # is byte-identical to the canonical one, so it is not hashed, written and fsynced again.
     for name, data in sorted(canonical_files(adapter).items()):
         same = None  # hashed here only when an original has its size (else: a second pass)
-        if len(data) in sizes:
+        if any(size == len(data) for _, size in stored):
             same = stored.get((hashlib.sha256(data).hexdigest(), len(data)))
         if same is not None:
             files.append(PackageFile(name, "canonical", same.sha256, same.size, same.blob_key))

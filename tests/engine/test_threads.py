@@ -4,7 +4,6 @@ barriers spin instead of sleeping (a decode step has ~150 of them)."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -16,20 +15,12 @@ from support.services import free_port
 from engine.threads import in_passing_thread, serial_openmp
 
 
-def in_thread(fn):  # type: ignore[no-untyped-def]
-    out: list[object] = []
-    thread = threading.Thread(target=lambda: out.append(fn()))
-    thread.start()
-    thread.join()
-    return out[0]
-
-
 def test_serial_openmp_sets_only_the_calling_thread() -> None:
     before = torch.get_num_threads()
-    assert in_thread(lambda: (serial_openmp(), torch.get_num_threads())) == (True, 1)
+    assert in_passing_thread(lambda: (serial_openmp(), torch.get_num_threads())) == (True, 1)
     assert torch.get_num_threads() == before  # this thread's, and torch's own, unchanged
     if before > 1:  # a thread of its own still runs on torch's count
-        assert in_thread(torch.get_num_threads) == before
+        assert in_passing_thread(torch.get_num_threads) == before
 
 
 def test_in_passing_thread_returns_or_raises_what_the_call_did() -> None:
