@@ -70,6 +70,14 @@ class StoreSettings(BaseSettings):
         description="uvicorn worker processes of `lorafleet api`, each with its own "
         "database pool; one process uses one core (the GIL).",
     )
+    api_threads: int = Field(
+        default=20,
+        ge=1,
+        le=256,
+        description="requests one API process works on at once (its worker threads); its "
+        "PostgreSQL pool keeps as many connections open, so a burst waits for a thread "
+        "instead of opening and closing a connection per request.",
+    )
     api_url: str | None = Field(
         default=None,
         description="The API clients talk to; default a running `lorafleet up`'s, "

@@ -14,6 +14,10 @@ numbers only). See ``store.auth`` for roles and tenant isolation.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import anyio.to_thread
 import structlog
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
@@ -51,6 +55,21 @@ log = structlog.get_logger(__name__)
 __all__ = ["create_app"]
 
 
+def _bounded_threads(threads: int) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the routes (plain functions) run in anyio's worker threads, at
+    most ``threads`` at once, as many as the database pool keeps connections. Unbounded
+    (anyio's default is 40), a burst held more connections than the pool keeps, and each
+    one past the pool was opened and closed for a single request: a PostgreSQL backend
+    started per request, at the moment the API was busiest."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        yield
+
+    return lifespan
+
+
 def create_app(
     settings: StoreSettings | None = None,
     *,
@@ -66,12 +85,13 @@ def create_app(
     api`` generates and saves one in embedded mode).
     """
     settings = settings or get_settings()
-    engine = engine or make_engine(settings.resolved_database_url())
+    engine = engine or make_engine(settings.resolved_database_url(), pool_size=settings.api_threads)
     ensure_migrated(engine)
     blobs = blobs or open_blob_store(settings.resolved_blob_url(), settings)
     metrics = ApiMetrics(engine)
 
     app = FastAPI(
+        lifespan=_bounded_threads(settings.api_threads),
         title="lorafleet registry",
         version="1",
         description="Adapter registry: namespaces, base models, LoRA adapter versions, "

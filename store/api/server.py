@@ -53,7 +53,7 @@ def run_registry_api(
     app = create_app(settings, blobs=blobs, engine=engine)
     port = _free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", log_config=None, lifespan="off"
+        app, host="127.0.0.1", port=port, log_level="warning", log_config=None, lifespan="on"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"registry-api-{port}", daemon=True)
