@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from sqlmodel import Session
 
 from events.models import VERSION_MAX_LENGTH, VERSION_PATTERN, VERSION_RULE, is_version
 from store import catalog, fleet_routing, metadata, registry
-from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.deps import Caller, State, audited
 from store.api.errors import error_responses
 from store.api.schemas.adapters import (
     AdapterDeleted,
@@ -28,8 +28,6 @@ from store.errors import BadRequest, NotFound
 from store.models import AdapterVersion
 
 router = APIRouter(prefix="/v1/adapters", responses=error_responses(401))
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 Sort = Literal["created_at", "-created_at", "name", "-name"]
 # In the schema only: ``parse_coordinates`` refuses with a message naming the rule.
 VERSION_SCHEMA = {"pattern": VERSION_PATTERN, "maxLength": VERSION_MAX_LENGTH}

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 
 from events.models import ALIAS_PATTERN, ALIAS_RULE
 from store import aliases
 from store.aliases import Target
-from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.deps import AppState, Caller, State, audited
 from store.api.errors import error_responses
 from store.api.schemas.aliases import (
     AliasDeleted,
@@ -28,8 +28,6 @@ from store.db import session_scope
 from store.errors import NotFound
 
 router = APIRouter(prefix="/v1/adapters", responses=error_responses(401))
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 # In the schema only: ``store.aliases`` refuses a bad name with a message naming the rule.
 AliasName = Annotated[
     str,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from sqlmodel import Session
 
 from events.models import NAMESPACE_PATTERN
 from store import catalog, tenancy
-from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.deps import Caller, State, audited
 from store.api.errors import error_responses
 from store.api.schemas.catalog import (
     BaseModelCreate,
@@ -24,14 +24,11 @@ from store.api.schemas.catalog import (
     namespace_out,
 )
 from store.api.schemas.common import page_of
-from store.auth import Principal
 from store.db import session_scope
 from store.errors import NotFound
 from store.models import BaseModelRecord
 
 router = APIRouter(prefix="/v1", responses=error_responses(401))
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 NamespaceName = Annotated[str, Path(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)]
 
 

@@ -5,14 +5,14 @@ another tenant's namespace answers the 404 of a missing one on every route."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel as Body
 from pydantic import Field
 
 from store import catalog, eval_sets, evaluation
-from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.deps import Caller, State, audited
 from store.api.errors import error_responses
 from store.api.routes_adapters import visible_adapter
 from store.api.schemas.common import (
@@ -22,14 +22,11 @@ from store.api.schemas.common import (
     list_example,
     page_of,
 )
-from store.auth import Principal
 from store.db import session_scope
 from store.errors import NotFound
 from store.models import EvalPolicy, EvalSet, Evaluation
 
 router = APIRouter(prefix="/v1", responses=error_responses(401))
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 PREVIEW_ROWS = 5
 
 EVAL_SET_EXAMPLE: dict[str, Any] = {

@@ -5,21 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel as Body
 
 from events.heartbeat import live_heartbeats
-from store.api.deps import AppState, get_principal, get_state
+from store.api.deps import Caller, State
 from store.api.errors import error_responses
 from store.api.schemas.common import entity_config
-from store.auth import Principal
 from store.db import session_scope
 from store.errors import TransientError
 from store.fleet_engines import engines_view
 
 router = APIRouter(prefix="/v1", responses=error_responses(401))
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 
 
 class EngineOut(Body):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from store import governance, history
-from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.deps import Caller, State, audited
 from store.api.errors import error_responses
 from store.api.routes_adapters import adapter_entity, visible_adapter
 from store.api.schemas.adapters import AdapterOut
@@ -20,12 +20,9 @@ from store.api.schemas.governance import (
     audit_out,
     history_out,
 )
-from store.auth import Principal
 from store.db import session_scope
 
 router = APIRouter(prefix="/v1", responses=error_responses(401))
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 
 
 @router.get(

@@ -16,14 +16,14 @@ import itertools
 import re
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
-from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.deps import AppState, Caller, State, audited
 from store.auth import Principal
 from store.blobs import CHUNK, BlobStore
 from store.db import session_scope
@@ -72,8 +72,6 @@ class HfRoute(APIRoute):
 
 
 router = APIRouter(prefix="/v1/hf", route_class=HfRoute, include_in_schema=False)
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 
 
 def _resolve(state: AppState, caller: Principal, ns: str, name: str, revision: str) -> Revision:

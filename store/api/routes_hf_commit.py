@@ -17,14 +17,14 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, Any
 
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from store import catalog
-from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.deps import AppState, Caller, State, audited
 from store.api.routes_hf import HfRoute
 from store.api.uploads import safe_relative_path
 from store.approval import Status
@@ -38,8 +38,6 @@ from store.hf.repos import Revision
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1/hf", route_class=HfRoute, include_in_schema=False)
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 MAX_SMALL_JSON = 1 << 20  # create-repo, validate-yaml and preupload bodies
 MAX_FILES = 256
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from store.api.deps import AppState, get_principal, get_state
+from store.api.deps import AppState, Caller, State
 from store.api.routes_hf import HfRoute
 from store.api.routes_hf_commit import endpoint_url, read_small_json, require_writable
-from store.auth import Principal
 from store.blobs import blob_key
 from store.errors import AdapterInvalid, BadRequest
 from store.hf import lfs
@@ -27,8 +26,6 @@ router = APIRouter(prefix="/v1/hf", route_class=HfRoute, include_in_schema=False
 # The object PUT carries the file's raw bytes (no Content-Type from huggingface_hub): the JSON
 # body bounds (store.api.body_limits) must leave it alone; the route checks size and digest.
 RAW_BODY_PREFIX = "/v1/hf/api/lfs-upload/"
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 
 
 def _secret(state: AppState) -> str:

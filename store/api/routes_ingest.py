@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 from sqlmodel import Session
 
-from store.api.deps import AppState, get_principal, get_state
+from store.api.deps import Caller, State
 from store.api.errors import error_responses
 from store.api.schemas.common import page_of
 from store.api.schemas.ops import IngestList, IngestRecordOut
@@ -24,8 +24,6 @@ from store.errors import NotFound
 from store.models import IngestRecord
 
 router = APIRouter(prefix="/v1/ingest", responses=error_responses(401))
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 MAX_PER_JOB = 100
 _EXAMPLE = {
     "object": "ingest_record",

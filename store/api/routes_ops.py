@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from store import catalog
-from store.api.deps import AppState, get_principal, get_state
+from store.api.deps import State, get_principal
 from store.api.errors import error_responses
 from store.api.schemas.ops import FleetView, Liveness, Readiness
 from store.auth import Principal
@@ -18,7 +18,6 @@ from store.db import ensure_migrated, session_scope
 from store.errors import LorafleetError
 
 router = APIRouter()
-State = Annotated[AppState, Depends(get_state)]
 
 
 @router.get("/v1/health/live", response_model=Liveness)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from sqlmodel import select
 
 from events.models import NAMESPACE_PATTERN
 from store import catalog
-from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.deps import Caller, State, audited
 from store.api.errors import error_responses
 from store.api.schemas.tokens import (
     TokenCreate,
@@ -20,13 +20,11 @@ from store.api.schemas.tokens import (
     token_info,
     whoami_out,
 )
-from store.auth import Principal, create_token, hash_token, list_tokens, revoke_token
+from store.auth import create_token, hash_token, list_tokens, revoke_token
 from store.db import session_scope
 from store.models import ApiToken, Namespace
 
 router = APIRouter(prefix="/v1", responses=error_responses(401))
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 
 
 @router.post(

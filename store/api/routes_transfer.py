@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -27,7 +27,7 @@ from events.models import (
     parse_coordinates,
 )
 from store import catalog, registry
-from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.deps import AppState, Caller, State, audited
 from store.api.errors import error_responses
 from store.api.routes_adapters import VERSION_SCHEMA, adapter_entity, get_version, visible_adapter
 from store.api.routes_aliases import aliases_of_files
@@ -43,8 +43,6 @@ from store.models import Provenance
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1/adapters", responses=error_responses(401))
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 REQUIRED_FIELDS = ("namespace", "name", "version", "base_model")
 
 

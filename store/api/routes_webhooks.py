@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel as Body
 from pydantic import Field
 
 from store import catalog, webhooks
-from store.api.deps import AppState, audited, get_principal, get_state
+from store.api.deps import Caller, State, audited
 from store.api.errors import error_responses
 from store.api.schemas.common import (
     EXAMPLE_TIME,
@@ -26,8 +26,6 @@ from store.db import session_scope
 from store.models import Webhook, WebhookDelivery
 
 router = APIRouter(prefix="/v1/namespaces/{namespace}/webhooks", responses=error_responses(401))
-Caller = Annotated[Principal, Depends(get_principal)]
-State = Annotated[AppState, Depends(get_state)]
 EventName = Literal[
     "adapter.pending", "adapter.ready", "adapter.rejected", "adapter.failed", "adapter.archived"
 ]
