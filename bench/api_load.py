@@ -40,7 +40,7 @@ RESULTS = REPO / "bench" / "results" / "api_load.json"
 sys.path[:0] = [str(REPO / "tests"), str(REPO), str(REPO / "bench")]
 
 import httpx  # noqa: E402
-from cpu import tree_cpu_seconds  # noqa: E402
+from cpu import postgres_cpu_seconds, tree_cpu_seconds  # noqa: E402
 from percentiles import summarize  # noqa: E402
 
 ADMIN_TOKEN = "lft_api_load_admin_token_0123456789"
@@ -277,20 +277,6 @@ def start_api(
         "registry API ready",
     )
     return proc, url
-
-
-def postgres_cpu_seconds() -> float:
-    """CPU seconds of every ``postgres`` process on this machine so far (0 if unreadable)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if text.split("(", 1)[1].startswith("postgres)"):
-            fields = text.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def run(

@@ -21,3 +21,23 @@ def tree_cpu_seconds(pid: int) -> float:
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+def postgres_cpu_seconds() -> float:
+    """User + system CPU seconds of this machine's PostgreSQL servers so far: every live
+    ``postgres`` process, plus what each postmaster has reaped from backends that already
+    exited (their time would otherwise leave with them: a run that opens connections, or a
+    pool that churns, reads low). Other databases' work on the machine counts too."""
+    total = 0.0
+    for proc in psutil.process_iter(["name", "ppid"]):
+        if proc.info["name"] != "postgres":
+            continue
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+            parent = psutil.Process(proc.info["ppid"])
+            if parent.name() != "postgres":  # the postmaster: its children are the backends
+                total += t.children_user + t.children_system
+        except psutil.Error:
+            continue
+    return total

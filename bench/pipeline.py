@@ -62,7 +62,9 @@ from rich.table import Table
 from sqlmodel import Session
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from cpu import postgres_cpu_seconds  # noqa: E402
 
 from events import streams  # noqa: E402
 from events.models import JobCompleted  # noqa: E402
@@ -340,13 +342,10 @@ def _cpu_seconds(worker_pid: int) -> dict:
             return 0.0
 
     worker = psutil.Process(worker_pid)
-    postgres = {
-        p.pid: used(p) for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"
-    }
     return {
         "worker": used(worker) + sum(used(c) for c in worker.children(recursive=True)),
         "bench_process": used(psutil.Process()),
-        "postgres": postgres,
+        "postgres": postgres_cpu_seconds(),
     }
 
 
@@ -631,9 +630,7 @@ def run(args: argparse.Namespace) -> dict:
         cpu1 = _cpu_seconds(worker.pid)
         n = max(len(arrivals), 1)
         cpu = {k: (cpu1[k] - cpu0[k]) / n for k in ("worker", "bench_process")}
-        # PostgreSQL server processes alive at both ends (backends of other databases too).
-        common = cpu0["postgres"].keys() & cpu1["postgres"].keys()
-        cpu["postgres_all"] = sum(cpu1["postgres"][p] - cpu0["postgres"][p] for p in common) / n
+        cpu["postgres_all"] = (cpu1["postgres"] - cpu0["postgres"]) / n  # every database
         latencies = {cls: [arrivals[k] - e.occurred_at.timestamp() for k, (c, e) in events.items() if c == cls and k in arrivals] for cls in ("small", "large")}  # fmt: skip
         with Session(engine) as s:
             statuses = dict(
