@@ -28,16 +28,15 @@ def postgres_cpu_seconds() -> float:
     ``postgres`` process, plus what each postmaster has reaped from backends that already
     exited (their time would otherwise leave with them: a run that opens connections, or a
     pool that churns, reads low). Other databases' work on the machine counts too."""
+    servers = [p for p in psutil.process_iter(["name", "ppid"]) if p.info["name"] == "postgres"]
+    pids = {p.pid for p in servers}
     total = 0.0
-    for proc in psutil.process_iter(["name", "ppid"]):
-        if proc.info["name"] != "postgres":
-            continue
+    for proc in servers:
         try:
             t = proc.cpu_times()
-            total += t.user + t.system
-            parent = psutil.Process(proc.info["ppid"])
-            if parent.name() != "postgres":  # the postmaster: its children are the backends
-                total += t.children_user + t.children_system
         except psutil.Error:
             continue
+        total += t.user + t.system
+        if proc.info["ppid"] not in pids:  # a postmaster: its children are the backends
+            total += t.children_user + t.children_system
     return total

@@ -64,7 +64,7 @@ from sqlmodel import Session
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from cpu import postgres_cpu_seconds  # noqa: E402
+from cpu import postgres_cpu_seconds, tree_cpu_seconds  # noqa: E402
 
 from events import streams  # noqa: E402
 from events.models import JobCompleted  # noqa: E402
@@ -334,17 +334,10 @@ def _cpu_seconds(worker_pid: int) -> dict:
     (all of them: other databases' work on a shared machine counts too)."""
     import psutil
 
-    def used(proc: psutil.Process) -> float:
-        try:
-            times = proc.cpu_times()
-            return times.user + times.system
-        except psutil.Error:
-            return 0.0
-
-    worker = psutil.Process(worker_pid)
+    own = psutil.Process().cpu_times()
     return {
-        "worker": used(worker) + sum(used(c) for c in worker.children(recursive=True)),
-        "bench_process": used(psutil.Process()),
+        "worker": tree_cpu_seconds(worker_pid),
+        "bench_process": own.user + own.system,
         "postgres": postgres_cpu_seconds(),
     }
 

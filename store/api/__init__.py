@@ -14,8 +14,8 @@ numbers only). See ``store.auth`` for roles and tenant isolation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio.to_thread
 import structlog
@@ -55,19 +55,16 @@ log = structlog.get_logger(__name__)
 __all__ = ["create_app"]
 
 
-def _bounded_threads(threads: int) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The app's lifespan: the routes (plain functions) run in anyio's worker threads, at
-    most ``threads`` at once, as many as the database pool keeps connections. Unbounded
-    (anyio's default is 40), a burst held more connections than the pool keeps, and each
-    one past the pool was opened and closed for a single request: a PostgreSQL backend
-    started per request, at the moment the API was busiest."""
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-        yield
-
-    return lifespan
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The routes (plain functions) run in anyio's worker threads: at most
+    ``LORAFLEET_API_THREADS`` at once, as many as the database pool keeps connections.
+    Unbounded (anyio's default is 40), a burst held more connections than the pool keeps,
+    and each one past the pool was opened and closed for a single request: a PostgreSQL
+    backend started per request, at the moment the API was busiest."""
+    threads = app.state.lorafleet.settings.api_threads
+    anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+    yield
 
 
 def create_app(
@@ -91,7 +88,7 @@ def create_app(
     metrics = ApiMetrics(engine)
 
     app = FastAPI(
-        lifespan=_bounded_threads(settings.api_threads),
+        lifespan=_lifespan,
         title="lorafleet registry",
         version="1",
         description="Adapter registry: namespaces, base models, LoRA adapter versions, "
