@@ -110,3 +110,10 @@ def test_versions_of_an_adapter_in_semver_order(session, auto_ns, base_model, ma
     versions = [v.version for v in list_versions(session, auto_ns, "bot")]
     assert versions == ["0.9.1", "1.2.0-rc1", "1.2.0", "1.10.0"]
     assert get_version(session, auto_ns, "bot", "1.2.0").version == "1.2.0"
+
+
+def test_a_non_ascii_search_finds_nothing_and_fails_nothing(session, catalog) -> None:
+    # Names are lowercase ASCII; a non-ASCII search keeps ILIKE (catalog.list_adapters) and
+    # is an empty page on both backends, not an error.
+    assert list_adapters(session, namespaces=None, search="ÇHAT") == ([], 0)
+    assert list_adapters(session, namespaces=None, search="chat-İ")[1] == 0
