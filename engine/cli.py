@@ -26,6 +26,7 @@ def serve(
     from engine.server import create_app
     from engine.source import UnknownBaseModel
     from engine.threads import in_passing_thread, serial_openmp
+    from store.heap import freeze_startup_heap
     from store.settings import settings_error
 
     overrides = {k: v for k, v in {"model_dir": model_dir, "host": host, "port": port}.items() if v}
@@ -50,9 +51,11 @@ def serve(
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
     serial_openmp()
+    app = create_app(runtime)
+    freeze_startup_heap("engine")  # the model's and the imports' objects (store.heap)
     # log_config=None: uvicorn's records go through lorafleet.logging (JSON under json format).
     uvicorn.run(
-        create_app(runtime),
+        app,
         host=settings.host,
         port=settings.port,
         log_level="warning",

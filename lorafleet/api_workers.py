@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from lorafleet.logging import configure_logging
 from store.api import create_app
+from store.heap import freeze_startup_heap
 from store.settings import StoreSettings
 
 
@@ -16,4 +17,6 @@ def app_from_environment() -> FastAPI:
     """The registry app of one worker process, configured as the parent was: the log level
     and the admin token come through ``LORAFLEET_*`` variables it set."""
     configure_logging()
-    return create_app(StoreSettings())
+    app = create_app(StoreSettings())
+    freeze_startup_heap("api")
+    return app

@@ -119,6 +119,7 @@ def api(
     from store.auth import ADMIN_TOKEN_FILE, ensure_admin_token
     from store.db import upgrade
     from store.errors import LorafleetError
+    from store.heap import freeze_startup_heap
 
     if upgrade_db:
         upgrade(settings.resolved_database_url())
@@ -139,6 +140,7 @@ def api(
         raise typer.Exit(2) from None
     host, port = host or settings.api_host, port or settings.api_port
     if workers == 1:
+        freeze_startup_heap("api")
         uvicorn.run(application, host=host, port=port, log_config=None)
         return
     application.state.lorafleet.engine.dispose()

@@ -44,6 +44,7 @@ from store.errors import (
     TransientError,
     VersionConflict,
 )
+from store.heap import freeze_startup_heap
 from store.models import AdapterVersion, IngestRecord, Package, PackageFile, Provenance
 from workers import ingest, stages, sweeps
 from workers.celery_app import TASK_MODULE, app
@@ -424,6 +425,13 @@ def _import_formats(**_: Any) -> None:
     pool, so no pool process pays that import (seconds) inside its first ingest."""
     import store.formats.canonical
     import store.formats.detect  # noqa: F401
+
+
+@signals.worker_init.connect(weak=False)
+def _freeze_startup_heap(**_: Any) -> None:
+    """After the imports above and before the pool forks: the pool processes inherit a
+    frozen start-up heap, so no full collection of it stalls an ingest (``store.heap``)."""
+    freeze_startup_heap("worker")
 
 
 @signals.worker_process_init.connect(weak=False)
