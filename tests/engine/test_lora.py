@@ -11,6 +11,7 @@ from engine.checkpoint import load_model
 from engine.lora import (
     LoraBatch,
     LoraWeights,
+    lora_apply,
     lora_delta,
     lora_delta_grouped,
     lora_delta_reference,
@@ -73,6 +74,48 @@ def test_the_fast_kernels_use_only_the_ranks_the_batch_needs(seq_len: int) -> No
             lora_delta_grouped(x, A, B, scaling, groups, rank),
         ):
             assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5) == same, rank
+
+
+RUN_MIXES = {
+    "whole_in_order": [0, 1, 2, 3, 4],
+    "permuted": [2, 4, 0, 3, 1],
+    "with_base_rows": [-1, 3, 1, -1, 2],
+    "offset_run": [4, -1, 3],
+    "single_row": [2],
+}
+
+
+@pytest.mark.parametrize("seq_len", [1, 7])
+@pytest.mark.parametrize("mix", list(RUN_MIXES))
+def test_a_run_of_distinct_slots_is_read_in_place_and_matches_the_reference(
+    mix: str, seq_len: int
+) -> None:
+    A, B, scaling = stacked()
+    A[:, 3:], B[:, :, 3:] = 0, 0  # adapters of rank 3 in rank-R slots, as load_slot leaves them
+    slots = torch.tensor(RUN_MIXES[mix])
+    batch = LoraBatch(slots, kernel="bgmv", rank=3)
+    run = batch.slot_run
+    assert run is not None
+    assert [RUN_MIXES[mix][row] for row in run.rows.tolist()] == list(range(run.lo, run.lo + run.n))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(len(slots), seq_len, IN, generator=g)
+    base_out = torch.randn(len(slots), seq_len, OUT, generator=g)
+    got = lora_apply(base_out.clone(), x, A, B, scaling, batch)
+    ref = lora_delta_reference(x, A, B, scaling, slots)
+    torch.testing.assert_close(got - base_out, ref, atol=1e-5, rtol=1e-5)
+    for row, s in enumerate(RUN_MIXES[mix]):
+        if s < 0:  # a base-model row is exactly the base model's output
+            assert torch.equal(got[row], base_out[row])
+    cut = lora_apply(base_out.clone(), x, A, B, scaling, LoraBatch(slots, kernel="bgmv", rank=2))
+    assert not torch.allclose(cut - base_out, ref, atol=1e-5, rtol=1e-5)  # the rank cut applies
+
+
+def test_only_distinct_consecutive_slots_make_a_run() -> None:
+    assert LoraBatch(torch.tensor([0, 2])).slot_run is None  # a gap
+    assert LoraBatch(torch.tensor([1, 1, 2])).slot_run is None  # a shared slot
+    assert LoraBatch(torch.tensor([-1, -1])).slot_run is None
+    assert LoraBatch(torch.tensor([0, 1, 2])).slot_run.whole
+    assert not LoraBatch(torch.tensor([1, 0, 2])).slot_run.whole
 
 
 def test_reference_is_the_textbook_formula() -> None:
