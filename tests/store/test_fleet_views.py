@@ -81,6 +81,13 @@ class _Asks:
         return json.loads(self.answers[name])["generation"]
 
 
+@pytest.fixture
+def asks(engine, session, auto_ns, base_model, make_package) -> _Asks:
+    """One ready version of ``base_model``, and a fresh ``FleetViews`` to ask it of."""
+    _ready(session, make_package, base_model, seed=1)
+    return _Asks(engine, FleetViews(), base_model)
+
+
 def _locked(engine: Engine) -> tuple[sa.Connection, Callable[[], None]]:
     """A connection holding ``adapter_versions`` exclusively, and the call that lets go."""
     conn = engine.connect()
@@ -94,11 +101,9 @@ def _locked(engine: Engine) -> tuple[sa.Connection, Callable[[], None]]:
 
 
 def test_requests_at_one_generation_share_one_render(
-    engine, session, auto_ns, base_model, make_package
+    engine, session, base_model, asks: _Asks
 ) -> None:
-    _ready(session, make_package, base_model, seed=1)
-    views = FleetViews()
-    asks = _Asks(engine, views, base_model)
+    views = asks.views
     _, release = _locked(engine)
     try:
         for i in range(5):
@@ -118,12 +123,10 @@ def test_requests_at_one_generation_share_one_render(
 
 
 def test_a_request_that_saw_a_later_generation_never_gets_the_older_answer(
-    engine, session, auto_ns, base_model, make_package
+    engine, session, base_model, asks: _Asks
 ) -> None:
-    _ready(session, make_package, base_model, seed=1)
     older = current_generation(session)
-    views = FleetViews()
-    asks = _Asks(engine, views, base_model)
+    views = asks.views
     _, release = _locked(engine)
     try:
         asks.start("before")
@@ -144,11 +147,9 @@ def test_a_request_that_saw_a_later_generation_never_gets_the_older_answer(
 
 
 def test_when_the_leading_render_fails_the_waiters_render_on_their_own(
-    engine, session, auto_ns, base_model, make_package
+    engine, session, base_model, asks: _Asks
 ) -> None:
-    _ready(session, make_package, base_model, seed=1)
-    views = FleetViews()
-    asks = _Asks(engine, views, base_model)
+    views = asks.views
     locker, release = _locked(engine)
     try:
         asks.start("leader")
