@@ -13,6 +13,7 @@ import time
 import pytest
 from checker import record
 from cluster import Cluster, event_count
+from support.processes import wait_for
 
 from events import streams
 
@@ -52,4 +53,6 @@ def test_kill9_bridge_mid_stream_loses_and_duplicates_nothing(shared_redis_url, 
     assert report.missing_blobs == [] and report.missing_refresh == [], report.summary()
     # Some kills left entries read but unacknowledged; all were taken over and acknowledged.
     assert orphaned >= 1, f"no kill landed mid-batch in {kills} kills"
-    assert pending_entries(cluster) == 0
+    # An entry whose event the dead consumer had already handled settles before it is taken
+    # over: the live bridge claims it once idle (4 s here, checked every 1 s), then acks it.
+    wait_for(lambda: pending_entries(cluster) == 0, 20, "every orphaned entry acknowledged")
